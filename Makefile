@@ -1,0 +1,40 @@
+# The README's commands. Thin wrappers: the logic lives in longgen_core.
+#   make demo   set up (if needed), then execute every notebook at the default CPU preset
+#   make test   set up (if needed), then run the unit tests and the notebook tests
+# A virtualenv is created in .venv unless one is already active.
+
+VENV ?= .venv
+ifdef VIRTUAL_ENV
+PYTHON := python
+else
+PYTHON := $(VENV)/bin/python
+endif
+STAMP := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),$(VENV))/.longgen-installed
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+PRESET ?= cpu-tiny
+
+.PHONY: setup demo test test-unit test-notebooks clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@if [ -z "$$VIRTUAL_ENV" ] && [ ! -x $(VENV)/bin/python ]; then python3 -m venv $(VENV); fi
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -r requirements.txt
+	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: setup
+	@for nb in $(NOTEBOOKS); do \
+	  echo "== $$nb"; \
+	  $(PYTHON) -m papermill --cwd notebooks --log-output $$nb $$nb || exit 1; \
+	done
+
+test: setup
+	$(PYTHON) -m pytest tests --nbval-lax $(NOTEBOOKS)
+
+test-unit: setup
+	$(PYTHON) -m pytest tests
+
+test-notebooks: setup
+	$(PYTHON) -m pytest --nbval-lax $(NOTEBOOKS)
