@@ -49,6 +49,7 @@ __all__ = [
     "sink_window",
     "strided",
     "attention_flops",
+    "default_full_layers",
     "TILE_EMPTY",
     "TILE_PARTIAL",
     "TILE_FULL",
@@ -97,11 +98,20 @@ class Pattern:
         """True when heads see different keys (strided with ``homo_head=False``)."""
         return self.kind == "strided" and not self.homo_head
 
-    def mask_mod(self, b, h, q_idx, kv_idx):
-        """FlexAttention-style predicate: True where query ``q_idx`` may attend key ``kv_idx``.
-
-        Args are integer tensors (or ints) that broadcast together; ``b`` is unused.
+    @property
+    def mask_mod(self):
+        """FlexAttention predicate ``mask_mod(b, h, q_idx, kv_idx)``: True where the query may
+        attend the key. A plain 4-argument function named after the pattern, so it can be passed
+        to ``create_block_mask``; args are integer tensors (or ints) that broadcast; ``b`` unused.
         """
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return self._keep(h, q_idx, kv_idx)
+
+        mask_mod.__name__ = self.name
+        return mask_mod
+
+    def _keep(self, h, q_idx, kv_idx):
         causal = q_idx >= kv_idx
         if self.kind == "full":
             return causal
@@ -134,7 +144,7 @@ class Pattern:
         h = torch.arange(heads).view(-1, 1, 1)
         q = torch.arange(n - n_queries, n).view(1, -1, 1)
         k = torch.arange(n).view(1, 1, -1)
-        return self.mask_mod(0, h, q, k).expand(heads, n_queries, n).contiguous()
+        return self._keep(h, q, k).expand(heads, n_queries, n).contiguous()
 
     # ------------------------------------------------------------------ counts and budgets
     def row_counts(self, n: int, head: int = 0) -> torch.Tensor:
@@ -172,11 +182,12 @@ class Pattern:
         return kept / (n * (n + 1) / 2)
 
     def kv_budget(self, n: int, num_heads: int = 1) -> int:
-        """KV tokens a sparse layer must keep per head to decode the token after ``n`` tokens.
+        """KV tokens a layer holds per head when the context is ``n`` tokens long.
 
-        Sink + window: ``min(n, sink + window)`` (constant once ``n`` passes it); strided: the
-        local blocks plus every vertical block so far (grows as n / (block_size * vert_stride)),
-        maxed over heads. Full: ``n``.
+        That is what the latest query (position ``n - 1``) reads. Sink + window:
+        ``min(n, sink + window)``, constant once ``n`` passes it; strided: the local blocks plus
+        every vertical block so far (grows as n / (block_size * vert_stride)), maxed over heads;
+        full: ``n``.
         """
         _check_int("n", n, 1)
         if self.kind == "full":
@@ -186,7 +197,7 @@ class Pattern:
         if self.kind == "sink_window":
             return min(n, self.sink_tokens + self.window_tokens)
         heads = num_heads if self.per_head else 1
-        return max(int(self.row_counts(n + 1, h)[-1]) for h in range(heads))
+        return max(int(self.row_counts(n, h)[-1]) for h in range(heads))
 
     # ------------------------------------------------------------------ tiles
     def block_layout(self, n: int, block_size: int = 64, num_heads: int = 1) -> "BlockLayout":
@@ -402,3 +413,16 @@ def attention_flops(pattern: Pattern, n: int, num_heads: int, head_dim: int,
     pairs = sum(int(pattern.row_counts(n, h).sum()) for h in range(heads)) / heads
     fwd = 4.0 * pairs * head_dim * num_heads * batch
     return {"fwd": fwd, "bwd": 2.5 * fwd, "fwdbwd": 3.5 * fwd}[pass_]
+
+
+def default_full_layers(num_layers: int) -> list[int]:
+    """LongGen's default: the middle third of the decoder layers keep full attention.
+
+    ``round(num_layers / 3)`` layers, centred (the lower middle when it cannot be exact).
+
+    Example: 32 layers -> [10, ..., 20] (11 layers); 30 layers (SmolLM2) -> [10, ..., 19].
+    """
+    _check_int("num_layers", num_layers, 1)
+    count = max(1, round(num_layers / 3))
+    start = (num_layers - count) // 2
+    return list(range(start, start + count))
