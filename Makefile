@@ -13,7 +13,7 @@ STAMP := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),$(VENV))/.longgen-installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 PRESET ?= cpu-tiny
 
-.PHONY: setup demo test test-unit test-notebooks clean-venv
+.PHONY: setup demo notebooks test test-unit test-notebooks
 
 setup: $(STAMP)
 
@@ -25,10 +25,12 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	@for nb in $(NOTEBOOKS); do \
-	  echo "== $$nb"; \
-	  $(PYTHON) -m papermill --cwd notebooks --log-output $$nb $$nb || exit 1; \
-	done
+	$(PYTHON) -m longgen_core.runner --in-place
+
+# Batch run for GPU nodes: make notebooks PRESET=gpu-small OUT=runs/
+OUT ?= runs
+notebooks: setup
+	$(PYTHON) -m longgen_core.runner --preset $(PRESET) --out $(OUT)
 
 test: setup
 	$(PYTHON) -m pytest tests --nbval-lax $(NOTEBOOKS)

@@ -1,0 +1,150 @@
+"""Execute the numbered notebooks headlessly with papermill: the batch path for GPU nodes.
+
+Each notebook gets the parameters it declares in its ``parameters`` cell and no others:
+``PRESET`` (when the notebook has it) plus any ``-p NAME VALUE`` override. Executed copies and
+logs go to ``--out``; the run stops at the first failing notebook and prints the failing cell's
+traceback; a summary table (notebook, preset, status, wall time) is written as
+``summary.md`` and ``summary.json``.
+
+Usage::
+
+    python -m longgen_core.runner --preset gpu-small --out runs/            # every notebook
+    python -m longgen_core.runner --out runs/ -p LONG_N 262144 notebooks/01_attention_patterns.ipynb
+    python -m longgen_core.runner --in-place                                 # refresh committed copies
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+import time
+from pathlib import Path
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def numbered_notebooks(directory: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """``NN_name.ipynb`` files of ``directory`` in order."""
+    return sorted(p for p in directory.glob("[0-9][0-9]_*.ipynb"))
+
+
+def parameters_for(notebook: Path, preset: str | None, overrides: dict) -> dict:
+    """The overrides this notebook declares in its ``parameters`` cell (others are dropped)."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(notebook))
+    wanted = dict(overrides)
+    if preset is not None:
+        wanted["PRESET"] = preset
+    return {k: v for k, v in wanted.items() if k in declared}
+
+
+def parse_value(text: str):
+    """``-p`` values as Python literals when they parse (``8``, ``True``, ``1e6``), else strings."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def run_notebooks(notebooks: list[Path], out: Path | None, preset: str | None = None,
+                  overrides: dict | None = None, timeout: int | None = None) -> list[dict]:
+    """Execute ``notebooks`` in order; stop at the first failure. Returns the summary rows.
+
+    ``out=None`` executes in place (the committed copies); otherwise into ``out/``, with a log
+    per notebook.
+    """
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    rows = []
+    for nb in notebooks:
+        target = nb if out is None else out / nb.name
+        params = parameters_for(nb, preset, overrides or {})
+        print(f"== {nb.name}  parameters={params}", flush=True)
+        start = time.perf_counter()
+        status, error = "ok", None
+        log_path = None if out is None else out / f"{nb.stem}.log"
+        try:
+            with _tee_to(log_path):
+                papermill.execute_notebook(str(nb), str(target), parameters=params, cwd=str(nb.parent),
+                                           log_output=True, progress_bar=False,
+                                           execution_timeout=timeout)
+        except PapermillExecutionError as exc:
+            status = "failed"
+            error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n" + "\n".join(exc.traceback)
+        rows.append({"notebook": nb.name, "preset": preset or "default", "status": status,
+                     "wall_s": round(time.perf_counter() - start, 1)})
+        if error is not None:
+            print(f"\n!! {nb.name} failed at {error}", file=sys.stderr)
+            break
+    if out is not None:
+        write_summary(rows, out)
+    print(summary_table(rows))
+    return rows
+
+
+def summary_table(rows: list[dict]) -> str:
+    """Markdown table of the summary rows."""
+    lines = ["| notebook | preset | status | wall time (s) |", "|---|---|---|---|"]
+    lines += [f"| {r['notebook']} | {r['preset']} | {r['status']} | {r['wall_s']} |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_summary(rows: list[dict], out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "summary.md").write_text(summary_table(rows) + "\n")
+
+
+class _tee_to:
+    """Copy stdout/stderr of the block to ``path`` too (no-op for ``None``)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def __enter__(self):
+        if self.path is None:
+            return self
+        import logging
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handler = logging.FileHandler(self.path, mode="w")
+        self.handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger("papermill").addHandler(self.handler)
+        logging.getLogger("papermill").setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc):
+        if self.path is not None:
+            import logging
+
+            logging.getLogger("papermill").removeHandler(self.handler)
+            self.handler.close()
+        return False
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every numbered notebook")
+    parser.add_argument("--preset", default=None, help="passed as PRESET to notebooks that declare it")
+    parser.add_argument("--out", type=Path, default=None, help="folder for executed copies, logs, summary")
+    parser.add_argument("--in-place", action="store_true", help="overwrite the notebooks themselves")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
+    args = parser.parse_args(argv)
+    if (args.out is None) == (not args.in_place):
+        parser.error("give exactly one of --out DIR or --in-place")
+    notebooks = args.notebooks or numbered_notebooks()
+    for nb in notebooks:
+        if not nb.exists():
+            parser.error(f"notebook not found: {nb}")
+    overrides = {name: parse_value(value) for name, value in args.parameter}
+    rows = run_notebooks(notebooks, None if args.in_place else args.out, args.preset, overrides, args.timeout)
+    return 0 if all(r["status"] == "ok" for r in rows) and len(rows) == len(notebooks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

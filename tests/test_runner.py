@@ -1,0 +1,54 @@
+"""The papermill batch runner: parameters it passes, stop at first failure, summary table."""
+
+import json
+
+import nbformat
+import pytest
+
+from longgen_core import runner
+
+
+def make_notebook(path, source_cells, parameters="PRESET = 'cpu-tiny'\nSTEPS = 2"):
+    cells = [nbformat.v4.new_code_cell(parameters)]
+    cells[0].metadata["tags"] = ["parameters"]
+    cells += [nbformat.v4.new_code_cell(s) for s in source_cells]
+    nb = nbformat.v4.new_notebook(cells=cells)
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_parameters_are_filtered_to_what_the_notebook_declares(tmp_path):
+    nb = make_notebook(tmp_path / "01_a.ipynb", ["print(PRESET, STEPS)"])
+    assert runner.parameters_for(nb, "gpu-small", {"STEPS": 5, "UNKNOWN": 1}) == {"STEPS": 5, "PRESET": "gpu-small"}
+    other = make_notebook(tmp_path / "02_b.ipynb", ["print(N)"], parameters="N = 3")
+    assert runner.parameters_for(other, "gpu-small", {}) == {}
+
+
+def test_runs_in_order_stops_at_first_failure_and_writes_summary(tmp_path, capsys):
+    src, out = tmp_path / "nbs", tmp_path / "runs"
+    src.mkdir()
+    first = make_notebook(src / "01_ok.ipynb", ["result = STEPS * 10\nprint('result', result)"])
+    second = make_notebook(src / "02_fails.ipynb", ["raise RuntimeError('boom in cell')"])
+    third = make_notebook(src / "03_never.ipynb", ["print('unreachable')"])
+    rows = runner.run_notebooks([first, second, third], out, preset="gpu-small", overrides={"STEPS": 4})
+    assert [(r["notebook"], r["status"]) for r in rows] == [("01_ok.ipynb", "ok"), ("02_fails.ipynb", "failed")]
+    executed = nbformat.read(out / "01_ok.ipynb", 4)
+    printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "result 40" in printed
+    assert not (out / "03_never.ipynb").exists()
+    assert "boom in cell" in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text()) == rows
+    assert "| 02_fails.ipynb | gpu-small | failed |" in (out / "summary.md").read_text()
+
+
+def test_cli_needs_exactly_one_destination(tmp_path):
+    with pytest.raises(SystemExit):
+        runner.main(["--in-place", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit):
+        runner.main([str(tmp_path / "missing.ipynb"), "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize("text,value", [("8", 8), ("1e6", 1e6), ("True", True), ("gpu-small", "gpu-small")])
+def test_parse_value(text, value):
+    assert runner.parse_value(text) == value
