@@ -13,7 +13,7 @@ STAMP := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),$(VENV))/.longgen-installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 PRESET ?= cpu-tiny
 
-.PHONY: setup demo notebooks test test-unit test-notebooks
+.PHONY: setup demo notebooks test test-unit test-notebooks test-browser
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ notebooks: setup
 
 test: setup
 	$(PYTHON) -m pytest tests --nbval-lax $(NOTEBOOKS)
+
+# Real-browser notebook test (needs Debian's chromium: apt-get install chromium); part of `make test`
+# too, where it is skipped when the browser is missing.
+test-browser: setup
+	$(PYTHON) -m pytest tests/test_browser.py
 
 test-unit: setup
 	$(PYTHON) -m pytest tests
