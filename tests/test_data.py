@@ -1,0 +1,121 @@
+"""Corpora, packing (nothing lost or duplicated), streaming local files, retrieval samples."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from longgen_core import data, tasks
+from longgen_core.models import setup_smollm2
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(setup_smollm2(verbose=False))
+
+
+def test_pack_loses_and_duplicates_nothing():
+    gen = torch.Generator().manual_seed(0)
+    docs = [torch.randint(1, 100, (int(n),), generator=gen).tolist()
+            for n in torch.randint(1, 40, (30,), generator=gen)]
+    seqs = list(data.pack(iter(docs), seq_len=16, eos_id=0))
+    stream = [t for d in docs for t in d + [0]]
+    assert all(s.shape == (16,) for s in seqs)
+    flat = torch.cat(seqs).tolist()
+    assert flat == stream[: len(flat)]  # order kept, nothing lost or repeated
+    assert len(stream) - len(flat) < 16  # only the trailing partial sequence is dropped
+
+
+def test_documents_are_split_into_train_and_heldout():
+    train, heldout = list(data.documents("kjv", "train")), list(data.documents("kjv", "heldout"))
+    assert len(train) + len(heldout) == 66
+    assert heldout[0].startswith("Exodus\n") and not any(d.startswith("Exodus\n") for d in train)
+    assert "1:1" not in train[0][:300] and "In the beginning" in train[0][:300]  # verse numbers stripped
+    assert sum(map(len, train)) > 3_000_000
+
+
+def test_packed_sequences_from_kjv_with_skip(tokenizer):
+    first = data.packed_sequences("kjv", tokenizer, seq_len=256, num_sequences=3)
+    skipped = data.packed_sequences("kjv", tokenizer, seq_len=256, num_sequences=2, skip=1)
+    assert first.shape == (3, 256) and first.dtype == torch.long
+    assert torch.equal(first[1:], skipped)  # the data position of an exact resume
+    text = tokenizer.decode(first[0][:8])
+    assert text.startswith("Genesis")
+
+
+def test_corpus_too_small_is_a_clear_error(tokenizer):
+    with pytest.raises(ValueError, match="too small"):
+        data.packed_sequences("pydoc", tokenizer, seq_len=100_000, num_sequences=10)
+
+
+def test_local_jsonl_and_parquet_stream(tmp_path, tokenizer):
+    records = [{"text": f"document number {i} " * (i + 3), "meta": i} for i in range(20)]
+    jsonl = tmp_path / "corpus.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in records))
+    assert list(data.documents(jsonl)) == [r["text"] for r in records]
+    import datasets
+
+    datasets.Dataset.from_list(records).to_parquet(tmp_path / "corpus.parquet")
+    assert list(data.documents(tmp_path / "corpus.parquet")) == [r["text"] for r in records]
+    seqs = data.packed_sequences(jsonl, tokenizer, seq_len=32, num_sequences=4)
+    assert seqs.shape == (4, 32)
+    with pytest.raises(ValueError, match="no field 'body'"):
+        list(data.documents(jsonl, text_field="body"))
+
+
+@pytest.mark.parametrize("bad,match", [("missing.jsonl", "existing path"), ("kjv:x", "existing path")])
+def test_bad_sources(bad, match):
+    with pytest.raises(ValueError, match=match):
+        data.documents(bad)
+
+
+def test_bad_split_and_suffix(tmp_path):
+    with pytest.raises(ValueError, match="split"):
+        data.documents("kjv", split="test")
+    csv = tmp_path / "x.csv"
+    csv.write_text("a")
+    with pytest.raises(ValueError, match=r"\.jsonl"):
+        list(data.documents(csv))
+
+
+@pytest.mark.parametrize("task", [tasks.passkey, tasks.kv_retrieval])
+@pytest.mark.parametrize("depth", [0.0, 0.5, 1.0])
+def test_samples_have_exact_length_and_the_needle_where_said(tokenizer, task, depth):
+    sample = task(tokenizer, n_tokens=600, depth=depth, seed=3)
+    assert len(sample.prompt_ids) == 600
+    needle_text = tokenizer.decode(sample.prompt_ids[sample.needle_start:sample.needle_start + 30])
+    assert sample.answer in needle_text
+    prompt_text = tokenizer.decode(sample.prompt_ids)
+    assert prompt_text.count(sample.answer) >= 1
+    relative = sample.needle_start / 600
+    assert abs(relative - depth) < 0.15
+
+
+def test_samples_are_seeded(tokenizer):
+    a, b = tasks.passkey(tokenizer, 300, 0.3, seed=7), tasks.passkey(tokenizer, 300, 0.3, seed=7)
+    c = tasks.passkey(tokenizer, 300, 0.3, seed=8)
+    assert a.prompt_ids == b.prompt_ids and a.answer == b.answer
+    assert a.answer != c.answer
+
+
+def test_kv_retrieval_has_distractors(tokenizer):
+    sample = tasks.kv_retrieval(tokenizer, 800, 0.5, seed=1, num_distractors=5, haystack="kjv")
+    assert tokenizer.decode(sample.prompt_ids).count("The value of key") == 6 + 1  # 6 pairs + question
+
+
+def test_training_example_labels_only_the_answer(tokenizer):
+    sample = tasks.passkey(tokenizer, 200, 0.5, seed=0)
+    ex = sample.training_example(eos_id=tokenizer.eos_token_id)
+    n_answer = len(sample.answer_ids) + 1
+    assert ex["input_ids"].shape == (200 + n_answer,)
+    assert (ex["labels"][:200] == -100).all()
+    assert tokenizer.decode(ex["labels"][200:-1]).strip() == sample.answer
+
+
+@pytest.mark.parametrize("kwargs,match", [({"depth": 1.5}, "depth"), ({"n_tokens": 10}, "n_tokens"),
+                                          ({"haystack": "web"}, "haystack")])
+def test_bad_task_arguments(tokenizer, kwargs, match):
+    args = {"n_tokens": 300, "depth": 0.5, "seed": 0} | kwargs
+    with pytest.raises(ValueError, match=match):
+        tasks.passkey(tokenizer, **args)
