@@ -83,8 +83,8 @@ def _kjv_books(split: str) -> Iterator[str]:
                     continue
                 rows = con.execute("SELECT Passage1 FROM Bible WHERE TestamentID=? AND BookID=? "
                                    "ORDER BY ChapterID, VerseID", (testament, book)).fetchall()
-                # "1:1 In the beginning ..." -> "In the beginning ..."
-                verses = [re.sub(r"^\d+:\d+\s*", "", text) for (text,) in rows if text]
+                # "1:1 In the beginning ..." -> "In the beginning ..." (a passage may hold several)
+                verses = [re.sub(r"\d+:\d+\s*", "", text) for (text,) in rows if text]
                 yield f"{name}\n" + " ".join(verses)
         finally:
             con.close()

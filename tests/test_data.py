@@ -119,3 +119,32 @@ def test_bad_task_arguments(tokenizer, kwargs, match):
     args = {"n_tokens": 300, "depth": 0.5, "seed": 0} | kwargs
     with pytest.raises(ValueError, match=match):
         tasks.passkey(tokenizer, **args)
+
+
+@pytest.mark.parametrize("name", sorted(tasks.TASKS))
+@pytest.mark.parametrize("depth", [0.0, 0.7])
+def test_every_task_builds_exact_prompts_with_its_answers_inside(tokenizer, name, depth):
+    sample = tasks.TASKS[name](tokenizer, n_tokens=700, depth=depth, seed=11)
+    assert len(sample.prompt_ids) == 700 and sample.task == name
+    body = tokenizer.decode(sample.prompt_ids)
+    for answer in sample.answers:
+        assert answer in body
+    assert tasks.score(sample, " ".join(sample.answers)) == 1.0
+    assert tasks.score(sample, "nothing") == 0.0
+
+
+def test_chained_facts_keep_their_order(tokenizer):
+    for seed in range(5):
+        s = tasks.babi_two_facts(tokenizer, 900, 0.2, seed=seed)
+        text = tokenizer.decode(s.prompt_ids)
+        person = text.split(" picked up the ")[0].split()[-1]
+        assert text.index(" picked up the ") < text.rindex(f"{person} ", 0, text.index("Question"))
+        v = tasks.variable_tracking(tokenizer, 900, 0.3, seed=seed)
+        vt = tokenizer.decode(v.prompt_ids)
+        positions = [vt.index(f"VAR {n} =") for n in v.answers]
+        assert positions == sorted(positions)
+
+
+def test_partial_scores_for_multi_answer_tasks(tokenizer):
+    s = tasks.multivalue_niah(tokenizer, 700, 0.5, seed=2, num_values=4)
+    assert tasks.score(s, " ".join(s.answers[:2])) == 0.5
