@@ -111,7 +111,8 @@ def _assemble(tokenizer, n_tokens: int, depth: float, seed: int, haystack: str,
     start = rng.randrange(0, len(hay) - fill + 1)  # a different stretch of filler per seed
     hay = list(hay[start:start + fill])
     # insert only between sentences (after a token holding a full stop), so facts read as text
-    ends = [0] + [i + 1 for i, t in enumerate(tokenizer.convert_ids_to_tokens(hay)) if "." in t] + [len(hay)]
+    ends = [0] + [i + 1 for i, t in enumerate(tokenizer.convert_ids_to_tokens(hay)) if "." in t]
+    ends = ends if len(ends) > 1 else [0, len(hay)]  # no full stop at all: start or end
     needle_at = min(ends, key=lambda e: abs(e - depth * len(hay)))
     inserts = [(needle_at, 1, needle_ids)]  # (position in hay, order among equals, ids)
     inserts += [(rng.choice(ends), 0, ids) for ids in distractor_ids]
