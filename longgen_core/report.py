@@ -26,11 +26,16 @@ def _load(name: str, figures: Path) -> dict | None:
 
 def _kernel_table(bench: dict) -> list[str]:
     rows = bench["rows"]
+    # decode rows may come twice (full-length and evicted cache): keep the evicted one, the
+    # layout the hybrid model serves with
+    rows = sorted(rows, key=lambda r: r.get("cache") == "evicted")
     by_key = {(r["impl"], r["pattern"], r["n"], r["pass"]): r for r in rows}
     patterns = sorted({r["pattern"] for r in rows if r["impl"] == "longgen"})
     lines = [f"**Attention kernels** ({bench['device']}, torch {bench['torch']}, triton {bench['triton']}, "
-             f"{bench['date']}; `python -m longgen_core.bench kernels`; median ms)", "",
-             "| pattern | N | pass | LongGen ms | FlexAttention ms | full SDPA ms | vs Flex | vs SDPA | LongGen TFLOP/s |",
+             f"{bench['date']}; B={bench.get('batch', 1)}, {bench.get('heads', '?')} heads, head_dim "
+             f"{bench.get('head_dim', '?')}, {bench.get('dtype', '')}; decode at batch {bench.get('decode_batch', '?')} "
+             "with the evicted cache; `python -m longgen_core.bench kernels`; median ms)", "",
+             "| pattern | N | pass | LongGen ms | FlexAttention ms | full SDPA ms | vs Flex | vs SDPA | LongGen TFLOP/s or GB/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for pattern in patterns:
         for n in sorted({r["n"] for r in rows if r["pattern"] == pattern}):
@@ -39,12 +44,13 @@ def _kernel_table(bench: dict) -> list[str]:
                 if ours is None:
                     continue
                 flex = by_key.get(("flex", pattern, n, pass_))
-                sdpa = by_key.get(("sdpa_full", "full", n, pass_)) or by_key.get(("sdpa_full", pattern, n, pass_))
+                sdpa = by_key.get(("sdpa_full", "full_causal", n, pass_))
                 cells = [pattern, f"{n // 1024}K", pass_, f"{ours['ms']:.2f}",
                          f"{flex['ms']:.2f}" if flex else "–", f"{sdpa['ms']:.2f}" if sdpa else "–",
                          f"{flex['ms'] / ours['ms']:.2f}x" if flex else "–",
                          f"{sdpa['ms'] / ours['ms']:.1f}x" if sdpa else "–",
-                         f"{ours['tflops']:.0f}" if ours.get("tflops") else "–"]
+                         f"{ours['gbps']:.0f} GB/s" if pass_ == "decode" and ours.get("gbps")
+                         else f"{ours['tflops']:.0f}" if ours.get("tflops") else "–"]
                 lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -1,0 +1,70 @@
+"""FORMAT TESTS of longgen_core.bench on FAKE rows: the JSON writer, the text table, the figure and
+the command line. The numbers below are invented to exercise the code; they are not measurements
+(those come from `python -m longgen_core.bench kernels` on a GPU, see figures/bench_kernels.json).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from longgen_core import bench
+
+FAKE = {
+    "device": "FAKE DEVICE (format test)", "torch": "0", "triton": "0", "date": "2000-01-01",
+    "rows": [
+        {"impl": impl, "pattern": pattern, "n": n, "pass": pass_, "ms": ms * n / 16384, "tflops": 1.0,
+         "gbps": None}
+        for impl, pattern, ms in (("longgen", "sink_window_64_4096", 1.0),
+                                  ("flex", "sink_window_64_4096", 2.0),
+                                  ("sdpa_full", "full_causal", 8.0))
+        for n in (16384, 32768)
+        for pass_ in ("fwd", "fwdbwd")
+    ] + [{"impl": "longgen", "pattern": "sink_window_64_4096", "n": 32768, "pass": "decode", "ms": 0.5,
+          "tflops": None, "gbps": 100.0, "cache": "evicted", "batch": 8},
+         {"impl": "flex", "pattern": "sink_window_64_4096", "n": 32768, "pass": "decode", "ms": None,
+          "tflops": None, "gbps": None, "skipped": "time budget"}],
+}
+
+
+def test_write_and_load_round_trip(tmp_path):
+    path = tmp_path / "sub" / "bench.json"
+    bench.write_results(path, FAKE)
+    assert bench.load_results(path) == json.loads(json.dumps(FAKE))
+    assert not list(path.parent.glob("*.tmp"))  # written atomically
+
+
+def test_results_table_lists_every_timed_row_and_the_speedups():
+    table = bench.results_table(FAKE)
+    lines = table.splitlines()
+    assert lines[0].split()[-2:] == ["16K", "32K"]
+    fwd_longgen = next(line for line in lines
+                       if line.split()[:3] == ["sink_window_64_4096", "fwd", "longgen"])
+    assert fwd_longgen.split()[3:] == ["1.0", "2.0"]
+    assert any("longgen/evicted" in line for line in lines)
+    speedups = {tuple(line.split()[:4]): line.split()[4] for line in lines if " vs " in line}
+    assert speedups[("sink_window_64_4096", "fwd", "vs", "flex")] == "2.00x"
+    assert speedups[("sink_window_64_4096", "fwdbwd", "vs", "sdpa_full")] == "8.00x"
+
+
+def test_plot_and_png(tmp_path):
+    fig = bench.plot_results(FAKE)
+    assert len(fig.axes) == 3  # fwd, fwdbwd, decode
+    bench.save_plot(FAKE, tmp_path / "b.png")
+    assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_command_line_has_the_kernels_subcommand(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["kernels", "--help"])
+    assert "--out" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench.main([])  # a subcommand is required
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
+def test_kernels_needs_a_gpu(tmp_path):
+    assert bench.main(["kernels", "--out", str(tmp_path / "x.json")]) == 2
+    assert not (tmp_path / "x.json").exists()

@@ -1,0 +1,361 @@
+"""Triton block-sparse kernels against the dense float64 reference.
+
+On a machine without CUDA the kernels run under Triton's interpreter (conftest.py sets
+TRITON_INTERPRET=1 before anything imports longgen_core), so the shapes here stay small. Every
+output buffer the kernels allocate starts as NaN (``ops.POISON_OUTPUTS``), so an element that a
+kernel forgets to write fails the comparison.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from longgen_core.attention import ops, reference_attention, reference_decode, sparse_attention, sparse_decode
+from longgen_core.patterns import full_causal, sink_window, sliding_window, strided
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+FP32_TOL = 1e-5  # float32 arithmetic lands near 1e-7 here; the issue asks for far under 1e-3
+BF16_TOL = 1e-2
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    monkeypatch.setattr(ops, "POISON_OUTPUTS", True)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖ in float64; NaN anywhere gives NaN (and fails every ``<`` test)."""
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def make_pattern(kind: str, rng: random.Random, heads: int):
+    if kind == "sink_window":
+        return sink_window(rng.randint(1, 20), rng.randint(8, 60))
+    if kind == "strided":
+        return strided(block_size=rng.choice([16, 32]), local_blocks=rng.randint(1, 3),
+                       vert_stride=rng.randint(2, 4), homo_head=rng.random() < 0.5, num_heads=heads)
+    if kind == "sliding_window":
+        return sliding_window(rng.randint(8, 50))
+    return full_causal()
+
+
+def random_cases(seed: int, count: int) -> list[dict]:
+    """A seeded list of small shapes that together cover both sparse patterns, GQA ratios 1/3/4,
+    head_dim 64 and 128 and block sizes 16/32/64; N is random and mostly not a tile multiple."""
+    rng = random.Random(seed)
+    kinds = ["sink_window", "strided", "sink_window", "strided", "sliding_window", "full"]
+    cases = []
+    for i in range(count):
+        group = (1, 3, 4)[i % 3]
+        kv_heads = 2 if group == 1 else 1
+        heads = group * kv_heads
+        cases.append(dict(kind=kinds[i % len(kinds)], pattern=make_pattern(kinds[i % len(kinds)], rng, heads),
+                          batch=rng.choice([1, 2]) if group == 1 else 1, heads=heads, kv_heads=kv_heads,
+                          n=rng.randint(33, 150), head_dim=(64, 128)[(i // 3) % 2],
+                          tile=(16, 32, 64)[(i + i // 3) % 3]))
+    return cases
+
+
+CASES = random_cases(seed=2410, count=16)
+
+
+def case_id(c: dict) -> str:
+    return (f"{c['pattern'].name}-B{c['batch']}H{c['heads']}kv{c['kv_heads']}"
+            f"-N{c['n']}-D{c['head_dim']}-T{c['tile']}")
+
+
+def run_fwd_bwd(q, k, v, pattern, tile, dtype):
+    """Kernel outputs and gradients (of a random loss on out and lse) next to the float64 reference."""
+    gen = torch.Generator().manual_seed(7)
+    do = torch.randn(q.shape, generator=gen, dtype=torch.float64)
+    dlse = torch.randn(q.shape[:3], generator=gen, dtype=torch.float64)
+    leaves = [t.to(DEVICE, dtype).requires_grad_() for t in (q, k, v)]
+    out, lse = sparse_attention(*leaves, pattern, block_size=tile, return_lse=True)
+    ((out.double() * do.to(DEVICE)).sum() + (lse.double() * dlse.to(DEVICE)).sum()).backward()
+    ref_leaves = [t.to(dtype).double().requires_grad_() for t in (q, k, v)]  # same rounded inputs
+    ref_out, ref_lse = reference_attention(*ref_leaves, pattern, return_lse=True)
+    ((ref_out * do).sum() + (ref_lse * dlse).sum()).backward()
+    got = [out, lse] + [t.grad for t in leaves]
+    want = [ref_out, ref_lse] + [t.grad for t in ref_leaves]
+    return {name: rel_err(g.cpu(), w) for name, g, w in zip(["out", "lse", "dq", "dk", "dv"], got, want)}
+
+
+def random_qkv(batch, heads, kv_heads, n, head_dim, n_q=None, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, n_q or n, head_dim, generator=gen, dtype=torch.float64)
+    k = torch.randn(batch, kv_heads, n, head_dim, generator=gen, dtype=torch.float64)
+    v = torch.randn(batch, kv_heads, n, head_dim, generator=gen, dtype=torch.float64)
+    return q, k, v
+
+
+# ----------------------------------------------------------------------------------- forward/backward
+def test_random_cases_cover_the_issue():
+    assert {c["kind"] for c in CASES} >= {"sink_window", "strided"}
+    assert {c["heads"] // c["kv_heads"] for c in CASES} == {1, 3, 4}
+    assert {c["head_dim"] for c in CASES} == {64, 128}
+    assert {c["tile"] for c in CASES} == {16, 32, 64}
+    assert any(c["n"] % c["tile"] for c in CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_forward_backward_fp32(case):
+    q, k, v = random_qkv(case["batch"], case["heads"], case["kv_heads"], case["n"], case["head_dim"])
+    errs = run_fwd_bwd(q, k, v, case["pattern"], case["tile"], torch.float32)
+    assert all(e < FP32_TOL for e in errs.values()), errs
+
+
+@pytest.mark.parametrize("pattern", [sink_window(4, 40), strided(16, 2, 3, homo_head=False, num_heads=3)],
+                         ids=lambda p: p.name)
+def test_forward_backward_bf16(pattern):
+    q, k, v = random_qkv(1, 3, 1, 77, 64, seed=3)
+    errs = run_fwd_bwd(q, k, v, pattern, 32, torch.bfloat16)
+    assert all(e < BF16_TOL for e in errs.values()), errs
+
+
+@pytest.mark.parametrize("pattern,n,n_q", [(sink_window(3, 30), 100, 45), (strided(16, 2, 3), 96, 32)],
+                         ids=["sink_window", "strided"])
+def test_queries_at_the_end(pattern, n, n_q):
+    """N_Q < N_K: the queries are the last positions (a chunk at the end of the sequence)."""
+    q, k, v = random_qkv(1, 2, 1, n, 64, n_q=n_q, seed=5)
+    errs = run_fwd_bwd(q, k, v, pattern, 32, torch.float32)
+    assert all(e < FP32_TOL for e in errs.values()), errs
+
+
+def test_heavy_sink_column_is_scheduled():
+    """A long sequence with a short window: the sink column is 'heavy' and launched first."""
+    pattern = sink_window(4, 16)
+    assert ops._kernel_layout(pattern, 150, 16, 2, "cpu").col_heavy >= 1
+    q, k, v = random_qkv(1, 2, 2, 150, 64, seed=11)
+    errs = run_fwd_bwd(q, k, v, pattern, 16, torch.float32)
+    assert all(e < FP32_TOL for e in errs.values()), errs
+
+
+def test_strided_inputs_without_copy():
+    """(B, N, H, D) tensors transposed to (B, H, N, D) -- the Hugging Face layout -- need no copy."""
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 70, 2, 64, generator=gen).transpose(1, 2) for _ in range(3))
+    assert not q.is_contiguous()
+    out = sparse_attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), sink_window(2, 20), block_size=32)
+    ref = reference_attention(q.double(), k.double(), v.double(), sink_window(2, 20))
+    assert rel_err(out.cpu(), ref) < FP32_TOL
+
+
+def test_reference_backend_is_the_reference():
+    q, k, v = (t.float().requires_grad_() for t in random_qkv(1, 2, 1, 40, 16, seed=4))
+    out, lse = sparse_attention(q, k, v, sink_window(2, 8), backend="reference", return_lse=True)
+    ref, ref_lse = reference_attention(q, k, v, sink_window(2, 8), return_lse=True)
+    assert torch.equal(out, ref) and torch.equal(lse, ref_lse)
+    out.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+# ----------------------------------------------------------------------------------- decode
+@pytest.mark.parametrize("pattern,heads,kv_heads,m", [
+    (sink_window(3, 24), 4, 1, 1),
+    (sink_window(5, 30), 3, 3, 3),
+    (strided(16, 2, 3, homo_head=False, num_heads=4), 4, 2, 2),
+], ids=["sink_window-gqa4-m1", "sink_window-mha-m3", "strided_hetero-gqa2-m2"])
+def test_decode_full_cache_matches_last_rows(pattern, heads, kv_heads, m):
+    """With cache_positions = arange(N) decode equals the reference's last m rows."""
+    n = 111
+    q, k, v = random_qkv(2, heads, kv_heads, n, 64, seed=8)
+    out, lse = sparse_decode(q[:, :, -m:].float().to(DEVICE), k.float().to(DEVICE), v.float().to(DEVICE),
+                             torch.arange(n, device=DEVICE), pattern, return_lse=True)
+    ref, ref_lse = reference_attention(q, k, v, pattern, return_lse=True)
+    assert rel_err(out.cpu(), ref[:, :, -m:]) < FP32_TOL
+    assert rel_err(lse.cpu(), ref_lse[:, :, -m:]) < FP32_TOL
+
+
+def test_decode_full_cache_reads_only_visible_chunks():
+    """The chunk list of a long full cache keeps only the sink and the window."""
+    pattern, n = sink_window(4, 32), 400
+    pos = torch.arange(n)
+    order, count = ops._visible_chunks(pattern, pos, pos[-1:], 2, 2, 16)
+    kept = sorted(order[0, : int(count[0])].tolist())
+    assert kept == [0] + list(range((n - 32) // 16, n // 16))
+
+
+def evicted_cache(positions: list[int], empty: int, k_full, v_full, seed: int):
+    """A cache holding ``positions`` in a shuffled slot order plus ``empty`` slots (-1) of garbage."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(positions), generator=gen)
+    slot_pos = torch.cat([torch.tensor(positions)[order], torch.full((empty,), -1)])
+    b, hk, _, d = k_full.shape
+    garbage = 100 * torch.randn(b, hk, empty, d, generator=gen, dtype=k_full.dtype)
+    k = torch.cat([k_full[:, :, slot_pos[: len(positions)]], garbage], 2)
+    v = torch.cat([v_full[:, :, slot_pos[: len(positions)]], garbage], 2)
+    return k, v, slot_pos
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_decode_evicted_sink_window_cache(dtype):
+    """Sink slots + a ring buffer (what the hybrid's cache keeps), slots shuffled, empty slots."""
+    sink, window, n, m = 4, 40, 150, 2
+    pattern = sink_window(sink, window)
+    q, k, v = random_qkv(1, 4, 2, n, 128, seed=9)
+    ring = list(range(n - window - m + 1, n))  # the window of the oldest new query, and newer
+    k_c, v_c, pos = evicted_cache(list(range(sink)) + ring, 5, k, v, seed=1)
+    out = sparse_decode(q[:, :, -m:].to(DEVICE, dtype), k_c.to(DEVICE, dtype), v_c.to(DEVICE, dtype),
+                        pos.to(DEVICE), pattern)
+    ref = reference_attention(q.to(dtype).double(), k.to(dtype).double(), v.to(dtype).double(), pattern)
+    assert rel_err(out.cpu(), ref[:, :, -m:]) < (FP32_TOL if dtype == torch.float32 else BF16_TOL)
+
+
+def test_decode_evicted_strided_cache_with_distractors():
+    """A strided layer's cache: every visible position plus positions it must ignore."""
+    n, heads = 130, 2
+    pattern = strided(16, 2, 3, homo_head=False, num_heads=heads)
+    q, k, v = random_qkv(1, heads, heads, n, 64, seed=12)
+    visible = pattern.dense_mask(n, heads, n_queries=1).any(0)[0]
+    keep = visible | (torch.arange(n) % 7 == 0)  # some slots that no query may see
+    k_c, v_c, pos = evicted_cache(torch.nonzero(keep)[:, 0].tolist(), 3, k, v, seed=2)
+    out = sparse_decode(q[:, :, -1:].float().to(DEVICE), k_c.float().to(DEVICE), v_c.float().to(DEVICE),
+                        pos.to(DEVICE), pattern)
+    ref = reference_attention(q, k, v, pattern)
+    assert rel_err(out.cpu(), ref[:, :, -1:]) < FP32_TOL
+
+
+def test_decode_explicit_query_positions():
+    n = 90
+    pattern = sink_window(2, 20)
+    q, k, v = random_qkv(1, 2, 1, n, 32, n_q=2, seed=13)
+    pos, qpos = torch.arange(n), torch.tensor([50, 70])
+    out = sparse_decode(q.float().to(DEVICE), k.float().to(DEVICE), v.float().to(DEVICE), pos.to(DEVICE),
+                        pattern, q_positions=qpos.to(DEVICE))
+    ref = reference_decode(q, k, v, pos, pattern, q_positions=qpos)
+    assert rel_err(out.cpu(), ref) < FP32_TOL
+    by_backend = sparse_decode(q, k, v, pos, pattern, q_positions=qpos, backend="reference")
+    assert torch.equal(by_backend, ref)
+
+
+def test_decode_plan_follows_in_place_cache_updates():
+    """The visible-chunk plan is reused while the positions tensor is unchanged, and rebuilt after
+    an in-place write (a ring buffer overwriting a slot), so the answer never goes stale."""
+    n, pattern = 80, sink_window(2, 16)
+    q, k, v = random_qkv(1, 2, 2, n, 32, n_q=1, seed=14)
+    pos = torch.arange(n)
+    first = sparse_decode(q.float(), k.float(), v.float(), pos, pattern)
+    block_n = ops.default_config(32, 32, torch.float32, True).decode_n
+    plan = ops._decode_plan(pos, None, 1, pattern, 2, 2, block_n)
+    assert ops._decode_plan(pos, None, 1, pattern, 2, 2, block_n) is plan  # reused
+    assert rel_err(first, reference_decode(q, k, v, pos, pattern)) < FP32_TOL
+    pos[n - 5] = -1  # the slot is evicted in place
+    second = sparse_decode(q.float(), k.float(), v.float(), pos, pattern)
+    assert rel_err(second, reference_decode(q, k, v, pos, pattern)) < FP32_TOL
+    assert rel_err(second, first) > 1e-3  # the eviction changed the answer
+
+
+# ----------------------------------------------------------------------------------- bad input
+def _qkv(shape=(1, 2, 20, 64), kv_shape=None, dtype=torch.float32):
+    kv_shape = kv_shape or shape
+    return tuple(torch.randn(s, dtype=dtype) for s in (shape, kv_shape, kv_shape))
+
+
+P = sink_window(2, 8)
+BAD_ATTENTION = {
+    "backend": (lambda: sparse_attention(*_qkv(), P, backend="cuda"), ValueError, "backend"),
+    "pattern": (lambda: sparse_attention(*_qkv(), "sink_window"), TypeError, "pattern"),
+    "q 3-D": (lambda: sparse_attention(torch.randn(2, 20, 64), *_qkv()[1:], P), ValueError, "4-D"),
+    "q not a tensor": (lambda: sparse_attention([[1.0]], *_qkv()[1:], P), ValueError, "4-D"),
+    "k vs v shape": (lambda: sparse_attention(*_qkv()[:2], torch.randn(1, 2, 21, 64), P), ValueError,
+                     "same shape"),
+    "heads": (lambda: sparse_attention(*_qkv((1, 3, 20, 64), (1, 2, 20, 64)), P), ValueError, "multiple"),
+    "n_q > n_k": (lambda: sparse_attention(*_qkv((1, 2, 30, 64), (1, 2, 20, 64)), P), ValueError,
+                  "positions"),
+    "dtype mismatch": (lambda: sparse_attention(torch.randn(1, 2, 20, 64).half(), *_qkv()[1:], P), ValueError,
+                       "dtype"),
+    "dtype float64": (lambda: sparse_attention(*_qkv(dtype=torch.float64), P), TypeError, "q.dtype"),
+    "head_dim": (lambda: sparse_attention(*_qkv((1, 2, 20, 80)), P), ValueError, "head_dim"),
+    "block_size": (lambda: sparse_attention(*_qkv(), P, block_size=48), ValueError, "block_size"),
+    "block_size big": (lambda: sparse_attention(*_qkv(), P, block_size=256), ValueError, "block_size"),
+    "scale": (lambda: sparse_attention(*_qkv(), P, scale=-1.0), ValueError, "scale"),
+    "scale nan": (lambda: sparse_attention(*_qkv(), P, scale=float("nan")), ValueError, "scale"),
+    "non-contiguous": (lambda: sparse_attention(torch.randn(1, 2, 64, 20).transpose(2, 3), *_qkv()[1:], P),
+                       ValueError, "contiguous"),
+    "devices": (lambda: sparse_attention(_qkv()[0], *(t.to("meta") for t in _qkv()[1:]), P), ValueError,
+                "device"),
+}
+
+
+def _cache(slots=30, m=1, dtype=torch.float32, head_dim=64):
+    return (torch.randn(1, 2, m, head_dim, dtype=dtype), torch.randn(1, 1, slots, head_dim, dtype=dtype),
+            torch.randn(1, 1, slots, head_dim, dtype=dtype), torch.arange(slots))
+
+
+BAD_DECODE = {
+    "positions dtype": (lambda: sparse_decode(*_cache()[:3], torch.arange(30, dtype=torch.int32), P),
+                        ValueError, "cache_positions"),
+    "positions length": (lambda: sparse_decode(*_cache()[:3], torch.arange(29), P), ValueError,
+                         "cache_positions"),
+    "positions list": (lambda: sparse_decode(*_cache()[:3], list(range(30)), P), ValueError,
+                       "cache_positions"),
+    "q_positions": (lambda: sparse_decode(*_cache(), P, q_positions=torch.tensor([3, 4])), ValueError,
+                    "q_positions"),
+    "too many queries": (lambda: sparse_decode(*_cache(slots=4, m=5), P), ValueError, "slots"),
+    "cache shapes": (lambda: sparse_decode(_cache()[0], _cache()[1], torch.randn(1, 1, 31, 64),
+                                           _cache()[3], P),
+                     ValueError, "same shape"),
+    "dtype float64": (lambda: sparse_decode(*_cache(dtype=torch.float64), P), TypeError, "q.dtype"),
+    "head_dim": (lambda: sparse_decode(*_cache(head_dim=48), P), ValueError, "head_dim"),
+    "backend": (lambda: sparse_decode(*_cache(), P, backend="flash"), ValueError, "backend"),
+    "pattern": (lambda: sparse_decode(*_cache(), None), TypeError, "pattern"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_ATTENTION) + [f"decode {n}" for n in BAD_DECODE])
+def test_bad_input_raises_named_error(name):
+    call, error, word = BAD_DECODE[name[7:]] if name.startswith("decode ") else BAD_ATTENTION[name]
+    with pytest.raises(error, match=word):
+        call()
+
+
+def test_cpu_without_interpreter_raises():
+    """Asking for the kernels on the CPU without TRITON_INTERPRET=1 names the two ways out."""
+    code = (
+        "import torch\n"
+        "from longgen_core.attention import sparse_attention, sparse_decode\n"
+        "from longgen_core.patterns import sink_window\n"
+        "q = torch.randn(1, 2, 20, 64)\n"
+        "p = sink_window(2, 8)\n"
+        "calls = (lambda: sparse_attention(q, q, q, p),\n"
+        "         lambda: sparse_decode(q, q, q, torch.arange(20), p))\n"
+        "for call in calls:\n"
+        "    try:\n"
+        "        call()\n"
+        "        print('NO ERROR')\n"
+        "    except ValueError as e:\n"
+        "        print('ValueError:', e)\n"
+        "print('reference ok', sparse_attention(q, q, q, p, backend='reference').shape)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert len(lines) == 3 and all("TRITON_INTERPRET=1" in line and "reference" in line for line in lines[:2])
+    assert lines[2] == "reference ok torch.Size([1, 2, 20, 64])"
+
+
+# ----------------------------------------------------------------------------------- tutorial
+def test_tutorial_kernels_match_the_reference():
+    """The notebook's step-by-step kernels (longgen_core.attention.tutorial)."""
+    from longgen_core.attention import tutorial
+
+    q, k, v = (t[0, 0] for t in random_qkv(1, 1, 1, 70, 32, seed=15))
+    q32, k32, v32 = (t.float().to(DEVICE) for t in (q, k, v))
+    assert rel_err(tutorial.tiled_scores(q32, k32, 16).cpu(), q @ k.T) < FP32_TOL
+    dense = reference_attention(q[None, None], k[None, None], v[None, None], full_causal())[0, 0]
+    assert rel_err(tutorial.online_softmax_attention(q32, k32, v32, 16).cpu(), dense) < FP32_TOL
+    for pattern in (sink_window(3, 20), strided(16, 2, 3)):
+        ref = reference_attention(q[None, None], k[None, None], v[None, None], pattern)[0, 0]
+        assert rel_err(tutorial.csr_attention(q32, k32, v32, pattern, 16).cpu(), ref) < FP32_TOL
+    x = torch.tensor([1.0, 3.0, 2.0, 5.0, -1.0])
+    m, l = tutorial.online_softmax_trace(x, 2)[-1]
+    assert abs(m + torch.log(torch.tensor(l)).item() - torch.logsumexp(x, 0).item()) < 1e-6
