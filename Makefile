@@ -22,6 +22,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q -r requirements.txt
 	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PYTHON) -m longgen_core.models setup
 	touch $(STAMP)
 
 demo: setup

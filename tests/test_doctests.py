@@ -5,10 +5,13 @@ import doctest
 import pytest
 
 import longgen_core.attention.reference
+import longgen_core.data
+import longgen_core.hybrid
 import longgen_core.patterns
 import longgen_core.plots
 
-MODULES = [longgen_core.patterns, longgen_core.attention.reference, longgen_core.plots]
+MODULES = [longgen_core.patterns, longgen_core.attention.reference, longgen_core.plots, longgen_core.data,
+           longgen_core.hybrid]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
