@@ -458,13 +458,15 @@ def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
             q, k, v, p, None,
             dataclasses.replace(base, fwd_m=c[0], fwd_n=c[1], fwd_warps=c[2], fwd_stages=c[3]))))
         cfg = dataclasses.replace(base, fwd_m=best[0], fwd_n=best[1], fwd_warps=best[2], fwd_stages=best[3])
-        dkdv = [c for c in [(64, 32, 4, 3), (64, 64, 4, 2), (128, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2),
-                            (128, 64, 4, 2)] if c[0] <= tile and c[1] <= tile]
+        dkdv = [c for c in [(64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 2),
+                            (128, 64, 4, 2)] if c[0] <= tile and c[1] <= c[0]]
+        # the dK/dV walk reads the layout at its key block (dkdv_tile = dkdv_n): no empty steps
         best = min(dkdv, key=lambda c: timed(f"bwd dkdv {c}", lambda c=c: ops._backward(
             do, None, q, k, v, o, lse, p, None,
-            dataclasses.replace(cfg, dkdv_n=c[0], dkdv_m=c[1], dkdv_warps=c[2], dkdv_stages=c[3]))))
+            dataclasses.replace(cfg, dkdv_n=c[0], dkdv_m=c[1], dkdv_warps=c[2], dkdv_stages=c[3],
+                                dkdv_tile=c[0]))))
         cfg = dataclasses.replace(cfg, dkdv_n=best[0], dkdv_m=best[1], dkdv_warps=best[2],
-                                  dkdv_stages=best[3])
+                                  dkdv_stages=best[3], dkdv_tile=best[0])
         dq = [c for c in [(128, 64, 8, 3), (64, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (128, 64, 4, 2)]
               if c[0] <= tile and c[1] <= tile]
         best = min(dq, key=lambda c: timed(f"bwd dq {c}", lambda c=c: ops._backward(

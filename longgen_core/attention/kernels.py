@@ -6,11 +6,13 @@ What you learn reading this file (top to bottom):
    only the key tiles that a query tile's CSR row lists. Tiles the layout marks "fully kept" skip
    the token mask; only edge and diagonal tiles evaluate it. It writes the output and the
    natural-log log-sum-exp (LSE) that the backward and context-parallel merging need.
-2. **Backward**: :func:`_bwd_preprocess` computes ``delta = rowsum(O * dO)``; then
-   :func:`_bwd_dkdv_kernel` walks CSC *columns* (one program owns a block of keys and visits
-   every query tile that sees it) and :func:`_bwd_dq_kernel` walks CSR *rows*. Each output has
-   one owner, so no atomics and a deterministic result, at the price of recomputing the scores
-   twice (7 matmuls where an atomic dQ needs 5).
+2. **Backward**: :func:`_bwd_dq_kernel` walks CSR *rows* (and computes the per-row term
+   ``delta = rowsum(O * dO)`` on the way, for its own rows); then :func:`_bwd_dkdv_kernel` walks
+   CSC *columns* (one program owns a block of keys and visits every query tile that sees it).
+   Each output has one owner, so no atomics and a deterministic result, at the price of
+   recomputing the scores twice (7 matmuls where an atomic dQ needs 5). The two walks may use
+   different tile sizes: dK/dV walks a finer CSC (64-token tiles) so that it never visits the
+   fully masked 64 x 64 corners of the 128-token tiles that the forward and dQ walk.
 3. **Decode** (:func:`_decode_kernel` + :func:`_decode_combine`): a few new queries against a
    cache whose slots can be in any order (sink slots then a ring buffer), each slot tagged with
    its original position. Work is split along the cache (flash-decoding) and merged by LSE.
@@ -193,34 +195,98 @@ def _fwd_kernel(
 
 # ----------------------------------------------------------------------------------- backward
 @triton.jit
-def _bwd_preprocess(
-    O, DO, DLSE, DELTA,  # o, do (B, H, N_Q, D); dlse, delta (B, H, N_Q) fp32
+def _bwd_dq_kernel(
+    Q, K, V, O, DO, LSE, DLSE, DELTA, DQ,  # o, dq like q; lse, dlse, delta (B, H, N_Q) fp32
+    ROW_PTR, COL_IDX, ROW_MASK, ROW_ORDER,  # CSR layout, as in the forward
+    lay_stride_ptr, lay_stride_idx, lay_stride_order,
+    sm_scale, sm_scale_log2,
+    stride_qb, stride_qh, stride_qn,
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
     stride_ob, stride_oh, stride_on,
-    stride_db, stride_dh, stride_dn,
-    H, N_Q,
-    HEAD_DIM: tl.constexpr, BLOCK: tl.constexpr,
+    stride_dob, stride_doh, stride_don,
+    stride_dqb, stride_dqh, stride_dqn,
+    BH, H, GROUP, N_K, N_Q, Q_OFF, NUM_TILES, HEAVY,
+    SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP,
+    KIND: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN: tl.constexpr, DOT_F32: tl.constexpr,
     HAS_DLSE: tl.constexpr,  # the caller also differentiates the returned LSE
 ):
-    """``delta = rowsum(O * dO) - dLSE``, the per-row term of the softmax backward.
+    """dQ for ``BLOCK_M`` queries: walk the CSR row like the forward, recompute P from the
+    saved LSE, ``dS = P * (dO V^T - delta)``, ``dQ += dS K``.
 
-    With ``P = softmax(S)``: ``dS = P * (dP - delta)``, where ``dP = dO @ V^T`` and
-    ``rowsum(P * dP) = rowsum(O * dO)``. A gradient flowing into the LSE adds ``P * dLSE`` to
-    ``dS``, which is the same as subtracting it from delta.
-    """
-    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    bh = tl.program_id(1)
+    ``delta = rowsum(O * dO) - dLSE`` is the per-row term of the softmax backward: with
+    ``P = softmax(S)`` and ``dP = dO V^T``, ``rowsum(P * dP) = rowsum(O * dO)``, and a gradient
+    flowing into the LSE adds ``P * dLSE`` to ``dS``, the same as subtracting it from delta.
+    This program owns its rows, so it computes their delta itself (one (BLOCK_M, HEAD_DIM) load
+    of O) and stores it for :func:`_bwd_dkdv_kernel`, which runs next: no separate pass."""
+    bh, idx, part = _schedule(tl.program_id(0), BH, NUM_TILES, TILE // BLOCK_M, HEAVY)
     b = bh // H
     h = bh % H
-    ok = rows < N_Q
+    hk = h // GROUP
+    row = tl.load(ROW_ORDER + h * lay_stride_order + idx)
+
+    q_pos = row * TILE + part * BLOCK_M + tl.arange(0, BLOCK_M)
+    q_ok = (q_pos >= Q_OFF) & (q_pos < N_K)
     offs_d = tl.arange(0, HEAD_DIM)
-    o = tl.load(O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-                + rows[:, None] * stride_on + offs_d[None, :], mask=ok[:, None], other=0.0)
-    do = tl.load(DO + b.to(tl.int64) * stride_db + h.to(tl.int64) * stride_dh
-                 + rows[:, None] * stride_dn + offs_d[None, :], mask=ok[:, None], other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    q_ptrs = (Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+              + (q_pos - Q_OFF)[:, None] * stride_qn + offs_d[None, :])
+    do_ptrs = (DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+               + (q_pos - Q_OFF)[:, None] * stride_don + offs_d[None, :])
+    o_ptrs = (O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+              + (q_pos - Q_OFF)[:, None] * stride_on + offs_d[None, :])
+    row_ptrs = bh.to(tl.int64) * N_Q + q_pos - Q_OFF
+    if EVEN:
+        q = tl.load(q_ptrs)
+        do = tl.load(do_ptrs)
+        o = tl.load(o_ptrs)
+        lse = tl.load(LSE + row_ptrs)
+    else:  # rows outside [Q_OFF, N_K): lse = +inf makes p = 0, dO = 0
+        q = tl.load(q_ptrs, mask=q_ok[:, None], other=0.0)
+        do = tl.load(do_ptrs, mask=q_ok[:, None], other=0.0)
+        o = tl.load(o_ptrs, mask=q_ok[:, None], other=0.0)
+        lse = tl.load(LSE + row_ptrs, mask=q_ok, other=float("inf"))
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
     if HAS_DLSE:
-        delta -= tl.load(DLSE + bh.to(tl.int64) * N_Q + rows, mask=ok, other=0.0)
-    tl.store(DELTA + bh.to(tl.int64) * N_Q + rows, delta, mask=ok)
+        delta -= tl.load(DLSE + row_ptrs, mask=q_ok, other=0.0)
+    tl.store(DELTA + row_ptrs, delta, mask=q_ok)  # for the dK/dV pass
+    lse2 = lse * _LOG2E
+    k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+
+    start = tl.load(ROW_PTR + h * lay_stride_ptr + row)
+    end = tl.load(ROW_PTR + h * lay_stride_ptr + row + 1)
+    offs_n = tl.arange(0, BLOCK_N)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    for it in range(start * (TILE // BLOCK_N), end * (TILE // BLOCK_N)):
+        t = it // (TILE // BLOCK_N)
+        col = tl.load(COL_IDX + h * lay_stride_idx + t)
+        k_pos = col * TILE + (it % (TILE // BLOCK_N)) * BLOCK_N + offs_n
+        k_ptrs = k_base + k_pos[:, None] * stride_kn + offs_d[None, :]
+        v_ptrs = v_base + k_pos[:, None] * stride_vn + offs_d[None, :]
+        if EVEN:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=(k_pos < N_K)[:, None], other=0.0)
+            v = tl.load(v_ptrs, mask=(k_pos < N_K)[:, None], other=0.0)
+        s = _mm(q, tl.trans(k), DOT_F32)  # (BLOCK_M, BLOCK_N) raw scores
+        if tl.load(ROW_MASK + h * lay_stride_idx + t) != 0:
+            keep = _keep(q_pos[:, None], k_pos[None, :], h, KIND, SINK, WINDOW, PBLOCK, LOCAL,
+                         VSTRIDE, HSTEP) & (k_pos[None, :] < N_K)
+            s = tl.where(keep, s, float("-inf"))
+        p = tl.exp2(s * sm_scale_log2 - lse2[:, None])
+        dp = _mm(do, tl.trans(v), DOT_F32)
+        ds = p * (dp - delta[:, None])
+        dq = _mma(ds.to(k.dtype), k, dq, DOT_F32)
+
+    dq *= sm_scale
+    dq_ptrs = (DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
+               + (q_pos - Q_OFF)[:, None] * stride_dqn + offs_d[None, :])
+    if EVEN:
+        tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty))
+    else:
+        tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=q_ok[:, None])
 
 
 @triton.jit
@@ -309,87 +375,6 @@ def _bwd_dkdv_kernel(
     else:
         tl.store(DK + out_off, dk.to(DK.dtype.element_ty), mask=(k_pos < N_K)[:, None])
         tl.store(DV + out_off, dv.to(DV.dtype.element_ty), mask=(k_pos < N_K)[:, None])
-
-
-@triton.jit
-def _bwd_dq_kernel(
-    Q, K, V, DO, LSE, DELTA, DQ,  # dq like q
-    ROW_PTR, COL_IDX, ROW_MASK, ROW_ORDER,  # CSR layout, as in the forward
-    lay_stride_ptr, lay_stride_idx, lay_stride_order,
-    sm_scale, sm_scale_log2,
-    stride_qb, stride_qh, stride_qn,
-    stride_kb, stride_kh, stride_kn,
-    stride_vb, stride_vh, stride_vn,
-    stride_dob, stride_doh, stride_don,
-    stride_dqb, stride_dqh, stride_dqn,
-    BH, H, GROUP, N_K, N_Q, Q_OFF, NUM_TILES, HEAVY,
-    SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP,
-    KIND: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN: tl.constexpr, DOT_F32: tl.constexpr,
-):
-    """dQ for ``BLOCK_M`` queries: walk the CSR row like the forward, recompute P from the
-    saved LSE, ``dS = P * (dO V^T - delta)``, ``dQ += dS K``."""
-    bh, idx, part = _schedule(tl.program_id(0), BH, NUM_TILES, TILE // BLOCK_M, HEAVY)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUP
-    row = tl.load(ROW_ORDER + h * lay_stride_order + idx)
-
-    q_pos = row * TILE + part * BLOCK_M + tl.arange(0, BLOCK_M)
-    q_ok = (q_pos >= Q_OFF) & (q_pos < N_K)
-    offs_d = tl.arange(0, HEAD_DIM)
-    q_ptrs = (Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-              + (q_pos - Q_OFF)[:, None] * stride_qn + offs_d[None, :])
-    do_ptrs = (DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
-               + (q_pos - Q_OFF)[:, None] * stride_don + offs_d[None, :])
-    row_ptrs = bh.to(tl.int64) * N_Q + q_pos - Q_OFF
-    if EVEN:
-        q = tl.load(q_ptrs)
-        do = tl.load(do_ptrs)
-        lse = tl.load(LSE + row_ptrs)
-        delta = tl.load(DELTA + row_ptrs)
-    else:
-        q = tl.load(q_ptrs, mask=q_ok[:, None], other=0.0)
-        do = tl.load(do_ptrs, mask=q_ok[:, None], other=0.0)
-        lse = tl.load(LSE + row_ptrs, mask=q_ok, other=float("inf"))
-        delta = tl.load(DELTA + row_ptrs, mask=q_ok, other=0.0)
-    lse2 = lse * _LOG2E
-    k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
-
-    start = tl.load(ROW_PTR + h * lay_stride_ptr + row)
-    end = tl.load(ROW_PTR + h * lay_stride_ptr + row + 1)
-    offs_n = tl.arange(0, BLOCK_N)
-    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for it in range(start * (TILE // BLOCK_N), end * (TILE // BLOCK_N)):
-        t = it // (TILE // BLOCK_N)
-        col = tl.load(COL_IDX + h * lay_stride_idx + t)
-        k_pos = col * TILE + (it % (TILE // BLOCK_N)) * BLOCK_N + offs_n
-        k_ptrs = k_base + k_pos[:, None] * stride_kn + offs_d[None, :]
-        v_ptrs = v_base + k_pos[:, None] * stride_vn + offs_d[None, :]
-        if EVEN:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
-        else:
-            k = tl.load(k_ptrs, mask=(k_pos < N_K)[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=(k_pos < N_K)[:, None], other=0.0)
-        s = _mm(q, tl.trans(k), DOT_F32)  # (BLOCK_M, BLOCK_N) raw scores
-        if tl.load(ROW_MASK + h * lay_stride_idx + t) != 0:
-            keep = _keep(q_pos[:, None], k_pos[None, :], h, KIND, SINK, WINDOW, PBLOCK, LOCAL,
-                         VSTRIDE, HSTEP) & (k_pos[None, :] < N_K)
-            s = tl.where(keep, s, float("-inf"))
-        p = tl.exp2(s * sm_scale_log2 - lse2[:, None])
-        dp = _mm(do, tl.trans(v), DOT_F32)
-        ds = p * (dp - delta[:, None])
-        dq = _mma(ds.to(k.dtype), k, dq, DOT_F32)
-
-    dq *= sm_scale
-    dq_ptrs = (DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
-               + (q_pos - Q_OFF)[:, None] * stride_dqn + offs_d[None, :])
-    if EVEN:
-        tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty))
-    else:
-        tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=q_ok[:, None])
 
 
 # ----------------------------------------------------------------------------------- decode

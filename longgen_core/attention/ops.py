@@ -57,7 +57,10 @@ class KernelConfig:
 
     fwd_m/fwd_n: query rows per program / keys per step; dkdv_n/dkdv_m: keys per program /
     queries per step; dq_m/dq_n: like fwd; decode_n: cache slots per step; *_warps and
-    *_stages: Triton's num_warps and num_stages.
+    *_stages: Triton's num_warps and num_stages. dkdv_tile/dq_tile: the tile of the layout that
+    the dK/dV (CSC) and dQ (CSR) walks use, 0 for ``tile``; a finer layout skips the empty
+    corners of the coarse tiles (dkdv_tile = dkdv_n: a 64-key program never visits a 64-query
+    step that sees none of its keys). ``dkdv_n, dkdv_m`` divide dkdv_tile, ``dq_m, dq_n`` dq_tile.
     """
 
     tile: int
@@ -77,6 +80,12 @@ class KernelConfig:
     decode_warps: int = 4
     decode_stages: int = 2
     decode_per_sm: int = 2  # split the cache until about this many decode programs per SM
+    dkdv_tile: int = 0  # 0: tile
+    dq_tile: int = 0  # 0: tile
+
+    def walk_tiles(self) -> tuple[int, int]:
+        """The layout tiles of the dK/dV and dQ walks."""
+        return self.dkdv_tile or self.tile, self.dq_tile or self.tile
 
 
 # Measured on an H100 with `python -m longgen_core.bench kernels --tune` (see NOTES.md);
@@ -85,7 +94,8 @@ TUNED: dict[tuple[int, int, int], KernelConfig] = {
     (128, 128, 2): KernelConfig(128, fwd_m=128, fwd_n=128, fwd_warps=8, fwd_stages=3,
                                 dkdv_n=64, dkdv_m=64, dkdv_warps=4, dkdv_stages=2,
                                 dq_m=128, dq_n=128, dq_warps=8, dq_stages=2,
-                                decode_n=64, decode_warps=4, decode_stages=4, decode_per_sm=2),
+                                decode_n=64, decode_warps=4, decode_stages=4, decode_per_sm=2,
+                                dkdv_tile=64),
     (64, 128, 2): KernelConfig(64, fwd_m=64, fwd_n=64, fwd_warps=4, fwd_stages=3,
                                dkdv_n=64, dkdv_m=64, dkdv_warps=4, dkdv_stages=2,
                                dq_m=64, dq_n=64, dq_warps=4, dq_stages=2,
@@ -93,7 +103,8 @@ TUNED: dict[tuple[int, int, int], KernelConfig] = {
     (128, 64, 2): KernelConfig(128, fwd_m=128, fwd_n=64, fwd_warps=4, fwd_stages=3,
                                dkdv_n=64, dkdv_m=64, dkdv_warps=4, dkdv_stages=2,
                                dq_m=128, dq_n=64, dq_warps=4, dq_stages=2,
-                               decode_n=64, decode_warps=4, decode_stages=3, decode_per_sm=8),
+                               decode_n=64, decode_warps=4, decode_stages=3, decode_per_sm=8,
+                               dkdv_tile=64),
     (64, 64, 2): KernelConfig(64, fwd_m=64, fwd_n=64, fwd_warps=4, fwd_stages=3,
                               dkdv_n=64, dkdv_m=64, dkdv_warps=4, dkdv_stages=2,
                               dq_m=64, dq_n=64, dq_warps=4, dq_stages=2,
@@ -104,12 +115,17 @@ TUNED: dict[tuple[int, int, int], KernelConfig] = {
 def default_config(tile: int, head_dim: int, dtype: torch.dtype, interpret: bool) -> KernelConfig:
     """The launch settings for one tile size, head_dim and dtype.
 
-    Under the interpreter the sub-blocks are half a tile (from 32 up), so tests exercise the
-    sub-tiling paths. On a GPU: :data:`TUNED` if it holds an entry, else a safe heuristic.
+    Under the interpreter the sub-blocks are half a tile (from 32 up) and the dK/dV walk uses a
+    layout of half the tile (from 16 up), with sub-blocks of half that, so tests exercise the
+    sub-tiling paths and two layouts in one backward. On a GPU: :data:`TUNED` if it holds an
+    entry, else a safe heuristic.
     """
     if interpret:
         sub = max(16, tile // 2)
-        return KernelConfig(tile, sub, sub, dkdv_n=sub, dkdv_m=sub, dq_m=sub, dq_n=sub, decode_n=16)
+        dkdv_tile = max(16, tile // 2)
+        dkdv_sub = max(16, dkdv_tile // 2)
+        return KernelConfig(tile, sub, sub, dkdv_n=dkdv_sub, dkdv_m=dkdv_sub, dq_m=sub, dq_n=sub,
+                            decode_n=16, dkdv_tile=dkdv_tile)
     key = (tile, head_dim, torch.finfo(dtype).bits // 8)
     if key in TUNED:
         return TUNED[key]
@@ -121,7 +137,7 @@ def default_config(tile: int, head_dim: int, dtype: torch.dtype, interpret: bool
         tile, fwd_m=m, fwd_n=n, fwd_warps=8 if m == 128 else 4, fwd_stages=3 if not small else 2,
         dkdv_n=bw, dkdv_m=min(tile, 32 if small else 64), dkdv_warps=8 if small else 4, dkdv_stages=2,
         dq_m=bw, dq_n=min(tile, 32 if small else 64), dq_warps=8 if small else 4, dq_stages=2,
-        decode_n=64, decode_warps=4, decode_stages=3)
+        decode_n=64, decode_warps=4, decode_stages=3, dkdv_tile=bw)
 
 
 def _default_tile(pattern: Pattern, interpret: bool) -> int:
@@ -268,19 +284,19 @@ def _forward(q, k, v, pattern, scale, cfg: KernelConfig):
 
 
 def _backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig):
-    """Launch preprocess, dK/dV (CSC walk) and dQ (CSR walk). Returns dq, dk, dv."""
-    scale, lay, a = _common_args(q, k, pattern, scale, cfg.tile)
+    """Launch dQ (CSR walk, also writes delta) then dK/dV (CSC walk). Returns dq, dk, dv.
+
+    Each walk reads the layout at its own tile (``cfg.walk_tiles()``); both are cached."""
+    dkdv_tile, dq_tile = cfg.walk_tiles()
+    scale, lay_r, a_r = _common_args(q, k, pattern, scale, dq_tile)
+    _, lay_c, a_c = _common_args(q, k, pattern, scale, dkdv_tile)
     batch, heads, n_q, dim = q.shape
     kv_heads = k.shape[1]
     if do.stride(-1) != 1:
         do = do.contiguous()
-    delta = torch.empty((batch, heads, n_q), dtype=torch.float32, device=q.device)
-    dlse = dlse.float().contiguous() if dlse is not None else delta  # delta: unused placeholder
-    pre_block = 64
-    K._bwd_preprocess[(triton.cdiv(n_q, pre_block), batch * heads)](
-        o, do, dlse, delta, o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1),
-        do.stride(2), heads, n_q, HEAD_DIM=dim, BLOCK=pre_block, HAS_DLSE=dlse is not delta)
-
+    delta = torch.empty((batch, heads, n_q), dtype=torch.float32, device=q.device)  # dQ writes it
+    has_dlse = dlse is not None
+    dlse = dlse.float().contiguous() if has_dlse else delta  # delta: an unread placeholder
     dq = _empty(q.shape, q.dtype, q.device)
     dk = _empty(k.shape, k.dtype, k.device)
     dv = _empty(v.shape, v.dtype, v.device)
@@ -289,19 +305,20 @@ def _backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig):
                    stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
                    stride_dob=do.stride(0), stride_doh=do.stride(1), stride_don=do.stride(2))
     scales = dict(sm_scale=scale, sm_scale_log2=scale * math.log2(math.e))
-    K._bwd_dkdv_kernel[(batch * kv_heads * lay.nb * (cfg.tile // cfg.dkdv_n),)](
-        q, k, v, do, lse, delta, dk, dv, lay.col_ptr, lay.row_idx, lay.col_mask, lay.col_order,
-        **_layout_strides(lay, "col"), **scales, **strides,
-        stride_dkb=dk.stride(0), stride_dkh=dk.stride(1), stride_dkn=dk.stride(2),
-        BH_KV=batch * kv_heads, H_KV=kv_heads, NUM_TILES=lay.nb, HEAVY=lay.col_heavy,
-        BLOCK_N=cfg.dkdv_n, BLOCK_M=cfg.dkdv_m, num_warps=cfg.dkdv_warps, num_stages=cfg.dkdv_stages,
-        **a)
-    K._bwd_dq_kernel[(batch * heads * lay.nb * (cfg.tile // cfg.dq_m),)](
-        q, k, v, do, lse, delta, dq, lay.row_ptr, lay.col_idx, lay.row_mask, lay.row_order,
-        **_layout_strides(lay, "row"), **scales, **strides,
+    K._bwd_dq_kernel[(batch * heads * lay_r.nb * (dq_tile // cfg.dq_m),)](
+        q, k, v, o, do, lse, dlse, delta, dq, lay_r.row_ptr, lay_r.col_idx, lay_r.row_mask,
+        lay_r.row_order, **_layout_strides(lay_r, "row"), **scales, **strides,
+        stride_ob=o.stride(0), stride_oh=o.stride(1), stride_on=o.stride(2),
         stride_dqb=dq.stride(0), stride_dqh=dq.stride(1), stride_dqn=dq.stride(2),
-        BH=batch * heads, NUM_TILES=lay.nb, HEAVY=lay.row_heavy, BLOCK_M=cfg.dq_m, BLOCK_N=cfg.dq_n,
-        num_warps=cfg.dq_warps, num_stages=cfg.dq_stages, **a)
+        BH=batch * heads, NUM_TILES=lay_r.nb, HEAVY=lay_r.row_heavy, BLOCK_M=cfg.dq_m, BLOCK_N=cfg.dq_n,
+        HAS_DLSE=has_dlse, num_warps=cfg.dq_warps, num_stages=cfg.dq_stages, **a_r)
+    K._bwd_dkdv_kernel[(batch * kv_heads * lay_c.nb * (dkdv_tile // cfg.dkdv_n),)](
+        q, k, v, do, lse, delta, dk, dv, lay_c.col_ptr, lay_c.row_idx, lay_c.col_mask, lay_c.col_order,
+        **_layout_strides(lay_c, "col"), **scales, **strides,
+        stride_dkb=dk.stride(0), stride_dkh=dk.stride(1), stride_dkn=dk.stride(2),
+        BH_KV=batch * kv_heads, H_KV=kv_heads, NUM_TILES=lay_c.nb, HEAVY=lay_c.col_heavy,
+        BLOCK_N=cfg.dkdv_n, BLOCK_M=cfg.dkdv_m, num_warps=cfg.dkdv_warps, num_stages=cfg.dkdv_stages,
+        **a_c)
     return dq, dk, dv
 
 
