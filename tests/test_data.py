@@ -148,3 +148,48 @@ def test_chained_facts_keep_their_order(tokenizer):
 def test_partial_scores_for_multi_answer_tasks(tokenizer):
     s = tasks.multivalue_niah(tokenizer, 700, 0.5, seed=2, num_values=4)
     assert tasks.score(s, " ".join(s.answers[:2])) == 0.5
+
+
+# ---------------------------------------------------------------------- training stream
+def test_training_stream_mixes_at_the_stated_ratio_and_seeks_exactly(tokenizer):
+    stream = data.TrainingStream("pydoc", tokenizer, seq_len=128, seed=3, synthetic_ratio=0.25)
+    items = [next(stream) for _ in range(40)]
+    kinds = [it["kind"] for it in items]
+    assert 4 <= sum(k != "corpus" for k in kinds) <= 16 and {"passkey", "kv_retrieval"} & set(kinds)
+    assert all(it["input_ids"].shape == it["labels"].shape == (128,) for it in items)
+    corpus = [it["input_ids"] for it in items if it["kind"] == "corpus"]
+    assert torch.equal(torch.stack(corpus[:5]), data.packed_sequences("pydoc", tokenizer, 128, 5))
+    for it in items:
+        if it["kind"] != "corpus":  # scored on the answer + EOS only, which end the sequence
+            scored = (it["labels"] != -100).nonzero().flatten()
+            assert scored.tolist() == list(range(128 - len(scored), 128))
+            assert it["input_ids"][-1] == tokenizer.eos_token_id
+    again = data.TrainingStream("pydoc", tokenizer, seq_len=128, seed=3, synthetic_ratio=0.25).seek(25)
+    assert again.position == 25
+    for it in items[25:]:
+        nxt = next(again)
+        assert nxt["kind"] == it["kind"] and torch.equal(nxt["input_ids"], it["input_ids"])
+    other_seed = data.TrainingStream("pydoc", tokenizer, seq_len=128, seed=4, synthetic_ratio=0.25)
+    assert [next(other_seed)["kind"] for _ in range(40)] != kinds
+
+
+def test_training_stream_cycles_small_corpora_and_refuses_tiny_ones(tmp_path, tokenizer):
+    (tmp_path / "a.txt").write_text("one two three four five six seven eight nine ten " * 4)
+    stream = data.TrainingStream(tmp_path, tokenizer, seq_len=16)
+    batch = stream.take(12)  # more sequences than one pass holds: the corpus starts over
+    assert batch["input_ids"].shape == (12, 16) and stream.position == 12
+    token_docs = data.tokenize(data.documents(tmp_path), tokenizer)
+    per_epoch = len(list(data.pack(token_docs, 16, tokenizer.eos_token_id)))
+    assert per_epoch < 12 and torch.equal(batch["input_ids"][0], batch["input_ids"][per_epoch])
+    with pytest.raises(ValueError, match="too small for one packed sequence"):
+        data.TrainingStream(tmp_path, tokenizer, seq_len=100_000).check()
+    random_stream = data.TrainingStream("random", None, seq_len=32, vocab_size=100)
+    assert random_stream.take(2)["input_ids"].max() < 100
+    with pytest.raises(ValueError, match="tokenizer"):
+        data.TrainingStream("random", None, seq_len=256, vocab_size=100, synthetic_ratio=0.5)
+
+
+def test_export_text_round_trips(tmp_path):
+    count = data.export_text("pydoc", tmp_path / "pydoc", split="heldout")
+    assert count == len(list(data.documents("pydoc", "heldout")))
+    assert list(data.documents(tmp_path / "pydoc")) == list(data.documents("pydoc", "heldout"))
