@@ -55,6 +55,22 @@ def _kernel_table(bench: dict) -> list[str]:
     return lines
 
 
+def _train_table(train: dict) -> list[str]:
+    v = train["versions"]
+    lines = [f"**Training step** ({train['device']}, torch {v['torch']}, transformers {v['transformers']}, "
+             f"{train['date'][:10]}; {train['preset']['name']}: {train['seq_len'] // 1024}K tokens per step, "
+             f"{train['steps']} steps ({train['untimed_steps']} untimed)"
+             f"{', random-init weights (speed only)' if train['preset'].get('random_init') else ''}; "
+             "`python -m longgen_core.train measure`)", "",
+             "| attention | layer map | tokens/s | ms/step | peak GiB | last loss |", "|---|---|---|---|---|---|"]
+    for name, run in train["runs"].items():
+        lines.append(f"| {name} | `{run['layer_map']}` | {run['tokens_per_s']:,.0f} | {run['ms_per_step']:.1f} | "
+                     f"{run['peak_memory_gib']:.1f} | {run['loss'][-1]:.2f} |")
+    lines += ["", f"Hybrid / full: **{train['speedup']:.2f}x** tokens/s (target {train['target_speedup']}x; "
+              f"paper {PAPER['train_speedup']}x at 128K on 7B)."]
+    return lines
+
+
 def render(figures: Path | None = None) -> str:
     """Markdown for every result JSON present under ``figures/`` (a note where none is yet)."""
     figures = figures or ROOT / "figures"
@@ -66,6 +82,10 @@ def render(figures: Path | None = None) -> str:
     kernels = _load("bench_kernels.json", figures)
     if kernels:
         parts += _kernel_table(kernels) + [""]
+        found = True
+    train = _load("train_gpu_small.json", figures)
+    if train:
+        parts += _train_table(train) + [""]
         found = True
     if not found:
         parts.append("*No GPU results committed yet.*")

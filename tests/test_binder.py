@@ -49,7 +49,8 @@ def test_binder_scripts():
 
 
 # Notebooks the Binder demo runs (the CPU walk-through); each must execute in Binder's environment.
-BINDER_DEMO = ["01_attention_patterns.ipynb"]
+BINDER_DEMO = ["01_attention_patterns.ipynb", "02_triton_sparse_kernel.ipynb", "03_hybrid_conversion.ipynb",
+               "04_long_context_finetuning.ipynb"]
 
 
 @pytest.mark.slow
@@ -72,5 +73,5 @@ def test_binder_environment_builds_and_runs_the_demo(tmp_path):
     assert Path(package).resolve().is_relative_to(ROOT)
     for name in BINDER_DEMO:
         run(str(BINDER / "start"), "python", "-m", "papermill", "--cwd", "notebooks", f"notebooks/{name}",
-            str(tmp_path / name), "-p", "SAVE_FIGURES", "False")
+            str(tmp_path / name), "-p", "SAVE_FIGURES", "False", "-p", "RUN_DIR", str(tmp_path / "runs"))
         assert (tmp_path / name).exists()
