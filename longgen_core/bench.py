@@ -1,5 +1,9 @@
 """Benchmarks (GPU), one subcommand each; results go to ``figures/`` as JSON plus a PNG.
 
+``python -m longgen_core.bench model --out figures/bench_model.json``
+    A Llama-2-7B-shaped model (few layers, random weights): full attention vs the LongGen hybrid,
+    KV bytes, prefill, decode (batch 1 and 8) and a training step; see :mod:`longgen_core.bench_model`.
+
 ``python -m longgen_core.bench kernels --out figures/bench_kernels.json``
     The sparse attention kernels of :mod:`longgen_core.attention` against, in the same run, full
     causal SDPA (flash backend) and FlexAttention with a compiled ``create_block_mask`` of the same
@@ -588,6 +592,13 @@ def run_kernels(args) -> int:
     return 0
 
 
+def _run_model(args) -> int:
+    """The ``model`` subcommand (:mod:`longgen_core.bench_model`)."""
+    from .bench_model import run_cli
+
+    return run_cli(args)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m longgen_core.bench", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -610,6 +621,19 @@ def main(argv=None) -> int:
     k.add_argument("--profile", default="", help="comma-separated N: per-kernel times (torch.profiler)")
     k.add_argument("--time-budget", type=float, default=None, help="seconds; later rows are skipped")
     k.set_defaults(func=run_kernels)
+    m = sub.add_parser("model", help="Llama-2-7B-shaped model: full attention vs LongGen hybrid (GPU)")
+    m.add_argument("--out", default="figures/bench_model.json", help="results JSON (the PNG goes beside it)")
+    m.add_argument("--png", default=None, help="figure path (default: --out with .png)")
+    m.add_argument("--lengths", default="32768,65536,131072", help="comma-separated N, run in this order")
+    m.add_argument("--layers", type=int, default=6, help="decoder layers (the middle third full)")
+    m.add_argument("--reps", type=int, default=3, help="timed repeats per cell (after one warm-up)")
+    m.add_argument("--decode-steps", type=int, default=16, help="single-token steps per timed decode loop")
+    m.add_argument("--decode-batch", type=int, default=8)
+    m.add_argument("--loss-chunk", type=int, default=4096)
+    m.add_argument("--metrics", default="kv_bytes,prefill_ms,decode_ms_b1,decode_ms_b8,train_step_ms")
+    m.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    m.add_argument("--time-budget", type=float, default=None, help="seconds; later cells are skipped")
+    m.set_defaults(func=_run_model)
     args = parser.parse_args(argv)
     return args.func(args)
 

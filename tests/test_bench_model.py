@@ -1,0 +1,49 @@
+"""CPU test of the ``model`` benchmark (longgen_core.bench_model) on a tiny random Llama: the JSON
+structure and the KV bytes (hybrid < full past the window, hybrid == kv_bytes_formula). The times
+it records on CPU are not measurements of anything."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from longgen_core import bench, bench_model
+from longgen_core.models import tiny_llama
+from longgen_core.patterns import sink_window
+
+
+def test_model_bench_tiny_cpu(tmp_path):
+    config = tiny_llama(num_layers=3, hidden_size=64, num_heads=4, num_kv_heads=2, vocab_size=128).config
+    res = bench_model.run_model_bench([64, 128], device="cpu", dtype=torch.float32, config=config,
+                                      pattern=sink_window(4, 16), reps=1, decode_steps=2, decode_batch=2,
+                                      chunk=32, log=lambda s: None)
+    for key in ("device", "torch", "triton", "transformers", "date", "layers", "rows", "notes"):
+        assert key in res
+    assert res["layers"] == 3 and res["layer_map"] == "sFs"
+    metrics = {"kv_bytes", "prefill_ms", "decode_ms_b1", "decode_ms_b2", "train_step_ms"}
+    cells = {(r["attention"], r["n"], r["metric"]) for r in res["rows"]}
+    assert cells == {(a, n, m) for a in ("full", "hybrid") for n in (64, 128) for m in metrics}
+    for r in res["rows"]:
+        assert r["value"] is not None and r["value"] > 0, r
+    kv = {(r["attention"], r["n"]): r for r in res["rows"] if r["metric"] == "kv_bytes"}
+    for n in (64, 128):
+        assert kv["hybrid", n]["value"] < kv["full", n]["value"]
+        assert kv["hybrid", n]["value"] == kv["hybrid", n]["kv_bytes_formula"]
+    # full: 3 layers * 2 (K, V) * 2 kv heads * 16 head_dim * 4 bytes * n
+    assert kv["full", 128]["value"] == 3 * 2 * 2 * 16 * 4 * 128
+    assert res["ratios"]["kv_bytes"]["128"] > 1
+    out = tmp_path / "bench_model.json"
+    bench.write_results(out, res)
+    assert json.loads(out.read_text())["rows"]
+    bench_model.save_plot(res, tmp_path / "bench_model.png")
+    assert (tmp_path / "bench_model.png").stat().st_size > 0
+    assert "kv_bytes" in bench_model.results_table(res)
+
+
+def test_model_subcommand_is_registered():
+    import pytest
+
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["model", "--help"])
+    assert exc.value.code == 0
