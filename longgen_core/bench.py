@@ -45,6 +45,23 @@ IMPLS = ("longgen", "flex", "sdpa_full")
 
 
 # ----------------------------------------------------------------------------------- results I/O
+
+def software_versions() -> dict:
+    """Versions of the packages a result depends on (triton only where it is installed)."""
+    import accelerate
+    import torch
+    import transformers
+
+    out = {"torch": torch.__version__, "transformers": transformers.__version__,
+           "accelerate": accelerate.__version__}
+    try:
+        import triton
+
+        out["triton"] = triton.__version__
+    except ImportError:  # CPU-only installs of some platforms ship torch without triton
+        pass
+    return out
+
 def write_results(path, results: dict) -> None:
     """Write the results dict as indented JSON, atomically (temp file + rename)."""
     path = Path(path)

@@ -34,6 +34,8 @@ import warnings
 
 import torch
 
+from .bench import software_versions
+
 METRICS = ("kv_bytes", "prefill_ms", "decode_ms_b1", "decode_ms_b8", "train_step_ms")
 ATTENTIONS = ("full", "hybrid")
 
@@ -129,7 +131,6 @@ def run_model_bench(lengths, layers: int = 6, device: str = "cuda", dtype=torch.
     is_cuda = torch.device(device).type == "cuda"
     results = {
         "device": torch.cuda.get_device_name() if is_cuda else "cpu",
-        "torch": torch.__version__, "triton": None, "transformers": None,
         "date": datetime.date.today().isoformat(), "layers": layers,
         "layer_map": layer_map(hybrid.config), "full_layers": hybrid.config.longgen["full_layers"],
         "pattern": pattern.name if hasattr(pattern, "name") else repr(pattern),
@@ -140,13 +141,7 @@ def run_model_bench(lengths, layers: int = 6, device: str = "cuda", dtype=torch.
         "dtype": str(dtype).replace("torch.", ""), "reps": reps, "decode_steps": decode_steps,
         "decode_batch": decode_batch, "loss_chunk": chunk, "rows": [], "notes": [],
     }
-    try:
-        import triton
-        results["triton"] = triton.__version__
-    except ImportError:
-        pass
-    import transformers
-    results["transformers"] = transformers.__version__
+    results.update(software_versions())
     results["notes"].append(
         f"{layers} decoder layers of Llama-2-7B shape (random weights), layer map "
         f"{results['layer_map']} (F = full attention, s = sink+window); 32 layers do not fit one GPU "

@@ -68,6 +68,7 @@ from pathlib import Path
 
 import torch
 
+from .bench import software_versions
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from .data import TrainingStream
 from .loss import CausalLMLoss
@@ -240,21 +241,6 @@ class TrainResult:
     model: object = None
 
 
-def _versions() -> dict:
-    import accelerate
-    import transformers
-
-    out = {"torch": torch.__version__, "transformers": transformers.__version__,
-           "accelerate": accelerate.__version__}
-    try:
-        import triton
-
-        out["triton"] = triton.__version__
-    except ImportError:
-        pass
-    return out
-
-
 def _rng_fingerprint() -> str:
     """Short hash of the torch and Python RNG states (to verify a resume restored them)."""
     h = hashlib.sha256(torch.get_rng_state().numpy().tobytes())
@@ -348,7 +334,7 @@ def train(preset: str | Preset = DEFAULT_PRESET, attention: str = "hybrid", run_
     accelerator.register_for_checkpointing(scheduler)
     info.update(precision="bf16 autocast" if accelerator.mixed_precision == "bf16" else "fp32",
                 device=str(accelerator.device), processes=world,
-                tokens_per_step=preset.tokens_per_step(world), versions=_versions())
+                tokens_per_step=preset.tokens_per_step(world), versions=software_versions())
 
     record = {"preset": preset.to_dict(), "attention": attention, "info": info}
     ckpt_root, log_path = run_dir / CKPT_DIR, run_dir / LOG_FILE

@@ -84,11 +84,12 @@ def measure(preset: str = "gpu-small", untimed_steps: int = 5, out: str | Path |
     beside it. ``overrides`` are preset fields (``random_init=True``, ``corpus="pydoc"``,
     ``steps=50``...). Runs go to ``run_root`` (default: a temporary folder, deleted afterwards).
     """
-    from .train import _versions, train
+    from .bench import software_versions
+    from .train import train
 
     p = get_preset(preset, **overrides)
     out = Path(out) if out is not None else FIGURES_DIR / f"train_{p.name.replace('-', '_')}.json"
-    results = {"preset": p.to_dict(), "device": _device_name(), "versions": _versions(),
+    results = {"preset": p.to_dict(), "device": _device_name(), "versions": software_versions(),
                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                "seq_len": p.seq_len, "tokens_per_step": p.tokens_per_step(), "steps": p.steps,
                "untimed_steps": untimed_steps,
