@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import tasks
+from .loss import chunked_lm_loss
 from .settings import get_settings
 
 
@@ -92,14 +93,12 @@ def perplexity(model, sequences: torch.Tensor, chunk: int = 1024) -> float:
     """
     device = next(model.parameters()).device
     nll, count = 0.0, 0
-    for seq in sequences:
+    for seq in sequences:  # one at a time: long sequences do not batch in memory
         ids = seq.unsqueeze(0).to(device)
-        hidden = model.model(ids).last_hidden_state[0]  # (N, hidden)
-        for start in range(0, ids.shape[1] - 1, chunk):
-            stop = min(start + chunk, ids.shape[1] - 1)
-            logits = model.lm_head(hidden[start:stop]).float()
-            nll += torch.nn.functional.cross_entropy(logits, ids[0, start + 1:stop + 1], reduction="sum").item()
-            count += stop - start
+        hidden = model.get_decoder()(input_ids=ids).last_hidden_state  # (1, N, hidden)
+        total, scored = chunked_lm_loss(hidden, model.get_output_embeddings(), ids, chunk)
+        nll += total.item()
+        count += int(scored.item())
     return math.exp(nll / count)
 
 
