@@ -30,6 +30,7 @@ import torch
 
 from . import hf_attention
 from .patterns import Pattern, default_full_layers, sink_window
+from .rope import rebuild_rotary
 from .settings import SETTINGS_KEY, get_settings, layer_patterns, make_settings, pattern_from_dict
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "convert_config", "to_longgen", "to_posthoc_streaming", "load_longgen",
@@ -90,16 +91,6 @@ def convert_config(config, full_layers: list[int] | None = None, pattern: Patter
     return config
 
 
-def _rebuild_rotary(model) -> None:
-    """Recompute RoPE frequencies after the config changed: build each rotary-embedding module
-    afresh from the (shared) config -- its constructor reads ``rope_parameters``."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child).__name__.endswith("RotaryEmbedding") and hasattr(child, "inv_freq"):
-                fresh = type(child)(child.config).to(child.inv_freq.device)
-                setattr(parent, name, fresh)
-
-
 def _check_backend(backend: str) -> None:
     if backend not in hf_attention.ATTN_IMPLEMENTATIONS:
         raise ValueError(f"backend must be one of {list(hf_attention.ATTN_IMPLEMENTATIONS)}, got {backend!r}")
@@ -131,7 +122,7 @@ def _convert(model, mode, full_layers, pattern, positions, rope_theta, max_posit
         config.rope_parameters, config.max_position_embeddings = old_rope, old_max  # leave it untouched
         raise
     if rope_theta is not None or max_position_embeddings is not None:
-        _rebuild_rotary(model)
+        rebuild_rotary(model)  # recompute RoPE frequencies from the changed config
     try:
         return _apply(model, backend)
     except ValueError:

@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["ROPE_EXPONENT", "extended_rope_theta", "wavelengths", "slow_pairs", "rope_theta_of", "set_rope"]
+__all__ = ["ROPE_EXPONENT", "extended_rope_theta", "wavelengths", "slow_pairs", "rope_theta_of", "set_rope",
+           "rebuild_rotary"]
 
 ROPE_EXPONENT = math.log(5e6 / 1e4) / math.log(131072 / 4096)  # ~1.7932: the paper's 4K->128K, 1e4->5e6
 
@@ -128,13 +129,21 @@ def set_rope(model, rope_theta: float | None = None, max_position_embeddings: in
     config.rope_parameters = params
     if max_position_embeddings is not None:
         config.max_position_embeddings = max_position_embeddings
+    if rebuild_rotary(model) == 0:
+        raise ValueError(f"{type(model).__name__} has no rotary-embedding module to rebuild")
+    return model
+
+
+def rebuild_rotary(model) -> int:
+    """Rebuild every rotary-embedding module of ``model`` from its (updated) config; return how many.
+
+    Their constructors read ``rope_parameters`` and ``max_position_embeddings``, so after a config
+    change the model computes exactly what a model built with that config computes.
+    """
     rebuilt = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child).__name__.endswith("RotaryEmbedding") and hasattr(child, "inv_freq"):
-                # The constructor reads rope_parameters and max_position_embeddings from the config.
                 setattr(parent, name, type(child)(child.config).to(child.inv_freq.device))
                 rebuilt += 1
-    if rebuilt == 0:
-        raise ValueError(f"{type(model).__name__} has no rotary-embedding module to rebuild")
-    return model
+    return rebuilt
