@@ -50,7 +50,9 @@ def retrieval_grid(model, tokenizer, task: str = "passkey", lengths=(512, 1024),
     """Score ``task`` at every (length, depth) cell; ``samples`` seeded prompts per cell.
 
     Returns a JSON-ready dict: ``scores[i][j]`` is the mean score at ``depths[i]``, ``lengths[j]``;
-    ``mean_by_length`` averages over depths; ``examples`` keeps one generation per cell.
+    ``mean_by_length`` averages over depths; ``examples`` keeps one generation per cell;
+    ``details`` lists every sample as ``[length, depth, needle_start, needle_end, score]`` (where the needle
+    sat decides whether an evicting cache could still see it).
     """
     if task not in tasks.TASKS:
         raise ValueError(f"task must be one of {sorted(tasks.TASKS)}, got {task!r}")
@@ -59,7 +61,7 @@ def retrieval_grid(model, tokenizer, task: str = "passkey", lengths=(512, 1024),
     make = tasks.TASKS[task]
     device = next(model.parameters()).device
     scores = [[0.0] * len(lengths) for _ in depths]
-    examples = []
+    examples, details = [], []
     cells = [(i, j) for j in range(len(lengths)) for i in range(len(depths))]
     bar = tqdm(cells, desc=f"{task}", disable=not progress)
     for i, j in bar:
@@ -73,7 +75,9 @@ def retrieval_grid(model, tokenizer, task: str = "passkey", lengths=(512, 1024),
             prompts = torch.tensor([s.prompt_ids for s in chunk], device=device)
             outputs = generate_batch(model, prompts, new_tokens)
             texts = tokenizer.batch_decode(outputs, skip_special_tokens=True)
-            total += sum(tasks.score(s, t) for s, t in zip(chunk, texts))
+            sample_scores = [tasks.score(s, t) for s, t in zip(chunk, texts)]
+            total += sum(sample_scores)
+            details += [[n, depth, s.needle_start, s.needle_end, sc] for s, sc in zip(chunk, sample_scores)]
             if start == 0:
                 examples.append({"length": n, "depth": depth, "answer": chunk[0].answer, "output": texts[0]})
         scores[i][j] = total / samples
@@ -81,7 +85,8 @@ def retrieval_grid(model, tokenizer, task: str = "passkey", lengths=(512, 1024),
     mean_by_length = {str(n): sum(scores[i][j] for i in range(len(depths))) / len(depths)
                       for j, n in enumerate(lengths)}
     return {"task": task, "lengths": list(lengths), "depths": list(depths), "samples": samples, "seed": seed,
-            "scores": scores, "mean_by_length": mean_by_length, "examples": examples}
+            "scores": scores, "mean_by_length": mean_by_length, "examples": examples,
+            "details": details}
 
 
 @torch.no_grad()

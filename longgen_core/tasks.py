@@ -49,6 +49,7 @@ class Sample:
     depth: float
     task: str
     answers: list[str] | None = None  # every item the answer must contain (default: [answer])
+    needle_end: int | None = None  # token index just after the (first) needle
 
     def __post_init__(self):
         if self.answers is None:
@@ -130,7 +131,8 @@ def _assemble(tokenizer, n_tokens: int, depth: float, seed: int, haystack: str,
     prompt = intro_ids + body + question_ids
     assert len(prompt) == n_tokens
     return Sample(prompt_ids=prompt, answer=answer, answer_ids=_ids(tokenizer, " " + answer),
-                  needle_start=len(intro_ids) + needle_start, depth=depth, task=task, answers=answers)
+                  needle_start=len(intro_ids) + needle_start, depth=depth, task=task, answers=answers,
+                  needle_end=len(intro_ids) + needle_start + len(needle_ids))
 
 
 def passkey(tokenizer, n_tokens: int, depth: float, seed: int, haystack: str = "repeat") -> Sample:

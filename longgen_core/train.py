@@ -23,8 +23,11 @@ configuration (``accelerate config`` or flags), the loop only uses accelerate's 
         --fsdp_transformer_layer_cls_to_wrap LlamaDecoderLayer --fsdp_state_dict_type SHARDED_STATE_DICT \
         -m longgen_core.train --preset paper-7b-128k --attention hybrid
 
-(Only the single-process path is tested here, on the CPU; under FSDP the checkpoint holds
-accelerate's sharded model/optimizer files instead of ``model.safetensors``.)
+(Tested on the CPU: 2 processes on gloo (DDP) give the losses, gradient norms and final weights of one
+process -- ``tests/test_distributed.py``. FSDP is not tested here: accelerate 1.15 turns it on only with a
+GPU-type device (under ``ACCELERATE_USE_CPU`` it runs DDP; ``config.json``'s ``info.distributed`` records
+which engine ran). Under FSDP the checkpoint holds accelerate's sharded model/optimizer files instead of
+``model.safetensors``.)
 
 What a run does:
 
@@ -76,7 +79,7 @@ from .presets import DEFAULT_PRESET, PRESETS, Preset, base_config, get_preset
 from .rope import rope_theta_of, set_rope
 
 __all__ = ["ATTENTIONS", "RUNS_DIR", "TrainResult", "train", "build_model", "load_tokenizer", "set_trainable",
-           "compute_in_autocast_dtype", "warmup_cosine", "read_log", "plot_loss", "loss_summary", "main"]
+           "compute_in_autocast_dtype", "truncate_layers", "warmup_cosine", "read_log", "plot_loss", "loss_summary", "main"]
 
 ATTENTIONS = ("hybrid", "full")
 RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"  # git-ignored
@@ -110,7 +113,8 @@ def load_tokenizer(preset: Preset):
     return AutoTokenizer.from_pretrained(source)
 
 
-def _truncate_layers(model, num_layers: int) -> None:
+def truncate_layers(model, num_layers: int) -> None:
+    """Keep only the first ``num_layers`` decoder layers of ``model`` (in place; config updated)."""
     layers = model.get_decoder().layers
     if num_layers > len(layers):
         raise ValueError(f"num_layers={num_layers} but the model has only {len(layers)} decoder layers")
@@ -146,7 +150,7 @@ def build_model(preset: Preset, attention: str = "hybrid"):
     else:
         model, _ = load_model(preset.model)
         if preset.num_layers is not None:
-            _truncate_layers(model, preset.num_layers)
+            truncate_layers(model, preset.num_layers)
     before = rope_theta_of(model.config)
     theta = preset.resolved_rope_theta(before)
     if attention == "hybrid":
@@ -309,7 +313,10 @@ def train(preset: str | Preset = DEFAULT_PRESET, attention: str = "hybrid", run_
 
     # Data first: a bad corpus fails before the model is loaded.
     tokenizer = load_tokenizer(preset)
-    vocab_size = None if tokenizer is not None else base_config(preset.model).vocab_size
+    vocab_size = None
+    if preset.corpus == "random":  # the model's vocabulary (a random-init override included)
+        overrides = dict(preset.model_overrides) if preset.random_init else {}
+        vocab_size = overrides.get("vocab_size") or base_config(preset.model).vocab_size
     stream = TrainingStream(preset.corpus, tokenizer, preset.seq_len, seed=preset.seed,
                             synthetic_ratio=preset.synthetic_ratio, tasks=preset.synthetic_tasks,
                             split=preset.split, vocab_size=vocab_size).check()
@@ -334,6 +341,7 @@ def train(preset: str | Preset = DEFAULT_PRESET, attention: str = "hybrid", run_
     accelerator.register_for_checkpointing(scheduler)
     info.update(precision="bf16 autocast" if accelerator.mixed_precision == "bf16" else "fp32",
                 device=str(accelerator.device), processes=world,
+                distributed=accelerator.distributed_type.value,  # NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
                 tokens_per_step=preset.tokens_per_step(world), versions=software_versions())
 
     record = {"preset": preset.to_dict(), "attention": attention, "info": info}

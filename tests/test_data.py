@@ -86,6 +86,8 @@ def test_samples_have_exact_length_and_the_needle_where_said(tokenizer, task, de
     assert len(sample.prompt_ids) == 600
     needle_text = tokenizer.decode(sample.prompt_ids[sample.needle_start:sample.needle_start + 30])
     assert sample.answer in needle_text
+    needle = tokenizer.decode(sample.prompt_ids[sample.needle_start:sample.needle_end])
+    assert sample.answer in needle and needle.strip().endswith(".")  # the whole needle, nothing after
     prompt_text = tokenizer.decode(sample.prompt_ids)
     assert prompt_text.count(sample.answer) >= 1
     relative = sample.needle_start / 600
