@@ -30,3 +30,56 @@ def test_update_readme_rewrites_only_the_block(tmp_path):
     assert text.startswith("intro\n") and text.endswith("outro\n") and "old" not in text
     assert "No GPU results committed yet" in text
     assert not report.update_readme(readme, tmp_path)
+
+
+def model_bench(rows, layer_map="ssFFss"):
+    return {"device": "GPU Y", "torch": "2.11", "transformers": "5.17", "date": "2026-11-23", "layers": len(layer_map),
+            "layer_map": layer_map, "pattern": "sink_window_64_4096", "dtype": "bfloat16", "reps": 3,
+            "decode_steps": 16, "decode_batch": 8, "rows": rows, "notes": []}
+
+
+def test_model_table_from_rows(tmp_path):
+    n, GiB = 131072, 2**30
+    rows = [
+        {"attention": "full", "n": n, "metric": "kv_bytes", "value": 12 * GiB},
+        {"attention": "hybrid", "n": n, "metric": "kv_bytes", "value": 4 * GiB, "kv_bytes_formula": 4 * GiB},
+        {"attention": "full", "n": n, "metric": "prefill_ms", "value": 2000.0},
+        {"attention": "hybrid", "n": n, "metric": "prefill_ms", "value": 1000.0},
+        {"attention": "full", "n": n, "metric": "decode_ms_b1", "value": 80.0},
+        {"attention": "hybrid", "n": n, "metric": "decode_ms_b1", "value": 20.0},
+        {"attention": "full", "n": n, "metric": "decode_ms_b8", "value": None, "skipped": "out of memory"},
+        {"attention": "hybrid", "n": n, "metric": "decode_ms_b8", "value": 100.0},
+        {"attention": "full", "n": n, "metric": "train_step_ms", "value": 1600.0},
+        {"attention": "hybrid", "n": n, "metric": "train_step_ms", "value": 1000.0},
+    ]
+    (tmp_path / "bench_model.json").write_text(json.dumps(model_bench(rows)))
+    text = report.render(tmp_path)
+    assert "**Whole model** (GPU Y" in text and "layer map `ssFFss`" in text
+    assert "| KV cache | 128K | 12.00 GiB | 4.00 GiB | −66.7% | −62% | −62% (met) |" in text
+    assert "| prefill ms | 128K | 2000.00 | 1000.00 | 2.00x | 1.67x | ≥1.75x (met) |" in text
+    assert "| train step ms | 128K | 1600.00 | 1000.00 | 1.60x | 1.55x | ≥1.7x (not met) |" in text
+    # missing value: a dash and the reason from the JSON
+    assert "| decode ms/token, batch 8 | 128K | — | 100.00 | — | 1.41x | ≥1.8x |" in text
+    assert "— = no value: full 128K decode ms/token, batch 8: out of memory." in text
+    # 4x on a map with 2 of 6 layers full is more than Amdahl allows: flagged
+    assert "| decode ms/token, batch 1 | 128K | 80.00 | 20.00 | 4.00x † | 1.41x | ≥1.8x (met) |" in text
+    assert "† above 3.00x = layers / full layers" in text and "decode ms/token, batch 1 at 128K" in text
+    assert "Hybrid KV bytes measured = `kv_bytes_formula` at every N." in text
+
+
+def test_model_table_paper_and_targets_only_at_128k(tmp_path):
+    rows = [{"attention": a, "n": n, "metric": "prefill_ms", "value": v}
+            for a, n, v in [("full", 32768, 3.0), ("hybrid", 32768, 2.0), ("full", 65536, 9.0), ("hybrid", 65536, 5.0)]]
+    rows.append({"attention": "hybrid", "n": 65536, "metric": "kv_bytes", "value": 5, "kv_bytes_formula": 6})
+    (tmp_path / "bench_model.json").write_text(json.dumps(model_bench(rows)))
+    text = report.render(tmp_path)
+    assert "| prefill ms | 32K | 3.00 | 2.00 | 1.50x |  |  |" in text
+    assert "| prefill ms | 64K | 9.00 | 5.00 | 1.80x |  |  |" in text  # no 128K run: nothing to compare
+    assert "full 32K KV cache: not in the JSON" in text
+    assert "Hybrid KV bytes measured ≠ `kv_bytes_formula` at 64K." in text
+    assert "†" not in text
+
+
+def test_readme_has_the_model_table_when_the_json_is_committed():
+    if (report.ROOT / "figures" / "bench_model.json").exists():
+        assert "**Whole model**" in report.readme_block()
