@@ -5,9 +5,9 @@
 A Llama-2-7B-shaped decoder (hidden 4096, 32 heads = 32 KV heads, head_dim 128, MLP 11008,
 vocab 32000, random weights, bf16) with ``--layers`` decoder layers (default 6: 2 full + 4 sparse,
 LongGen's middle-third mix; the full 32 layers do not fit the training step at 128K on one GPU).
-The full-attention model (SDPA, ``DynamicCache``) and a deep copy converted with
-:func:`longgen_core.hybrid.to_longgen` (sink 64 + window 4096, ``LongGenCache``) are timed in the
-same run, per N:
+The full-attention model (transformers' SDPA attention) and a deep copy converted with
+:func:`longgen_core.hybrid.to_longgen` (sink 64 + window 4096) are timed in the same run, both
+with :class:`~longgen_core.cache.LongGenCache` (all full layers for the full model), per N:
 
 - ``kv_bytes``: :func:`longgen_core.cache.kv_cache_bytes` summed over layers after a prefill of N
   tokens (hybrid rows also carry ``kv_bytes_formula``);
@@ -88,11 +88,21 @@ def _median_ms(fn, reps, timer):
 
 
 def _new_cache(model, attention):
-    from transformers import DynamicCache
-
+    """The same cache class for both models: full layers keep every token in a buffer that grows
+    in steps (one token written per decode step; ``DynamicCache`` copies the whole history with
+    ``torch.cat`` every step), sparse layers keep sink + window slots."""
     from .cache import LongGenCache
 
-    return LongGenCache(model.config) if attention == "hybrid" else DynamicCache()
+    return LongGenCache(model.config)
+
+
+def _decode_attention_backends():
+    """SDPA backends for decoding: flash / memory-efficient. cuDNN attention (SDPA's first choice on
+    Hopper) builds an execution plan for every new key length, ~6 ms of host time per layer and
+    token measured on an H100, which would make decoding measure plan building."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def _repeat_batch(cache, batch):
@@ -149,6 +159,9 @@ def run_model_bench(lengths, layers: int = 6, device: str = "cuda", dtype=torch.
     results["notes"].append(
         f"decode_ms_b{decode_batch}: the batch-1 prefill cache repeated {decode_batch}x along the batch "
         "(same bytes as a batch-8 prefill of N tokens), then the decode loop at that batch.")
+    results["notes"].append("decode: both models use LongGenCache (full layers append into a growing buffer, "
+                            "sparse layers overwrite their oldest window slot) and SDPA's flash / "
+                            "memory-efficient backends (cuDNN re-plans for every new key length).")
     results["notes"].append("times: median of reps after one warm-up; train_step_ms = forward + backward "
                             "(gradient checkpointing, chunked loss), no optimizer step.")
     gen = torch.Generator().manual_seed(1)
@@ -194,7 +207,7 @@ def run_model_bench(lengths, layers: int = 6, device: str = "cuda", dtype=torch.
                 cache = state["cache"]
 
                 def loop(steps=decode_steps):
-                    with torch.inference_mode():
+                    with torch.inference_mode(), _decode_attention_backends():
                         for _ in range(steps):
                             model(input_ids=tok, past_key_values=cache, use_cache=True, logits_to_keep=1)
                 return _median_ms(loop, reps, timer) / decode_steps

@@ -67,6 +67,7 @@ class EvictingLayer(DynamicLayer):
     """
 
     is_croppable = False
+    grow = 1024  # tokens of room a full layer's buffer gains when it must grow while decoding
 
     def __init__(self, pattern: Pattern | None = None, num_heads: int = 1):
         super().__init__()
@@ -76,6 +77,8 @@ class EvictingLayer(DynamicLayer):
         self.positions_cpu = torch.empty(0, dtype=torch.int64)
         self.positions = self.query_positions = self.returned_positions = None
         self.contiguous = True
+        self._buffer = None  # full layers: (keys, values) storage with room to grow
+        self._arange = None  # full layers: (host, device) 0..room-1, sliced as positions
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
@@ -94,6 +97,19 @@ class EvictingLayer(DynamicLayer):
             return self._append(key_states, value_states, first)
         keep = visible(self.pattern, first, self.positions_cpu, self.num_heads)
         free = (~keep).nonzero().flatten()
+        if m == 1 and free.numel() == 1 and self.positions is not None:
+            # Steady decoding: one token replaces the one slot that fell out of the window. Index
+            # with a Python int and update the device positions in place: no host-to-device copy,
+            # so no synchronisation with the GPU per layer and token.
+            slot = int(free[0])
+            self.keys[:, :, slot:slot + 1].copy_(key_states)
+            self.values[:, :, slot:slot + 1].copy_(value_states)
+            self.positions_cpu[slot] = first
+            self.positions[slot] = first
+            self.contiguous = False
+            self.returned_positions = self.positions
+            self.query_positions = self.positions[slot:slot + 1]
+            return self.keys, self.values
         if 0 < m <= free.numel():
             # Decode: overwrite dead slots in place (no allocation, no copy of the kept slots).
             slots = free[:m]
@@ -131,13 +147,30 @@ class EvictingLayer(DynamicLayer):
         return out_k, out_v
 
     def _append(self, key_states, value_states, first):
-        # Full layers: positions are always 0..seen-1 in order; build them on the device
-        # instead of copying O(n) bookkeeping from the host every step.
-        self.keys = torch.cat([self.keys, key_states], dim=-2)
-        self.values = torch.cat([self.values, value_states], dim=-2)
-        device = key_states.device
-        self.positions_cpu = torch.arange(self.seen)
-        self.returned_positions = self.positions = torch.arange(self.seen, device=device)
+        # Full layers keep every token. A prefill keeps the projected states as they are (no copy);
+        # later tokens go into a buffer with room for `grow` more, so a decode step writes one
+        # token instead of concatenating (copying) the whole history as DynamicCache does.
+        held = self.keys.shape[-2]
+        if held == 0:
+            self.keys, self.values = key_states, value_states
+        else:
+            if self._buffer is None or self._buffer[0].shape[-2] < self.seen \
+                    or self._buffer[0].data_ptr() != self.keys.data_ptr():
+                shape = (*self.keys.shape[:2], self.seen + self.grow, self.keys.shape[3])
+                self._buffer = (self.keys.new_empty(shape), self.values.new_empty(shape))
+                self._buffer[0][:, :, :held].copy_(self.keys)
+                self._buffer[1][:, :, :held].copy_(self.values)
+            buf_k, buf_v = self._buffer
+            buf_k[:, :, held:self.seen].copy_(key_states)
+            buf_v[:, :, held:self.seen].copy_(value_states)
+            self.keys, self.values = buf_k[:, :, :self.seen], buf_v[:, :, :self.seen]
+        # Positions are always 0..seen-1 in order: views of arange buffers made when the room
+        # grows, instead of building (or copying from the host) O(n) bookkeeping every step.
+        if self._arange is None or self._arange[0].numel() < self.seen:
+            room = self.seen + self.grow
+            self._arange = (torch.arange(room), torch.arange(room, device=key_states.device))
+        self.positions_cpu = self._arange[0][:self.seen]
+        self.returned_positions = self.positions = self._arange[1][:self.seen]
         self.query_positions = self.positions[first:]
         self.contiguous = True
         return self.keys, self.values
@@ -160,6 +193,7 @@ class EvictingLayer(DynamicLayer):
         self.seen = 0
         self.positions_cpu = torch.empty(0, dtype=torch.int64)
         self.positions = self.query_positions = self.returned_positions = None
+        self._buffer = self._arange = None
 
     def crop(self, tokens_to_remove: int) -> None:
         # Evicted tokens cannot be restored, so rolling back (assisted decoding) is not possible.

@@ -38,6 +38,7 @@ import weakref
 
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
@@ -55,6 +56,35 @@ _HOOKED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
 # ---------------------------------------------------------------------- positions
+# position_ids tensor (by identity) -> (its version counter, first position) once checked.
+_CHECKED = WeakIdKeyDictionary()
+
+
+def _checked_start(pos_ids: torch.Tensor, n_q: int) -> int:
+    """First position of ``position_ids`` ``(B, Nq)`` after checking that every row is the same run
+    of consecutive positions; one GPU synchronisation per tensor, remembered for the next layers."""
+    # Inference tensors carry no version counter: check those every time (prefill only, no backward).
+    remember = not pos_ids.is_inference()
+    hit = _CHECKED.get(pos_ids) if remember else None
+    if hit is not None and hit[0] == pos_ids._version:
+        return hit[1]
+    if pos_ids.shape[-1] != n_q:
+        raise ValueError(f"position_ids has {pos_ids.shape[-1]} positions for {n_q} new tokens")
+    row = pos_ids[0]
+    same_rows = (pos_ids == row).all()
+    consecutive = (row[1:] - row[:-1] == 1).all()
+    same, step, start = torch.stack([same_rows.long(), consecutive.long(), row[0].long()]).tolist()
+    if not same:
+        raise ValueError("position_ids must be the consecutive positions of the new tokens, the same for "
+                         "every row: padded, packed or shifted batches are not supported by LongGen "
+                         "attention")
+    if not step:
+        raise ValueError("position_ids must increase by 1 along the sequence (no packed sequences)")
+    if remember:
+        _CHECKED[pos_ids] = (pos_ids._version, start)
+    return start
+
+
 def _positions(module, query, key, kwargs):
     """``(q_pos (Nq,), k_pos (Nk,), contiguous)`` as int64 tensors on the query's device."""
     n_q, n_k, device = query.shape[2], key.shape[2], query.device
@@ -78,17 +108,20 @@ def _positions(module, query, key, kwargs):
     else:
         k_pos = torch.arange(n_k, device=device)
         q_pos, contiguous = k_pos[n_k - n_q:], True
-    if n_q > 1:
-        # One synchronisation per prefill (never per decode step): reject what would silently go
-        # wrong -- padded or packed batches, offsets that do not match the cache.
-        if pos_ids is not None and not (pos_ids.shape[-1] == n_q and bool((pos_ids == q_pos).all())):
-            raise ValueError("position_ids must be the consecutive positions of the new tokens, the same for "
-                             "every row: padded, packed or shifted batches are not supported by LongGen "
-                             "attention")
-        if bool((q_pos[1:] - q_pos[:-1] != 1).any()):
-            raise ValueError("position_ids must increase by 1 along the sequence (no packed sequences)")
-    if contiguous is None:  # keys are the queries themselves: a full prefix iff it starts at 0
-        contiguous = pos_ids is None or int(q_pos[0]) == 0
+    if n_q > 1 and pos_ids is not None:
+        # Reject what would silently go wrong -- padded or packed batches, offsets that do not match
+        # the cache. The check synchronises with the GPU, so it runs once per position_ids tensor
+        # (every layer of one forward, and its checkpointed recomputation, gets the same tensor).
+        start = _checked_start(pos_ids, n_q)
+        expected = (layer.seen - n_q if isinstance(layer, EvictingLayer) else
+                    n_k - n_q if n_q != n_k else None)
+        if expected is not None and start != expected:
+            raise ValueError(f"position_ids start at {start} but the cache holds {expected} earlier tokens: "
+                             f"shifted batches are not supported by LongGen attention")
+        if contiguous is None:  # keys are the queries themselves: a full prefix iff it starts at 0
+            contiguous = start == 0
+    if contiguous is None:
+        contiguous = True  # no position_ids: the keys are 0..Nk-1
     return q_pos, k_pos, contiguous
 
 
@@ -154,6 +187,21 @@ def slot_attention(q, k, v, q_pos, k_pos, pattern: Pattern, scale: float | None 
     return torch.matmul(probs, v_rep)
 
 
+def _full_attention(query, key, value, scale):
+    """Causal SDPA over the whole prefix (``Nq`` new queries are the last positions when ``Nq == 1``).
+
+    GQA without copies where it costs: with one query per row (decoding) SDPA's ``enable_gqa``
+    reads the shared KV heads in place -- repeating them would copy the whole cache every step;
+    for prefill and training the KV heads are repeated (cuDNN's fast path takes equal head counts),
+    and never when the counts are already equal.
+    """
+    group = query.shape[1] // key.shape[1]
+    if group > 1 and query.shape[2] > 1:
+        key, value = key.repeat_interleave(group, 1), value.repeat_interleave(group, 1)
+    return F.scaled_dot_product_attention(query, key, value, is_causal=query.shape[2] > 1, scale=scale,
+                                          enable_gqa=group > 1 and query.shape[2] == 1)
+
+
 def _kernel_ops(backend: str, query: torch.Tensor, reindex: bool):
     """``longgen_core.attention.ops`` when its Triton kernels should run, else ``None``.
 
@@ -197,9 +245,7 @@ def _forward(backend: str, module, query, key, value, attention_mask, scaling=No
         out = reference_attention(query, key, value, pattern, scale=scaling)
     elif pattern.kind == "full" and contiguous and n_q in (1, n_k):
         # Plain causal attention over the whole prefix: let SDPA pick its fastest kernel.
-        out = F.scaled_dot_product_attention(query, key.repeat_interleave(query.shape[1] // key.shape[1], 1),
-                                             value.repeat_interleave(query.shape[1] // key.shape[1], 1),
-                                             is_causal=n_q > 1, scale=scaling)
+        out = _full_attention(query, key, value, scaling)
     else:
         ops = _kernel_ops(backend, query, reindex)
         if ops is not None and pattern.kind != "full" and contiguous and n_q == n_k:

@@ -257,6 +257,23 @@ def test_error_padded_or_packed_batches():
         hybrid(ids[:1], position_ids=packed)
 
 
+def test_position_check_runs_once_per_position_ids_tensor_and_sees_in_place_changes(monkeypatch):
+    from longgen_core import hf_attention
+
+    hybrid = to_longgen(tiny_llama(), pattern=sink_window(SINK, WINDOW))
+    calls = []
+    original = hf_attention._checked_start
+    monkeypatch.setattr(hf_attention, "_checked_start", lambda p, n: calls.append(1) or original(p, n))
+    pos = torch.arange(20).view(1, -1)
+    with torch.no_grad():
+        hybrid(random_ids(20), position_ids=pos)
+    assert len(calls) == hybrid.config.num_hidden_layers  # every layer asks ...
+    assert hf_attention._CHECKED[pos] == (pos._version, 0)  # ... the first one computed and remembered
+    pos[0, 10:] = torch.arange(10)  # packed now: the in-place change must be seen
+    with pytest.raises(ValueError, match="position_ids"), torch.no_grad():
+        hybrid(random_ids(20), position_ids=pos)
+
+
 def test_error_use_backend_on_unconverted_model():
     with pytest.raises(ValueError, match="not converted"):
         use_backend(tiny_llama(), "sdpa")

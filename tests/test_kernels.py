@@ -265,6 +265,21 @@ def test_decode_evicted_sink_window_cache(dtype):
     assert rel_err(out.cpu(), ref[:, :, -m:]) < (FP32_TOL if dtype == torch.float32 else BF16_TOL)
 
 
+def test_decode_compact_ring_cache_masks_its_stale_slot():
+    """The compact-cache plan (all chunks, no visibility pass): sink + window slots plus one stale
+    slot that fell out of the window -- the kernel must still mask it."""
+    sink, window, n = 4, 40, 150
+    pattern = sink_window(sink, window)
+    q, k, v = random_qkv(1, 4, 2, n, 64, n_q=1, seed=15)
+    positions = list(range(sink)) + [n - window - 1] + list(range(n - window, n))  # 45 = sink+window+1
+    k_c, v_c, pos = evicted_cache(positions, 0, k, v, seed=3)
+    qpos = torch.tensor([n - 1])
+    out = sparse_decode(q.float().to(DEVICE), k_c.float().to(DEVICE), v_c.float().to(DEVICE), pos.to(DEVICE),
+                        pattern, q_positions=qpos.to(DEVICE))
+    ref = reference_attention(q, k, v, pattern)[:, :, -1:]
+    assert rel_err(out.cpu(), ref) < FP32_TOL
+
+
 def test_decode_evicted_strided_cache_with_distractors():
     """A strided layer's cache: every visible position plus positions it must ignore."""
     n, heads = 130, 2

@@ -462,6 +462,13 @@ def _visible_chunks(pattern, cache_positions, q_positions, heads, kv_heads, bloc
 _PLANS: OrderedDict = OrderedDict()  # recent decode plans, see _decode_plan
 
 
+@functools.lru_cache(maxsize=16)
+def _all_chunks(n_chunks: int, device: str):
+    """The trivial decode plan: every chunk, in order (``order (1, C)``, ``count (1,)`` int32)."""
+    order = torch.arange(n_chunks, dtype=torch.int32, device=device).view(1, -1)
+    return order, torch.full((1,), n_chunks, dtype=torch.int32, device=device)
+
+
 def _version(t):
     try:
         return t._version
@@ -474,6 +481,13 @@ def _decode_plan(cache_positions, q_positions, m, pattern, heads, kv_heads, bloc
     tensors are the same objects, unmodified: every sparse layer of a model shares them within a
     step, so the list is built once per step instead of once per layer (the build is a dozen
     small launches, as long as the attention itself at batch 8)."""
+    slots = cache_positions.numel()
+    if q_positions is not None and pattern.kind in ("sink_window", "sliding_window") \
+            and slots <= (pattern.sink_tokens or 0) + pattern.window_tokens + m:
+        # A compact evicting cache (sink + window slots): every chunk may hold visible slots, so
+        # list them all without looking (the kernel masks slot by slot anyway). Saves a dozen
+        # small launches per layer and token, which is what batch-1 decoding is made of.
+        return (q_positions, *_all_chunks(triton.cdiv(slots, block_n), str(cache_positions.device)))
     versions = (_version(cache_positions), None if q_positions is None else _version(q_positions))
     key = (id(cache_positions), id(q_positions), versions, m, pattern, heads, kv_heads, block_n)
     hit = _PLANS.get(key)
