@@ -43,7 +43,8 @@ def test_the_evicting_baseline_cannot_see_a_needle_outside_its_window(result):
     res, _ = result
     window = res["preset"]["pattern"]["window_tokens"]
     grid = res["variants"]["streaming"]["grid"]
-    outside = [d for d in grid["details"] if d[3] <= d[0] - window]
+    sink = res["preset"]["pattern"]["sink_tokens"]
+    outside = [d for d in grid["details"] if d[2] >= sink and d[3] <= d[0] - window]
     assert outside, "the plan must place some needles outside the window"
     assert all(score == 0.0 for *_, score in outside)
     assert res["summary"]["outside_window"]["streaming"] == 0.0
@@ -63,6 +64,7 @@ def test_outputs_are_written_and_the_text_twin_lists_every_variant(result):
 def test_outside_window_score_uses_the_needle_end():
     grid = {"details": [[100, 0.0, 10, 20, 1.0], [100, 0.5, 50, 70, 0.0], [100, 1.0, 80, 95, 1.0]]}
     assert experiments.outside_window_score(grid, window_tokens=30) == 0.5  # needles ending at 20 and 70
+    assert experiments.outside_window_score(grid, window_tokens=30, sink_tokens=16) == 0.0  # 10..20: a sink
     assert experiments.outside_window_score(grid, window_tokens=95) is None
 
 
