@@ -156,6 +156,41 @@ def _train_table(train: dict) -> list[str]:
     return lines
 
 
+def _miniature_table(mini: dict) -> list[str]:
+    v, plan, summary = mini["versions"], mini["plan"], mini["summary"]
+    lengths = plan["lengths"]
+    train = plan["train"]
+    lines = [f"**Miniature experiment** ({mini['device']}, torch {v['torch']}, transformers {v['transformers']}, "
+             f"{mini['date'][:10]}; {mini['preset']['name']}: {train.get('steps')} steps of "
+             f"{mini['preset']['seq_len'] // 1024}K tokens per arm, {plan['task']} at "
+             f"{len(plan['depths'])} depths x {plan['samples']} samples per length; {mini['total_seconds']:.0f} s; "
+             "`python -m longgen_core.experiments miniature`)", "",
+             "| variant | layers | " + " | ".join(f"{plan['task']} @{n // 1024}K" for n in lengths)
+             + f" | ppl @{lengths[-1] // 1024}K | evicted needles |",
+             "|---|---|" + "---|" * (len(lengths) + 2)]
+    for name, var in mini["variants"].items():
+        means = var["grid"]["mean_by_length"]
+        outside = summary["outside_window"].get(name)
+        lines.append(f"| {name} | {_layer_counts(var['layer_map'])} | "
+                     + " | ".join(f"{means[str(n)]:.2f}" for n in lengths)
+                     + f" | {var['perplexity'][str(lengths[-1])]:.1f} | "
+                     + (MISSING if outside is None else f"{outside:.2f}") + " |")
+    met = summary.get("met", {})
+    words = {True: "met", False: "missed", None: "n/a"}
+    lines += ["", f"Targets at {summary['longest'] // 1024}K: hybrid ≥ {summary['targets']['hybrid_min']} — "
+              f"{words[met.get('hybrid_min')]}; within {summary['targets']['hybrid_gap_max']} of full — "
+              f"{words[met.get('hybrid_gap')]}; StreamingLLM ≤ {summary['targets']['streaming_outside_max']} on "
+              f"needles outside its window — {words[met.get('streaming_outside')]}. Paper: the hybrid keeps NIAH "
+              "close to full attention at 128K; post-hoc eviction fails outside its window."]
+    return lines
+
+
+def _layer_counts(layer_map: str) -> str:
+    """``'ssFFss'`` -> ``'2 full / 4 sparse'``."""
+    full = layer_map.count("F")
+    return f"{full} full / {len(layer_map) - full} sparse" if full < len(layer_map) else f"{full} full"
+
+
 def render(figures: Path | None = None) -> str:
     """Markdown for every result JSON present under ``figures/`` (a note where none is yet)."""
     figures = figures or ROOT / "figures"
@@ -175,6 +210,10 @@ def render(figures: Path | None = None) -> str:
     train = _load("train_gpu_small.json", figures)
     if train:
         parts += _train_table(train) + [""]
+        found = True
+    mini = _load("miniature.json", figures)
+    if mini:
+        parts += _miniature_table(mini) + [""]
         found = True
     if not found:
         parts.append("*No GPU results committed yet.*")

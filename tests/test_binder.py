@@ -50,7 +50,7 @@ def test_binder_scripts():
 
 # Notebooks the Binder demo runs (the CPU walk-through); each must execute in Binder's environment.
 BINDER_DEMO = ["01_attention_patterns.ipynb", "02_triton_sparse_kernel.ipynb", "03_hybrid_conversion.ipynb",
-               "04_long_context_finetuning.ipynb"]
+               "04_long_context_finetuning.ipynb", "05_evaluation.ipynb"]
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ["01_attention_patterns.ipynb", "03_hybrid_conversion.ipynb"]
+NOTEBOOKS = ["01_attention_patterns.ipynb", "03_hybrid_conversion.ipynb", "06_efficiency.ipynb"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

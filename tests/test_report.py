@@ -83,3 +83,14 @@ def test_model_table_paper_and_targets_only_at_128k(tmp_path):
 def test_readme_has_the_model_table_when_the_json_is_committed():
     if (report.ROOT / "figures" / "bench_model.json").exists():
         assert "**Whole model**" in report.readme_block()
+
+
+def test_miniature_table_from_the_committed_json():
+    mini = json.loads((report.ROOT / "figures" / "miniature.json").read_text())
+    lines = report._miniature_table(mini)
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| variant")]
+    assert [r.split(" | ")[0][2:] for r in rows] == list(mini["variants"])
+    hybrid = next(r for r in rows if r.startswith("| hybrid "))
+    longest = str(max(mini["plan"]["lengths"]))
+    assert f"{mini['variants']['hybrid']['grid']['mean_by_length'][longest]:.2f}" in hybrid
+    assert report._layer_counts("ssFFss") == "2 full / 4 sparse" and report._layer_counts("FFF") == "3 full"

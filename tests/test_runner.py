@@ -52,3 +52,18 @@ def test_cli_needs_exactly_one_destination(tmp_path):
 @pytest.mark.parametrize("text,value", [("8", 8), ("1e6", 1e6), ("True", True), ("gpu-small", "gpu-small")])
 def test_parse_value(text, value):
     assert runner.parse_value(text) == value
+
+
+@pytest.mark.parametrize("notebook", runner.numbered_notebooks(), ids=lambda p: p.name)
+def test_papermill_reads_every_name_of_the_parameters_cell(notebook):
+    """A parameter papermill cannot parse (e.g. a comment holding '=') is silently never overridden."""
+    import ast
+
+    import nbformat
+    import papermill
+
+    cells = [c for c in nbformat.read(notebook, as_version=4).cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(cells) == 1, "exactly one cell tagged 'parameters'"
+    assigned = [t.id for node in ast.parse(cells[0].source).body if isinstance(node, ast.Assign)
+                for t in node.targets if isinstance(t, ast.Name)]
+    assert list(papermill.inspect_notebook(str(notebook))) == assigned
