@@ -80,7 +80,8 @@ class Preset:
 
     Run: a checkpoint every ``checkpoint_every`` steps (0: only at the end), the last
     ``keep_checkpoints`` kept; ``dtype`` ``"bf16"`` = bf16 autocast on GPU (fp32 on CPU);
-    ``loss_chunk`` positions per chunk of the cross-entropy.
+    ``loss_chunk`` positions per chunk of the cross-entropy; ``fused_norms`` swaps the RMSNorm
+    modules for :class:`~longgen_core.fused.FusedRMSNorm` (same math, fewer kernels).
     """
 
     name: str
@@ -114,6 +115,7 @@ class Preset:
     keep_checkpoints: int = 2
     dtype: str = "bf16"
     gradient_checkpointing: bool = True
+    fused_norms: bool = True
     loss_chunk: int = 4096
     seed: int = 0
 

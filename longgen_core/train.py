@@ -73,7 +73,8 @@ import torch
 
 from .bench import software_versions
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
-from .data import TrainingStream
+from .data import Prefetcher, TrainingStream
+from .fused import fuse_rms_norms
 from .loss import CausalLMLoss
 from .presets import DEFAULT_PRESET, PRESETS, Preset, base_config, get_preset
 from .rope import rope_theta_of, set_rope
@@ -164,6 +165,8 @@ def build_model(preset: Preset, attention: str = "hybrid"):
         set_rope(model, rope_theta=theta, max_position_embeddings=preset.target_len)
         full_layers = list(range(model.config.num_hidden_layers))
         layers = "F" * model.config.num_hidden_layers
+    if preset.fused_norms:
+        fuse_rms_norms(model)
     if preset.seq_len > model.config.max_position_embeddings:
         raise ValueError(f"seq_len {preset.seq_len} is beyond the RoPE-extended range of the model "
                          f"({model.config.max_position_embeddings} positions)")
@@ -332,7 +335,9 @@ def train(preset: str | Preset = DEFAULT_PRESET, attention: str = "hybrid", run_
     if _mixed_precision(preset) != "no":
         compute_in_autocast_dtype(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=preset.lr, betas=(0.9, 0.95), weight_decay=preset.weight_decay)
+    # fused: one kernel for the whole update on CUDA (the default "foreach" launches several per group)
+    optimizer = torch.optim.AdamW(params, lr=preset.lr, betas=(0.9, 0.95), weight_decay=preset.weight_decay,
+                                  fused=accelerator.device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(preset.steps, min(preset.warmup_steps, preset.steps), preset.min_lr_ratio))
     # The scheduler is not prepared (accelerate would step it once per process); it is saved and
@@ -375,43 +380,64 @@ def train(preset: str | Preset = DEFAULT_PRESET, attention: str = "hybrid", run_
     end = preset.steps if stop_after is None else min(preset.steps, stop_after)
     bar = tqdm(total=preset.steps, initial=start, desc=f"{preset.name} {attention}", unit="step",
                disable=not progress or not accelerator.is_main_process, dynamic_ncols=True, mininterval=1.0)
-    for step in range(start + 1, end + 1):
-        t0 = time.perf_counter()
-        batch = stream.take(per_step)  # every process reads the same items and keeps its own
-        seq_losses = []
-        for micro in range(preset.grad_accum):
-            first = (micro * world + rank) * per_micro
-            ids = batch["input_ids"][first:first + per_micro].to(accelerator.device)
-            labels = batch["labels"][first:first + per_micro].to(accelerator.device)
-            sync = micro == preset.grad_accum - 1  # all-reduce gradients on the last micro-step only
-            with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped):
-                per_seq = wrapped(ids, labels)  # (per_micro,)
-                accelerator.backward(per_seq.mean() / preset.grad_accum)
-            seq_losses.append(per_seq.detach().float())
-        lr = optimizer.param_groups[0]["lr"]
-        # All parameters of the prepared module (FSDP needs exactly those); frozen ones have no grad.
-        grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), preset.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses = accelerator.gather(torch.cat(seq_losses)).cpu()  # (per_step,), rank-major order
-        kinds = [batch["kinds"][(m * world + r) * per_micro + b]
-                 for r in range(world) for m in range(preset.grad_accum) for b in range(per_micro)]
-        step_s = time.perf_counter() - t0
-        tokens += per_step * preset.seq_len
+    # The next batch is tokenised and packed on a background thread while the GPU runs this step,
+    # and a step's numbers are read back (a GPU synchronisation) only once the next step's work is
+    # queued, so the GPU never waits for the host between steps.
+    batches = Prefetcher(stream, per_step)
+    pending = None  # the last step's record, its loss and gradient norm still on the device
+
+    def flush(record, now):
+        nonlocal elapsed
+        step, losses, kinds, lr, grad_norm, step_tokens, t0 = record
+        losses = losses.cpu()  # waits for that step's kernels
+        step_s = now() - t0
         elapsed += step_s
-        entry = _log_entry(step, losses, kinds, lr, grad_norm, tokens, per_step * preset.seq_len, step_s,
+        entry = _log_entry(step, losses, kinds, lr, grad_norm, step_tokens, per_step * preset.seq_len, step_s,
                            elapsed)
         if accelerator.is_main_process:
             with open(log_path, "a") as f:
                 f.write(json.dumps(entry) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{entry['tokens_per_s']:,.0f}")
-        due = preset.checkpoint_every and step % preset.checkpoint_every == 0
-        if checkpoints and (due or step == preset.steps):
-            save_checkpoint(accelerator, ckpt_root, step, {
-                "data_position": stream.position, "tokens": tokens, "elapsed_s": elapsed,
-                "rng": _rng_fingerprint()}, keep=preset.keep_checkpoints)
+
+    try:
+        for step in range(start + 1, end + 1):
+            t0 = time.perf_counter()
+            batch = batches.next()  # every process reads the same items and keeps its own
+            seq_losses = []
+            for micro in range(preset.grad_accum):
+                first = (micro * world + rank) * per_micro
+                ids = batch["input_ids"][first:first + per_micro].to(accelerator.device)
+                labels = batch["labels"][first:first + per_micro].to(accelerator.device)
+                sync = micro == preset.grad_accum - 1  # all-reduce gradients on the last micro-step only
+                with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped):
+                    per_seq = wrapped(ids, labels)  # (per_micro,)
+                    accelerator.backward(per_seq.mean() / preset.grad_accum)
+                seq_losses.append(per_seq.detach().float())
+            lr = optimizer.param_groups[0]["lr"]
+            # All parameters of the prepared module (FSDP needs exactly those); frozen ones have no grad.
+            grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), preset.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses = accelerator.gather(torch.cat(seq_losses))  # (per_step,), rank-major order, on device
+            kinds = [batch["kinds"][(m * world + r) * per_micro + b]
+                     for r in range(world) for m in range(preset.grad_accum) for b in range(per_micro)]
+            if pending is not None:  # this step is queued: now read the previous one back
+                flush(pending, lambda t=t0: t)
+            tokens += per_step * preset.seq_len
+            pending = (step, losses, kinds, lr, grad_norm, tokens, t0)
+            due = preset.checkpoint_every and step % preset.checkpoint_every == 0
+            if checkpoints and (due or step == preset.steps):
+                flush(pending, time.perf_counter)  # the log holds every step a checkpoint holds
+                pending = None
+                save_checkpoint(accelerator, ckpt_root, step, {
+                    "data_position": batch["position"], "tokens": tokens, "elapsed_s": elapsed,
+                    "rng": _rng_fingerprint()}, keep=preset.keep_checkpoints)
+        if pending is not None:
+            flush(pending, time.perf_counter)
+    finally:
+        batches.close()
     bar.close()
 
     finished = end == preset.steps

@@ -195,3 +195,29 @@ def test_export_text_round_trips(tmp_path):
     count = data.export_text("pydoc", tmp_path / "pydoc", split="heldout")
     assert count == len(list(data.documents("pydoc", "heldout")))
     assert list(data.documents(tmp_path / "pydoc")) == list(data.documents("pydoc", "heldout"))
+
+
+def test_prefetcher_hands_out_batches_in_stream_order_with_their_positions():
+    from longgen_core.data import Prefetcher, TrainingStream
+
+    expected = TrainingStream("random", None, 16, seed=2, vocab_size=100)
+    batches = Prefetcher(TrainingStream("random", None, 16, seed=2, vocab_size=100), n=3)
+    try:
+        for step in range(4):
+            got, want = batches.next(), expected.take(3)
+            assert torch.equal(got["input_ids"], want["input_ids"]) and got["position"] == 3 * (step + 1)
+    finally:
+        batches.close()
+
+
+def test_prefetcher_raises_the_streams_error_in_the_consumer():
+    from longgen_core.data import Prefetcher
+
+    class Broken:
+        def take(self, n):
+            raise ValueError("corpus gone")
+
+    batches = Prefetcher(Broken(), n=1)
+    with pytest.raises(ValueError, match="corpus gone"):
+        batches.next()
+    batches.close()

@@ -6,12 +6,13 @@ import pytest
 
 import longgen_core.attention.reference
 import longgen_core.data
+import longgen_core.fused
 import longgen_core.hybrid
 import longgen_core.patterns
 import longgen_core.plots
 
 MODULES = [longgen_core.patterns, longgen_core.attention.reference, longgen_core.plots, longgen_core.data,
-           longgen_core.hybrid]
+           longgen_core.hybrid, longgen_core.fused]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
