@@ -34,7 +34,7 @@ notebooks: setup
 	$(PYTHON) -m longgen_core.runner --preset $(PRESET) --out $(OUT)
 
 test: setup
-	$(PYTHON) -m pytest tests --nbval-lax $(NOTEBOOKS)
+	$(PYTHON) -m pytest tests --nbval-lax $(NOTEBOOKS) --durations=15
 
 # Real-browser notebook test (needs Debian's chromium: apt-get install chromium); part of `make test`
 # too, where it is skipped when the browser is missing.
