@@ -107,6 +107,8 @@ def _decode_attention_backends():
 
 def _repeat_batch(cache, batch):
     for layer in cache.layers:
+        if hasattr(layer, "_buffer"):
+            layer._buffer = None  # a full layer's batch-1 storage would outlive its keys
         for name in ("keys", "values"):
             t = getattr(layer, name, None)
             if t is not None and t.dim() == 4:

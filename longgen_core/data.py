@@ -336,13 +336,15 @@ class TrainingStream:
 
 
 class Prefetcher:
-    """``stream.take(n)`` one batch ahead, on a background thread.
+    """``stream.take(n)`` ahead of the consumer, on a background thread.
 
     Tokenising and packing a 32K-token batch costs tens of milliseconds of host time; done here it
     overlaps the GPU's work on the current step instead of leaving the GPU idle before each one.
     The tokenizers release the GIL, so the main thread keeps launching kernels meanwhile. Batches
-    come out in stream order, each with its ``position`` (the resume point once it is consumed);
-    an exception on the thread is raised by :meth:`next`. Call :meth:`close` when done.
+    come out in stream order, each with its ``position`` (the resume point once it is consumed:
+    the thread may hold up to ``depth + 1`` batches beyond it, so ``stream.position`` is not, and
+    the caller must not touch ``stream`` while the thread runs). An exception on the thread is
+    raised by :meth:`next` (and again by any later call). Call :meth:`close` when done.
 
     Example::
 
@@ -358,6 +360,7 @@ class Prefetcher:
 
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._fill, args=(stream, n), daemon=True)
         self._thread.start()
 
@@ -379,10 +382,19 @@ class Prefetcher:
                 return
 
     def next(self) -> dict:
-        item = self._queue.get()
-        if isinstance(item, BaseException):
-            raise item
-        return item
+        import queue
+
+        while self._error is None:
+            if self._stop.is_set():
+                raise RuntimeError("Prefetcher.next() after close()")
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if not isinstance(item, BaseException):
+                return item
+            self._error = item
+        raise self._error
 
     def close(self) -> None:
         self._stop.set()

@@ -129,7 +129,8 @@ def original_model(preset):
 def outside_window_score(grid: dict, window_tokens: int, sink_tokens: int = 0) -> float | None:
     """Mean score over samples whose whole needle lies after the ``sink_tokens`` first positions and
     before the last ``window_tokens`` ones -- evicted from a sink + window cache once the prompt is
-    read; ``None`` if there are none."""
+    read; ``None`` if there are none. (Evicted is not quite unseen: through L stacked sparse layers
+    a token reaches about L * (window - 1) positions further through the residual stream.)"""
     scores = [score for n, _, start, end, score in grid["details"]
               if start >= sink_tokens and end <= n - window_tokens]
     return sum(scores) / len(scores) if scores else None
@@ -138,7 +139,7 @@ def outside_window_score(grid: dict, window_tokens: int, sink_tokens: int = 0) -
 def _evaluate(name, model, tokenizer, plan, preset, device, progress) -> dict:
     from .evaluate import perplexity_by_length, retrieval_grid
     from .hybrid import layer_map
-    from .settings import get_settings
+    from .rope import rope_theta_of
 
     model = _for_eval(model, device)
     grid = retrieval_grid(model, tokenizer, plan.task, lengths=plan.lengths, depths=plan.depths,
@@ -146,10 +147,9 @@ def _evaluate(name, model, tokenizer, plan, preset, device, progress) -> dict:
     grid["variant"] = name
     ppl = perplexity_by_length(model, tokenizer, plan.lengths, source=plan.heldout_corpus or preset.corpus,
                                num_sequences=plan.perplexity_sequences, progress=progress)
-    converted = get_settings(model.config) is not None
     return {"description": DESCRIPTIONS[name],
-            "layer_map": layer_map(model.config) if converted else "F" * model.config.num_hidden_layers,
-            "rope_theta": model.config.rope_parameters.get("rope_theta"),
+            "layer_map": layer_map(model.config),  # all "F" for an unconverted model
+            "rope_theta": rope_theta_of(model.config),
             "grid": grid, "perplexity": ppl}
 
 
@@ -293,6 +293,7 @@ def plot_grids(result: dict):
     import matplotlib.pyplot as plt
 
     from .evaluate import plot_grid
+    from .plots import format_tokens
 
     names = list(result["variants"])
     fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.0 * (len(names) + 1), 3.0),
@@ -306,7 +307,7 @@ def plot_grids(result: dict):
     for name in names:
         means = result["variants"][name]["grid"]["mean_by_length"]
         ax.plot(range(len(lengths)), [means[str(n)] for n in lengths], marker="o", label=name)
-    ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" if n >= 1024 else str(n) for n in lengths])
+    ax.set_xticks(range(len(lengths)), [format_tokens(n) for n in lengths])
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("context length")
     ax.set_ylabel(f"{result['plan']['task']} accuracy")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FusedRMSNorm", "fuse_rms_norms"]
+__all__ = ["FusedRMSNorm", "fuse_rms_norms", "LLAMA_STYLE_NORMS"]
 
 
 class FusedRMSNorm(torch.nn.Module):
@@ -44,12 +44,16 @@ class FusedRMSNorm(torch.nn.Module):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, fused"
 
 
+# Norms whose forward is exactly Llama's (normalise in fp32, round, then scale). Others that share
+# the name and attributes (Olmo2, GptOss, ...) scale before rounding: they are left alone.
+LLAMA_STYLE_NORMS = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm")
+
+
 def fuse_rms_norms(model: torch.nn.Module) -> int:
-    """Replace every Llama-style RMSNorm of ``model`` (a module named ``*RMSNorm`` with ``weight``
-    and ``variance_epsilon``) by a :class:`FusedRMSNorm` sharing its weight; return the count."""
+    """Replace every RMSNorm of ``model`` listed in :data:`LLAMA_STYLE_NORMS` by a
+    :class:`FusedRMSNorm` sharing its weight; return the count."""
     targets = [(name, module) for name, module in model.named_modules()
-               if type(module).__name__.endswith("RMSNorm") and not isinstance(module, FusedRMSNorm)
-               and hasattr(module, "weight") and hasattr(module, "variance_epsilon")]
+               if type(module).__name__ in LLAMA_STYLE_NORMS]
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -63,13 +63,13 @@ _CHECKED = WeakIdKeyDictionary()
 def _checked_start(pos_ids: torch.Tensor, n_q: int) -> int:
     """First position of ``position_ids`` ``(B, Nq)`` after checking that every row is the same run
     of consecutive positions; one GPU synchronisation per tensor, remembered for the next layers."""
+    if pos_ids.shape[-1] != n_q:
+        raise ValueError(f"position_ids has {pos_ids.shape[-1]} positions for {n_q} new tokens")
     # Inference tensors carry no version counter: check those every time (prefill only, no backward).
     remember = not pos_ids.is_inference()
     hit = _CHECKED.get(pos_ids) if remember else None
     if hit is not None and hit[0] == pos_ids._version:
         return hit[1]
-    if pos_ids.shape[-1] != n_q:
-        raise ValueError(f"position_ids has {pos_ids.shape[-1]} positions for {n_q} new tokens")
     row = pos_ids[0]
     same_rows = (pos_ids == row).all()
     consecutive = (row[1:] - row[:-1] == 1).all()
@@ -121,7 +121,7 @@ def _positions(module, query, key, kwargs):
         if contiguous is None:  # keys are the queries themselves: a full prefix iff it starts at 0
             contiguous = start == 0
     if contiguous is None:
-        contiguous = True  # no position_ids: the keys are 0..Nk-1
+        contiguous = True  # no position_ids (keys 0..Nk-1), or a single query that is its own only key
     return q_pos, k_pos, contiguous
 
 
@@ -188,7 +188,8 @@ def slot_attention(q, k, v, q_pos, k_pos, pattern: Pattern, scale: float | None 
 
 
 def _full_attention(query, key, value, scale):
-    """Causal SDPA over the whole prefix (``Nq`` new queries are the last positions when ``Nq == 1``).
+    """SDPA over the whole prefix: causal when ``Nq == Nk``; with ``Nq == 1`` the query is the last
+    position and sees every key.
 
     GQA without copies where it costs: with one query per row (decoding) SDPA's ``enable_gqa``
     reads the shared KV heads in place -- repeating them would copy the whole cache every step;

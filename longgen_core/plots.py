@@ -156,8 +156,12 @@ def _figure(ax, size):
     return ax.figure, ax
 
 
-def _k(tokens: int) -> str:
+def format_tokens(tokens: int) -> str:
+    """``32768`` -> ``'32K'``; lengths that are not whole K stay as they are (``'256'``)."""
     return f"{tokens // 1024}K" if tokens >= 1024 and tokens % 1024 == 0 else str(tokens)
+
+
+_k = format_tokens
 
 
 def _nice_ticks(n: int) -> list[int]:

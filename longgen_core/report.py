@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+from .plots import format_tokens
+
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
@@ -162,11 +164,11 @@ def _miniature_table(mini: dict) -> list[str]:
     train = plan["train"]
     lines = [f"**Miniature experiment** ({mini['device']}, torch {v['torch']}, transformers {v['transformers']}, "
              f"{mini['date'][:10]}; {mini['preset']['name']}: {train.get('steps')} steps of "
-             f"{mini['preset']['seq_len'] // 1024}K tokens per arm, {plan['task']} at "
+             f"{format_tokens(mini['preset']['seq_len'])} tokens per arm, {plan['task']} at "
              f"{len(plan['depths'])} depths x {plan['samples']} samples per length; {mini['total_seconds']:.0f} s; "
              "`python -m longgen_core.experiments miniature`)", "",
-             "| variant | layers | " + " | ".join(f"{plan['task']} @{n // 1024}K" for n in lengths)
-             + f" | ppl @{lengths[-1] // 1024}K | evicted needles |",
+             "| variant | layers | " + " | ".join(f"{plan['task']} @{format_tokens(n)}" for n in lengths)
+             + f" | ppl @{format_tokens(lengths[-1])} | evicted needles |",
              "|---|---|" + "---|" * (len(lengths) + 2)]
     for name, var in mini["variants"].items():
         means = var["grid"]["mean_by_length"]
@@ -177,7 +179,7 @@ def _miniature_table(mini: dict) -> list[str]:
                      + (MISSING if outside is None else f"{outside:.2f}") + " |")
     met = summary.get("met", {})
     words = {True: "met", False: "missed", None: "n/a"}
-    lines += ["", f"Targets at {summary['longest'] // 1024}K: hybrid ≥ {summary['targets']['hybrid_min']} — "
+    lines += ["", f"Targets at {format_tokens(summary['longest'])}: hybrid ≥ {summary['targets']['hybrid_min']} — "
               f"{words[met.get('hybrid_min')]}; within {summary['targets']['hybrid_gap_max']} of full — "
               f"{words[met.get('hybrid_gap')]}; StreamingLLM ≤ {summary['targets']['streaming_outside_max']} on "
               f"needles outside its window — {words[met.get('streaming_outside')]}. Paper: the hybrid keeps NIAH "

@@ -386,11 +386,14 @@ def train(preset: str | Preset = DEFAULT_PRESET, attention: str = "hybrid", run_
     batches = Prefetcher(stream, per_step)
     pending = None  # the last step's record, its loss and gradient norm still on the device
 
-    def flush(record, now):
+    def flush(step_record, clock):
+        """Log a finished step. ``clock()`` is read after ``.cpu()`` has waited for the step's
+        kernels: step_s is the time from one step's start to the next's (to the GPU's completion
+        at checkpoints and at the end)."""
         nonlocal elapsed
-        step, losses, kinds, lr, grad_norm, step_tokens, t0 = record
+        step, losses, kinds, lr, grad_norm, step_tokens, t0 = step_record
         losses = losses.cpu()  # waits for that step's kernels
-        step_s = now() - t0
+        step_s = clock() - t0
         elapsed += step_s
         entry = _log_entry(step, losses, kinds, lr, grad_norm, step_tokens, per_step * preset.seq_len, step_s,
                            elapsed)

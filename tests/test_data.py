@@ -218,6 +218,13 @@ def test_prefetcher_raises_the_streams_error_in_the_consumer():
             raise ValueError("corpus gone")
 
     batches = Prefetcher(Broken(), n=1)
-    with pytest.raises(ValueError, match="corpus gone"):
-        batches.next()
+    for _ in range(2):  # and again: a second call must not wait forever
+        with pytest.raises(ValueError, match="corpus gone"):
+            batches.next()
     batches.close()
+    from longgen_core.data import TrainingStream
+
+    working = Prefetcher(TrainingStream("random", None, 8, vocab_size=50), n=1)
+    working.close()
+    with pytest.raises(RuntimeError, match="after close"):
+        working.next()

@@ -1,5 +1,6 @@
 """The miniature experiment at CPU scale: the pipeline end to end, and what is robust there."""
 
+import copy
 import json
 
 import pytest
@@ -49,6 +50,27 @@ def test_the_evicting_baseline_cannot_see_a_needle_outside_its_window(result):
     assert all(score == 0.0 for *_, score in outside)
     assert res["summary"]["outside_window"]["streaming"] == 0.0
     assert res["summary"]["met"]["streaming_outside"] is True
+
+
+def test_stacked_windows_bound_what_the_streaming_model_can_reach():
+    """Eviction's blindness on logits: with sink 4 + window 32 in all 6 layers, a token reaches at
+    most 6 * 31 positions further, so changing tokens 10..39 leaves the logits at position 255
+    bit-identical; the full model's change."""
+    import torch
+
+    from longgen_core.hybrid import to_posthoc_streaming
+    from longgen_core.models import tiny_llama
+    from longgen_core.patterns import sink_window
+
+    full = tiny_llama(num_layers=6, seed=1).eval()
+    streaming = to_posthoc_streaming(copy.deepcopy(full), full_layers=[], pattern=sink_window(4, 32))
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, full.config.vocab_size, (1, 256), generator=gen)
+    changed = ids.clone()
+    changed[0, 10:40] = (ids[0, 10:40] + 1) % full.config.vocab_size
+    with torch.no_grad():
+        assert torch.equal(streaming(ids).logits[0, -1], streaming(changed).logits[0, -1])
+        assert not torch.allclose(full(ids).logits[0, -1], full(changed).logits[0, -1])
 
 
 def test_outputs_are_written_and_the_text_twin_lists_every_variant(result):

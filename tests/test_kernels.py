@@ -265,9 +265,13 @@ def test_decode_evicted_sink_window_cache(dtype):
     assert rel_err(out.cpu(), ref[:, :, -m:]) < (FP32_TOL if dtype == torch.float32 else BF16_TOL)
 
 
-def test_decode_compact_ring_cache_masks_its_stale_slot():
+def test_decode_compact_ring_cache_masks_its_stale_slot(monkeypatch):
     """The compact-cache plan (all chunks, no visibility pass): sink + window slots plus one stale
     slot that fell out of the window -- the kernel must still mask it."""
+    def no_visibility_pass(*args):
+        raise AssertionError("a compact cache must skip the visibility pass")
+
+    monkeypatch.setattr(ops, "_visible_chunks", no_visibility_pass)
     sink, window, n = 4, 40, 150
     pattern = sink_window(sink, window)
     q, k, v = random_qkv(1, 4, 2, n, 64, n_q=1, seed=15)
