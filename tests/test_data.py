@@ -228,3 +228,16 @@ def test_prefetcher_raises_the_streams_error_in_the_consumer():
     working.close()
     with pytest.raises(RuntimeError, match="after close"):
         working.next()
+
+
+def test_kjv_documents_can_move_between_threads():
+    """A resumed run skips the consumed corpus on the main thread; the Prefetcher reads on."""
+    import threading
+
+    docs = data.documents("kjv")
+    first = next(docs)  # the connection is opened on this thread
+    out = []
+    reader = threading.Thread(target=lambda: out.append(next(docs)))  # the next book: a new query
+    reader.start()
+    reader.join()
+    assert out and out[0].split("\n")[0] != first.split("\n")[0]
