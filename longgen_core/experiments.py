@@ -115,17 +115,6 @@ def _for_eval(model, device):
     return model
 
 
-def original_model(preset):
-    """The preset's base model, untouched but for the preset's layer truncation."""
-    from .models import load_model
-    from .train import truncate_layers
-
-    model, _ = load_model(preset.model)
-    if preset.num_layers is not None:
-        truncate_layers(model, preset.num_layers)
-    return model
-
-
 def outside_window_score(grid: dict, window_tokens: int, sink_tokens: int = 0) -> float | None:
     """Mean score over samples whose whole needle lies after the ``sink_tokens`` first positions and
     before the last ``window_tokens`` ones -- evicted from a sink + window cache once the prompt is
@@ -201,7 +190,7 @@ def run_miniature(preset: str = "cpu-tiny", out: str | Path | None = None, runs_
     from .bench import software_versions
     from .hybrid import to_posthoc_streaming
     from .presets import get_preset
-    from .train import RUNS_DIR, load_tokenizer, train
+    from .train import RUNS_DIR, base_model, load_tokenizer, train
 
     if plan is None:
         if preset not in PLANS:
@@ -232,7 +221,7 @@ def run_miniature(preset: str = "cpu-tiny", out: str | Path | None = None, runs_
         return value
 
     result["variants"]["original"] = stage("eval original", lambda: _evaluate(
-        "original", original_model(settings), tokenizer, plan, settings, device, progress))
+        "original", base_model(settings), tokenizer, plan, settings, device, progress))
     _free(device)
     trained = {}
     for arm in ("full", "hybrid"):

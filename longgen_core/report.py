@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from .efficiency import MISSING
 from .plots import format_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,7 +22,6 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 PAPER = {"train_speedup": 1.55, "kv_saving": 0.62, "prefill_speedup": 1.67, "decode_speedup": 1.41}
 # What issue #7 asks of the whole model at 128K (speed-ups are full / hybrid; kv_saving is 1 - hybrid / full).
 TARGETS = {"train_speedup": 1.7, "kv_saving": 0.62, "prefill_speedup": 1.75, "decode_speedup": 1.8}
-MISSING = "—"
 PAPER_N = 131072  # the context length of the paper's numbers and of the targets
 
 
@@ -201,22 +201,12 @@ def render(figures: Path | None = None) -> str:
              f"{PAPER['decode_speedup']}x. Our measurements, regenerated from `figures/*.json` by "
              "`python -m longgen_core.report`:", ""]
     found = False
-    kernels = _load("bench_kernels.json", figures)
-    if kernels:
-        parts += _kernel_table(kernels) + [""]
-        found = True
-    model = _load("bench_model.json", figures)
-    if model:
-        parts += _model_table(model) + [""]
-        found = True
-    train = _load("train_gpu_small.json", figures)
-    if train:
-        parts += _train_table(train) + [""]
-        found = True
-    mini = _load("miniature.json", figures)
-    if mini:
-        parts += _miniature_table(mini) + [""]
-        found = True
+    for name, table in (("bench_kernels.json", _kernel_table), ("bench_model.json", _model_table),
+                        ("train_gpu_small.json", _train_table), ("miniature.json", _miniature_table)):
+        results = _load(name, figures)
+        if results:
+            parts += table(results) + [""]
+            found = True
     if not found:
         parts.append("*No GPU results committed yet.*")
     return "\n".join(parts).rstrip() + "\n"

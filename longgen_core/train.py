@@ -80,7 +80,7 @@ from .presets import DEFAULT_PRESET, PRESETS, Preset, base_config, get_preset
 from .rope import rope_theta_of, set_rope
 
 __all__ = ["ATTENTIONS", "RUNS_DIR", "TrainResult", "train", "build_model", "load_tokenizer", "set_trainable",
-           "compute_in_autocast_dtype", "truncate_layers", "warmup_cosine", "read_log", "plot_loss", "loss_summary", "main"]
+           "compute_in_autocast_dtype", "base_model", "truncate_layers", "warmup_cosine", "read_log", "plot_loss", "loss_summary", "main"]
 
 ATTENTIONS = ("hybrid", "full")
 RUNS_DIR = Path(__file__).resolve().parent.parent / "runs"  # git-ignored
@@ -125,20 +125,13 @@ def truncate_layers(model, num_layers: int) -> None:
         model.config.layer_types = model.config.layer_types[:num_layers]
 
 
-def build_model(preset: Preset, attention: str = "hybrid"):
-    """``(model, info)``: the preset's base model, RoPE-extended, converted for ``attention``.
-
-    ``info`` records what was done: ``rope_theta_before``, ``rope_theta``, ``max_positions``,
-    ``layer_map`` (``F`` full, ``s`` sparse), ``full_layers``, ``parameters``. The model is
-    float32 on the CPU in train mode (accelerate moves it and handles precision).
-    """
+def base_model(preset: Preset):
+    """The preset's model before any change: loaded (or built with seeded random weights for
+    ``random_init``), cut to ``num_layers``; float32 on the CPU."""
     from transformers import AutoModelForCausalLM
 
-    from .hybrid import layer_map, to_longgen
     from .models import load_model
 
-    if attention not in ATTENTIONS:
-        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     if preset.random_init:
         config = base_config(preset.model)
         for key, value in preset.model_overrides:
@@ -147,11 +140,25 @@ def build_model(preset: Preset, attention: str = "hybrid"):
             config.num_hidden_layers = preset.num_layers
         with torch.random.fork_rng(devices=[]):  # seeded init that leaves the caller's RNG alone
             torch.manual_seed(preset.seed)
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    else:
-        model, _ = load_model(preset.model)
-        if preset.num_layers is not None:
-            truncate_layers(model, preset.num_layers)
+            return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model, _ = load_model(preset.model)
+    if preset.num_layers is not None:
+        truncate_layers(model, preset.num_layers)
+    return model
+
+
+def build_model(preset: Preset, attention: str = "hybrid"):
+    """``(model, info)``: the preset's base model, RoPE-extended, converted for ``attention``.
+
+    ``info`` records what was done: ``rope_theta_before``, ``rope_theta``, ``max_positions``,
+    ``layer_map`` (``F`` full, ``s`` sparse), ``full_layers``, ``parameters``. The model is
+    float32 on the CPU in train mode (accelerate moves it and handles precision).
+    """
+    from .hybrid import layer_map, to_longgen
+
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    model = base_model(preset)
     before = rope_theta_of(model.config)
     theta = preset.resolved_rope_theta(before)
     if attention == "hybrid":
