@@ -1,4 +1,4 @@
-"""FORMAT TESTS of longgen_core.bench on FAKE rows: the JSON writer, the text table, the figure and
+"""FORMAT TESTS of longgen_core.bench.kernels on FAKE rows: the JSON writer, the text table, the figure and
 the command line. The numbers below are invented to exercise the code; they are not measurements
 (those come from `python -m longgen_core.bench kernels` on a GPU, see figures/bench_kernels.json).
 """
@@ -10,7 +10,8 @@ import json
 import pytest
 import torch
 
-from longgen_core import bench
+from longgen_core.bench import cli as bench_cli
+from longgen_core.bench import kernels as bench
 
 FAKE = {
     "device": "FAKE DEVICE (format test)", "torch": "0", "triton": "0", "date": "2000-01-01",
@@ -58,13 +59,13 @@ def test_plot_and_png(tmp_path):
 
 def test_command_line_has_the_kernels_subcommand(capsys):
     with pytest.raises(SystemExit):
-        bench.main(["kernels", "--help"])
+        bench_cli.main(["kernels", "--help"])
     assert "--out" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        bench.main([])  # a subcommand is required
+        bench_cli.main([])  # a subcommand is required
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
 def test_kernels_needs_a_gpu(tmp_path):
-    assert bench.main(["kernels", "--out", str(tmp_path / "x.json")]) == 2
+    assert bench_cli.main(["kernels", "--out", str(tmp_path / "x.json")]) == 2
     assert not (tmp_path / "x.json").exists()

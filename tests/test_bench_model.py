@@ -1,4 +1,4 @@
-"""CPU test of the ``model`` benchmark (longgen_core.bench_model) on a tiny random Llama: the JSON
+"""CPU test of the ``model`` benchmark (longgen_core.bench.model) on a tiny random Llama: the JSON
 structure and the KV bytes (hybrid < full past the window, hybrid == kv_bytes_formula). The times
 it records on CPU are not measurements of anything."""
 
@@ -8,8 +8,10 @@ import json
 
 import torch
 
-from longgen_core import bench, bench_model
-from longgen_core.models import tiny_llama
+from longgen_core.bench import cli as bench_cli
+from longgen_core.bench import kernels as bench
+from longgen_core.bench import model as bench_model
+from longgen_core.models.base import tiny_llama
 from longgen_core.patterns import sink_window
 
 
@@ -45,5 +47,5 @@ def test_model_subcommand_is_registered():
     import pytest
 
     with pytest.raises(SystemExit) as exc:
-        bench.main(["model", "--help"])
+        bench_cli.main(["model", "--help"])
     assert exc.value.code == 0

@@ -7,14 +7,14 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-import longgen_core.cache
-import longgen_core.hybrid
-import longgen_core.models
-import longgen_core.settings
-from longgen_core.cache import (EvictingLayer, LongGenCache, generate_with_cache, greedy_recompute,
+import longgen_core.models.cache
+import longgen_core.models.convert
+import longgen_core.models.base
+import longgen_core.models.settings
+from longgen_core.models.cache import (EvictingLayer, LongGenCache, generate_with_cache, greedy_recompute,
                                 kv_bytes_formula, kv_cache_bytes, kv_slots_formula)
-from longgen_core.hybrid import convert_config, to_longgen, to_posthoc_streaming, use_backend
-from longgen_core.models import llama2_7b_config, load_smollm2, tiny_llama
+from longgen_core.models.convert import convert_config, to_longgen, to_posthoc_streaming, use_backend
+from longgen_core.models.base import llama2_7b_config, load_smollm2, tiny_llama
 from longgen_core.patterns import sink_window, sliding_window, strided
 
 SINK, WINDOW = 4, 32
@@ -30,8 +30,8 @@ def random_ids(n, vocab=500, seed=0):
     return torch.randint(3, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("module", [longgen_core.cache, longgen_core.settings, longgen_core.hybrid,
-                                    longgen_core.models],
+@pytest.mark.parametrize("module", [longgen_core.models.cache, longgen_core.models.settings, longgen_core.models.convert,
+                                    longgen_core.models.base],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
@@ -155,7 +155,7 @@ def test_smollm2_cache_memory_constant_past_the_window_and_equal_to_formula(smol
     model, _ = smollm2_hybrid
     ids = random_ids(60, vocab=49152, seed=4)
     cache = LongGenCache(model.config)
-    sparse = [i for i, c in enumerate(longgen_core.hybrid.layer_map(model.config)) if c == "s"]
+    sparse = [i for i, c in enumerate(longgen_core.models.convert.layer_map(model.config)) if c == "s"]
     full = [i for i in range(30) if i not in sparse]
     with torch.no_grad():
         out = model(ids[:, :20], past_key_values=cache, use_cache=True)
@@ -203,7 +203,7 @@ def test_posthoc_streaming_generation_equals_recompute(positions):
     model = to_posthoc_streaming(tiny_llama(seed=7), full_layers=[], pattern=sink_window(SINK, WINDOW),
                                  positions=positions)
     assert model.config.longgen["mode"] == "posthoc"
-    assert set(longgen_core.hybrid.layer_map(model.config)) == {"s"}
+    assert set(longgen_core.models.convert.layer_map(model.config)) == {"s"}
     prompt = random_ids(40, seed=5)
     out, cache = generate_with_cache(model, prompt, max_new_tokens=40, eos_token_id=None)
     assert all(layer.num_slots() == SINK + WINDOW for layer in cache.layers)
@@ -225,7 +225,7 @@ def test_posthoc_positions_matter_only_past_the_window():
 def test_measure_kv_bytes_after_a_prefill_matches_the_formula():
     hybrid = to_longgen(tiny_llama(), pattern=sink_window(SINK, WINDOW))
     for n in (10, 36, 100):
-        measured = longgen_core.cache.measure_kv_bytes(hybrid, n)
+        measured = longgen_core.models.cache.measure_kv_bytes(hybrid, n)
         assert measured == kv_bytes_formula(hybrid.config, n, torch.float32)
-    full = longgen_core.cache.measure_kv_bytes(hybrid, 100, cache=DynamicCache())
+    full = longgen_core.models.cache.measure_kv_bytes(hybrid, 100, cache=DynamicCache())
     assert sum(full) > sum(measured) and full[2] == measured[2]  # layer 2 is full in both

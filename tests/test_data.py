@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from longgen_core import data, tasks
-from longgen_core.models import setup_smollm2
+from longgen_core.data import corpora as data
+from longgen_core.data import tasks
+from longgen_core.models.base import setup_smollm2
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +199,7 @@ def test_export_text_round_trips(tmp_path):
 
 
 def test_prefetcher_hands_out_batches_in_stream_order_with_their_positions():
-    from longgen_core.data import Prefetcher, TrainingStream
+    from longgen_core.data.corpora import Prefetcher, TrainingStream
 
     expected = TrainingStream("random", None, 16, seed=2, vocab_size=100)
     batches = Prefetcher(TrainingStream("random", None, 16, seed=2, vocab_size=100), n=3)
@@ -211,7 +212,7 @@ def test_prefetcher_hands_out_batches_in_stream_order_with_their_positions():
 
 
 def test_prefetcher_raises_the_streams_error_in_the_consumer():
-    from longgen_core.data import Prefetcher
+    from longgen_core.data.corpora import Prefetcher
 
     class Broken:
         def take(self, n):
@@ -222,7 +223,7 @@ def test_prefetcher_raises_the_streams_error_in_the_consumer():
         with pytest.raises(ValueError, match="corpus gone"):
             batches.next()
     batches.close()
-    from longgen_core.data import TrainingStream
+    from longgen_core.data.corpora import TrainingStream
 
     working = Prefetcher(TrainingStream("random", None, 8, vocab_size=50), n=1)
     working.close()

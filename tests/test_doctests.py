@@ -4,15 +4,17 @@ import doctest
 
 import pytest
 
-import longgen_core.attention.reference
-import longgen_core.data
-import longgen_core.fused
-import longgen_core.hybrid
-import longgen_core.patterns
+import longgen_core
+import longgen_core.kernels.reference
+import longgen_core.data.corpora
+import longgen_core.models.fused
+import longgen_core.models.convert
+import longgen_core.patterns.masks
 import longgen_core.plots
+import longgen_core.train.options
 
-MODULES = [longgen_core.patterns, longgen_core.attention.reference, longgen_core.plots, longgen_core.data,
-           longgen_core.hybrid, longgen_core.fused]
+MODULES = [longgen_core.patterns.masks, longgen_core.kernels.reference, longgen_core.plots, longgen_core.data.corpora,
+           longgen_core.models.convert, longgen_core.models.fused, longgen_core, longgen_core.train.options]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

@@ -1,4 +1,4 @@
-"""The cost model of longgen_core.efficiency: FLOPs and bytes per layer, Amdahl's law, and the
+"""The cost model of longgen_core.bench.cost_model: FLOPs and bytes per layer, Amdahl's law, and the
 measured-vs-model rows read from a ``bench model`` JSON (a small synthetic one here)."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from longgen_core import efficiency
-from longgen_core.cache import kv_bytes_formula
-from longgen_core.hybrid import convert_config, layer_map
-from longgen_core.models import llama2_7b_config
+from longgen_core.bench import cost_model as efficiency
+from longgen_core.models.cache import kv_bytes_formula
+from longgen_core.models.convert import convert_config, layer_map
+from longgen_core.models.base import llama2_7b_config
 from longgen_core.patterns import attention_flops, full_causal, sink_window, sliding_window, strided
 
 

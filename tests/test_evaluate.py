@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from longgen_core import evaluate, hybrid
-from longgen_core.models import load_smollm2, tiny_llama
+from longgen_core.evaluate import retrieval as evaluate
+from longgen_core.models import convert as hybrid
+from longgen_core.models.base import load_smollm2, tiny_llama
 from longgen_core.patterns import sink_window
 
 

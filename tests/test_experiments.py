@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from longgen_core import experiments
+from longgen_core.experiments import miniature as experiments
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +58,8 @@ def test_stacked_windows_bound_what_the_streaming_model_can_reach():
     bit-identical; the full model's change."""
     import torch
 
-    from longgen_core.hybrid import to_posthoc_streaming
-    from longgen_core.models import tiny_llama
+    from longgen_core.models.convert import to_posthoc_streaming
+    from longgen_core.models.base import tiny_llama
     from longgen_core.patterns import sink_window
 
     full = tiny_llama(num_layers=6, seed=1).eval()

@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from longgen_core.fused import FusedRMSNorm, fuse_rms_norms
-from longgen_core.models import tiny_llama
+from longgen_core.models.fused import FusedRMSNorm, fuse_rms_norms
+from longgen_core.models.base import tiny_llama
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -7,10 +7,10 @@ from transformers import (GPT2Config, GPT2LMHeadModel, MistralConfig, MistralFor
                           Qwen2ForCausalLM)
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from longgen_core.hf_attention import rope_inv_freq, slot_attention
-from longgen_core.hybrid import (convert_config, layer_map, load_longgen, to_longgen, to_posthoc_streaming,
+from longgen_core.models.attention import rope_inv_freq, slot_attention
+from longgen_core.models.convert import (convert_config, layer_map, load_longgen, to_longgen, to_posthoc_streaming,
                                  use_backend)
-from longgen_core.models import load_smollm2, tiny_llama
+from longgen_core.models.base import load_smollm2, tiny_llama
 from longgen_core.patterns import full_causal, sink_window, sliding_window, strided
 
 SINK, WINDOW = 4, 32
@@ -258,7 +258,7 @@ def test_error_padded_or_packed_batches():
 
 
 def test_position_check_runs_once_per_position_ids_tensor_and_sees_in_place_changes(monkeypatch):
-    from longgen_core import hf_attention
+    from longgen_core.models import attention as hf_attention
 
     hybrid = to_longgen(tiny_llama(), pattern=sink_window(SINK, WINDOW))
     misses = []
@@ -291,7 +291,7 @@ def test_error_use_backend_on_unconverted_model():
 
 def test_error_without_the_cache_hook(tmp_path):
     """A model switched to "longgen" by hand (no hook) must refuse, not misread an evicting cache."""
-    from longgen_core import hf_attention
+    from longgen_core.models import attention as hf_attention
 
     hf_attention.register()
     model = tiny_llama()
@@ -321,9 +321,9 @@ def test_kernel_routing_hands_the_ops_contract_tensors(monkeypatch):
     """On CUDA the dispatcher calls ops.sparse_attention (prefill) and ops.sparse_decode (slots +
     original positions). A stand-in ops module checks the arguments and answers with the
     reference math; the generated tokens must not change."""
-    from longgen_core import hf_attention
-    from longgen_core.attention.reference import reference_attention
-    from longgen_core.cache import generate_with_cache
+    from longgen_core.models import attention as hf_attention
+    from longgen_core.kernels.reference import reference_attention
+    from longgen_core.models.cache import generate_with_cache
 
     calls = {"prefill": 0, "decode": 0}
 
@@ -352,17 +352,17 @@ def test_kernel_routing_hands_the_ops_contract_tensors(monkeypatch):
 
 
 def test_real_triton_kernels_generate_the_same_tokens(monkeypatch):
-    """End to end through longgen_core.attention.ops (Triton; interpreted on the CPU)."""
+    """End to end through longgen_core.kernels.api (Triton; interpreted on the CPU)."""
     import os
 
     try:
-        from longgen_core.attention import ops
+        from longgen_core.kernels import api as ops
     except Exception as err:  # the kernels are optional for this module
-        pytest.skip(f"longgen_core.attention.ops not importable: {err}")
+        pytest.skip(f"longgen_core.kernels.api not importable: {err}")
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("needs CUDA or TRITON_INTERPRET=1 (set by tests/conftest.py)")
-    from longgen_core import hf_attention
-    from longgen_core.cache import generate_with_cache
+    from longgen_core.models import attention as hf_attention
+    from longgen_core.models.cache import generate_with_cache
 
     hybrid = to_longgen(tiny_llama(), pattern=sink_window(2, 16))
     prompt = random_ids(24)

@@ -16,7 +16,8 @@ import sys
 import pytest
 import torch
 
-from longgen_core.attention import ops, reference_attention, reference_decode, sparse_attention, sparse_decode
+from longgen_core.kernels import api as ops
+from longgen_core.kernels import reference_attention, reference_decode, sparse_attention, sparse_decode
 from longgen_core.patterns import full_causal, sink_window, sliding_window, strided
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -396,7 +397,7 @@ def test_cpu_without_interpreter_raises():
     """Asking for the kernels on the CPU without TRITON_INTERPRET=1 names the two ways out."""
     code = (
         "import torch\n"
-        "from longgen_core.attention import sparse_attention, sparse_decode\n"
+        "from longgen_core.kernels import sparse_attention, sparse_decode\n"
         "from longgen_core.patterns import sink_window\n"
         "q = torch.randn(1, 2, 20, 64)\n"
         "p = sink_window(2, 8)\n"
@@ -421,8 +422,8 @@ def test_cpu_without_interpreter_raises():
 
 # ----------------------------------------------------------------------------------- tutorial
 def test_tutorial_kernels_match_the_reference():
-    """The notebook's step-by-step kernels (longgen_core.attention.tutorial)."""
-    from longgen_core.attention import tutorial
+    """The notebook's step-by-step kernels (longgen_core.kernels.tutorial)."""
+    from longgen_core.kernels import tutorial
 
     q, k, v = (t[0, 0] for t in random_qkv(1, 1, 1, 70, 32, seed=15))
     q32, k32, v32 = (t.float().to(DEVICE) for t in (q, k, v))

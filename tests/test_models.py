@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from longgen_core import models
-from longgen_core.models import load_model, load_smollm2, smollm2_dir, tiny_llama
+from longgen_core.models import base as models
+from longgen_core.models.base import load_model, load_smollm2, smollm2_dir, tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -102,5 +102,5 @@ def test_smollm2_is_a_working_language_model(smollm2):
 
 
 def test_setup_cli_usage_message(capsys):
-    assert models._main([]) == 2
+    assert models.main([]) == 2
     assert "python -m longgen_core.models setup" in capsys.readouterr().err

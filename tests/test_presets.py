@@ -5,18 +5,18 @@ import doctest
 import pytest
 import torch
 
-import longgen_core.loss
-import longgen_core.presets
-import longgen_core.rope
-from longgen_core.hybrid import to_longgen
-from longgen_core.models import tiny_llama
+import longgen_core.train.loss
+import longgen_core.train.presets
+import longgen_core.models.rope
+from longgen_core.models.convert import to_longgen
+from longgen_core.models.base import tiny_llama
 from longgen_core.patterns import sink_window
-from longgen_core.presets import PRESETS, get_preset, smollm2_config
-from longgen_core.rope import (ROPE_EXPONENT, extended_rope_theta, rope_theta_of, set_rope, slow_pairs,
+from longgen_core.train.presets import PRESETS, get_preset, smollm2_config
+from longgen_core.models.rope import (ROPE_EXPONENT, extended_rope_theta, rope_theta_of, set_rope, slow_pairs,
                                wavelengths)
 
 
-@pytest.mark.parametrize("module", [longgen_core.rope, longgen_core.presets, longgen_core.loss],
+@pytest.mark.parametrize("module", [longgen_core.models.rope, longgen_core.train.presets, longgen_core.train.loss],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
@@ -97,7 +97,7 @@ def test_get_preset_overrides_and_errors():
 def test_builtin_smollm2_config_matches_the_checkpoint():
     from transformers import AutoConfig
 
-    from longgen_core.models import setup_smollm2
+    from longgen_core.models.base import setup_smollm2
 
     stored = AutoConfig.from_pretrained(setup_smollm2(verbose=False))
     builtin = smollm2_config()

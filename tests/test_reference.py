@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longgen_core.attention.reference import reference_attention
+from longgen_core.kernels.reference import reference_attention
 from longgen_core.patterns import full_causal, sink_window, sliding_window, strided
 
 

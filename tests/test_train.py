@@ -6,12 +6,13 @@ import json
 import pytest
 import torch
 
-from longgen_core import checkpoint as ckpt
-from longgen_core import train as tr
-from longgen_core.hybrid import load_longgen
-from longgen_core.loss import IGNORE_INDEX, CausalLMLoss, chunked_lm_loss
-from longgen_core.models import tiny_llama
-from longgen_core.train_bench import load_results, measure, results_table
+from longgen_core.train import checkpoint as ckpt
+from longgen_core.train import cli as train_cli
+from longgen_core.train import loop as tr
+from longgen_core.models.convert import load_longgen
+from longgen_core.train.loss import IGNORE_INDEX, CausalLMLoss, chunked_lm_loss
+from longgen_core.models.base import tiny_llama
+from longgen_core.bench.training import load_results, measure, results_table
 
 # A SmolLM2-shaped model shrunk to hidden 64 and 4 layers, random weights, 128-token sequences of
 # Python's documentation mixed half and half with retrieval samples: ~0.1 s per step.
@@ -106,6 +107,23 @@ def test_resume_reproduces_the_uninterrupted_losses(straight, tmp_path):
         assert a["loss"] == b["loss"] and a["lr"] == b["lr"] and a["synthetic"] == b["synthetic"], (a, b)
 
 
+def test_a_time_budget_stops_with_a_checkpoint_and_the_next_call_continues(straight, tmp_path):
+    first = run(tmp_path, time_budget_s=0.0)  # out of time after the first step
+    assert not first.finished and [r["step"] for r in first.log] == [1]
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path / "checkpoints")] == ["step-0000001"]
+    second = run(tmp_path, time_budget_s=0.0)
+    assert second.resumed_from == 1 and [r["step"] for r in second.log] == [1, 2]
+    rest = run(tmp_path)
+    assert rest.resumed_from == 2 and rest.finished
+    for a, b in zip(straight.log, rest.log):
+        assert a["loss"] == b["loss"] and a["grad_norm"] == b["grad_norm"], (a, b)
+
+
+def test_all_sparse_has_no_full_layer(tmp_path):
+    result = run(tmp_path, "all_sparse", steps=1, checkpoints=False, save_final=False)
+    assert result.info["layer_map"] == "ssss" and result.info["full_layers"] == []
+
+
 def test_a_crash_while_writing_a_checkpoint_keeps_the_previous_one(straight, tmp_path, monkeypatch):
     real = ckpt.write_json_atomic
 
@@ -192,11 +210,11 @@ def test_command_line_trains_and_rejects_unknown_presets(tmp_path, capsys):
             "--run-dir", str(tmp_path), "--no-progress", "--set", "num_layers", "2",
             "--set", "model_overrides", json.dumps([list(kv) for kv in MICRO["model_overrides"]]),
             "--set", "pattern", json.dumps(MICRO["pattern"]), "--set", "warmup_steps", "1"]
-    assert tr.main(args) == 0
+    assert train_cli.main(args) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["steps"] == "1..2" and (tmp_path / "final" / "config.json").exists()
     with pytest.raises(SystemExit) as exit_info:
-        tr.main(["--preset", "nope"])
+        train_cli.main(["--preset", "nope"])
     assert exit_info.value.code == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
 
@@ -218,7 +236,7 @@ def test_measure_records_both_runs(tmp_path):
 def test_bf16_autocast_reaches_the_sparse_attention_in_bf16(monkeypatch):
     """On the GPU the Triton kernels need bf16 queries; Hugging Face's RoPE would promote them to
     fp32 under autocast unless the residual stream starts in bf16 (checked here with CPU autocast)."""
-    from longgen_core import hf_attention
+    from longgen_core.models import attention as hf_attention
 
     seen = []
 

@@ -1,0 +1,56 @@
+"""Command line of the GPU benchmarks: ``python -m longgen_core.bench kernels|model``."""
+
+from __future__ import annotations
+
+import argparse
+
+from .kernels import run_kernels
+from .model import run_cli as run_model
+
+__all__ = ["main"]
+
+
+def _run_model(args) -> int:
+    """The ``model`` subcommand (:mod:`longgen_core.bench.model`)."""
+    return run_model(args)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m longgen_core.bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    k = sub.add_parser("kernels", help="sparse attention kernels vs FlexAttention and full SDPA (GPU)")
+    k.add_argument("--out", default="figures/bench_kernels.json",
+                   help="results JSON (the PNG goes beside it)")
+    k.add_argument("--png", default=None, help="figure path (default: --out with .png)")
+    k.add_argument("--n", default="16384,32768,65536,131072", help="comma-separated sequence lengths")
+    k.add_argument("--patterns", default="sink_window,strided", help="from: sink_window,strided")
+    k.add_argument("--passes", default="fwd,fwdbwd,decode", help="from: fwd,fwdbwd,decode")
+    k.add_argument("--impls", default="longgen,flex,sdpa_full", help="from: longgen,flex,sdpa_full")
+    k.add_argument("--heads", type=int, default=32)
+    k.add_argument("--kv-heads", type=int, default=32)
+    k.add_argument("--head-dim", type=int, default=128)
+    k.add_argument("--decode-batch", type=int, default=8)
+    k.add_argument("--skip-check", action="store_true", help="skip the correctness check (not advised)")
+    k.add_argument("--tune", action="store_true", help="sweep launch settings first (adds minutes)")
+    k.add_argument("--tune-n", type=int, default=32768)
+    k.add_argument("--tune-head-dims", default="", help="tune these head_dims too (at N <= 32K)")
+    k.add_argument("--profile", default="", help="comma-separated N: per-kernel times (torch.profiler)")
+    k.add_argument("--time-budget", type=float, default=None, help="seconds; later rows are skipped")
+    k.set_defaults(func=run_kernels)
+    m = sub.add_parser("model", help="Llama-2-7B-shaped model: full attention vs LongGen hybrid (GPU)")
+    m.add_argument("--out", default="figures/bench_model.json", help="results JSON (the PNG goes beside it)")
+    m.add_argument("--png", default=None, help="figure path (default: --out with .png)")
+    m.add_argument("--lengths", default="32768,65536,131072", help="comma-separated N, run in this order")
+    m.add_argument("--layers", type=int, default=6, help="decoder layers (the middle third full)")
+    m.add_argument("--reps", type=int, default=3, help="timed repeats per cell (after one warm-up)")
+    m.add_argument("--decode-steps", type=int, default=16, help="single-token steps per timed decode loop")
+    m.add_argument("--decode-batch", type=int, default=8)
+    m.add_argument("--loss-chunk", type=int, default=4096)
+    m.add_argument("--metrics", default="kv_bytes,prefill_ms,decode_ms_b1,decode_ms_b8,train_step_ms")
+    m.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    m.add_argument("--time-budget", type=float, default=None, help="seconds; later cells are skipped")
+    m.set_defaults(func=_run_model)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+

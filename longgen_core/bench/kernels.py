@@ -1,0 +1,579 @@
+"""Benchmarks (GPU), one subcommand each; results go to ``figures/`` as JSON plus a PNG.
+
+``python -m longgen_core.bench model --out figures/bench_model.json``
+    A Llama-2-7B-shaped model (few layers, random weights): full attention vs the LongGen hybrid,
+    KV bytes, prefill, decode (batch 1 and 8) and a training step; see :mod:`longgen_core.bench.model`.
+
+``python -m longgen_core.bench kernels --out figures/bench_kernels.json``
+    The sparse attention kernels of :mod:`longgen_core.kernels` against, in the same run, full
+    causal SDPA (flash backend) and FlexAttention with a compiled ``create_block_mask`` of the same
+    pattern. The shape of one Llama-2-7B layer: batch 1, 32 heads, head_dim 128, bf16, N in 16K..128K; decode at
+    batch 8. Correctness is checked on the device against FlexAttention (and the float64
+    reference at a small size) before anything is timed.
+
+JSON layout (``figures/bench_kernels.json``)::
+
+    {"device", "torch", "triton", "date", "copy_gbps", "matmul_tflops", "check": {...},
+     "rows": [{"impl": "longgen" | "flex" | "sdpa_full", "pattern", "n", "pass": "fwd" | "fwdbwd"
+               | "decode", "ms", "tflops", "gbps", ...}]}
+
+``tflops`` counts the useful FLOPs of the kept (query, key) pairs
+(:func:`longgen_core.patterns.attention_flops`); decode rows add ``batch``, ``cache``
+(``"full"``: all N positions in the cache, the kernel skips dropped chunks; ``"evicted"``: only
+sink + window slots, the hybrid's cache) and ``gbps``, the K/V bytes the implementation must read
+(the visible slots; all N for full SDPA) over the time.
+
+The helpers :func:`load_results`, :func:`results_table` and :func:`plot_results` work on the JSON
+alone (no GPU): notebook 02 uses them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .results import load_results, software_versions, write_results
+
+__all__ = ["results_table", "plot_results", "save_plot",
+           "kernel_patterns"]
+
+PASSES = ("fwd", "fwdbwd", "decode")
+IMPLS = ("longgen", "flex", "sdpa_full")
+
+
+def _row_key(row):
+    return (row["pattern"], row["pass"], row["impl"], row.get("cache", ""), row["n"])
+
+
+def results_table(results: dict, digits: int = 1) -> str:
+    """Plain-text table: one line per (pattern, pass, impl[, cache]), one column per N (ms),
+    then the speed-up of longgen over flex and over full SDPA at the largest N. Deterministic for
+    a given JSON (the notebook's text twin of the figure).
+
+    Example line: ``sink_window_64_4096  fwd     longgen         1.2    2.3    4.6    9.2``
+    """
+    rows = [r for r in results["rows"] if r.get("ms") is not None]
+    ns = sorted({r["n"] for r in rows})
+    lines = [f"{'pattern':24s} {'pass':7s} {'impl':16s}" + "".join(f"{n // 1024:>8d}K" for n in ns)]
+    groups: dict = {}
+    for r in rows:
+        name = r["impl"] + (f"/{r['cache']}" if r.get("cache") and r["impl"] == "longgen" else "")
+        groups.setdefault((r["pattern"], r["pass"], name), {})[r["n"]] = r["ms"]
+    for (pattern, pass_, name), by_n in sorted(groups.items()):
+        cells = "".join(f"{by_n[n]:9.{digits}f}" if n in by_n else f"{'-':>9s}" for n in ns)
+        lines.append(f"{pattern:24s} {pass_:7s} {name:16s}{cells}")
+    if ns:
+        n = ns[-1]
+        lines.append(f"speed-up of longgen at N={n // 1024}K:")
+        for (pattern, pass_, name), by_n in sorted(groups.items()):
+            if not name.startswith("longgen") or n not in by_n or name.endswith("evicted"):
+                continue
+            for other in ("flex", "sdpa_full"):
+                ref = groups.get((pattern if other == "flex" else "full_causal", pass_, other), {})
+                if n in ref:
+                    lines.append(f"  {pattern:24s} {pass_:7s} vs {other:9s} {ref[n] / by_n[n]:6.2f}x")
+    return "\n".join(lines)
+
+
+def plot_results(results: dict):
+    """Figure: time (ms, log) against N (log), one panel per pass. Colour = pattern, line style =
+    implementation (longgen solid, flex dashed, full SDPA dotted; longgen on the evicted cache
+    dash-dot), one legend for all panels."""
+    import matplotlib.pyplot as plt
+
+    passes = [p for p in PASSES if any(r["pass"] == p for r in results["rows"])]
+    fig, axes = plt.subplots(1, len(passes), figsize=(4.2 * len(passes), 3.9), squeeze=False)
+    patterns = sorted({r["pattern"] for r in results["rows"]})
+    colour = {name: f"C{i}" for i, name in enumerate(patterns)}
+    style = {"longgen": "-o", "flex": "--s", "sdpa_full": ":^", "longgen evicted": "-.D"}
+    handles = {}
+    for ax, pass_ in zip(axes[0], passes):
+        lines: dict = {}
+        for r in results["rows"]:
+            if r["pass"] == pass_ and r.get("ms") is not None:
+                impl = r["impl"] + (" evicted" if r.get("cache") == "evicted" else "")
+                lines.setdefault((impl, r["pattern"]), []).append((r["n"], r["ms"]))
+        for (impl, pattern), pts in sorted(lines.items()):
+            pts.sort()
+            label = f"{impl} {pattern}" + (" cache" if impl.endswith("evicted") else "")
+            (h,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], style.get(impl, "-"),
+                           color=colour[pattern], ms=4, label=label)
+            handles.setdefault(h.get_label(), h)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length N")
+        ax.set_title(pass_ + (f" (batch {results.get('decode_batch', 8)})" if pass_ == "decode" else ""))
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].set_ylabel("time (ms, median)")
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=4, fontsize=7)
+    fig.suptitle(f"{results.get('device', '?')}: sparse attention kernels", fontsize=9)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    return fig
+
+
+def save_plot(results: dict, path) -> None:
+    """Save :func:`plot_results` as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = plot_results(results)
+    fig.savefig(path, dpi=110)
+
+
+# ----------------------------------------------------------------------------------- GPU helpers
+def kernel_patterns(num_heads: int = 32) -> dict:
+    """The two sparse settings benchmarked: LongGen's sink 64 + window 4096, and the strided
+    pattern of the authors' kernel (block 64, 16 local blocks, vertical stride 8, per-head)."""
+    from ..patterns import sink_window, strided
+
+    return {"sink_window": sink_window(64, 4096),
+            "strided": strided(64, 16, 8, homo_head=False, num_heads=num_heads)}
+
+
+def _ms(fn, rep: int = 100) -> float:
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=25, rep=rep, return_mode="median"))
+
+
+def _flex(pattern, n_kv: int, n_q: int, heads: int, device):
+    """A compiled FlexAttention callable with the block mask of ``pattern`` (queries at the end)."""
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    off = n_kv - n_q
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return pattern.mask_mod(b, h, q_idx + off, kv_idx)
+
+    block_mask = create_block_mask(mask_mod, B=None, H=heads if pattern.per_head else None,
+                                   Q_LEN=n_q, KV_LEN=n_kv, device=device, _compile=True)
+    compiled = _compiled_flex()
+
+    def run(q, k, v, return_lse=False):
+        return compiled(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1],
+                        return_lse=return_lse)
+
+    return run
+
+
+_FLEX = None
+
+
+def _compiled_flex():
+    global _FLEX
+    if _FLEX is None:
+        import torch
+        from torch.nn.attention.flex_attention import flex_attention
+
+        for name in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, 256)
+        _FLEX = torch.compile(flex_attention)
+    return _FLEX
+
+
+def _device_ceilings() -> dict:
+    """Measured copy bandwidth (bytes read + written) and a bf16 matmul rate."""
+    import torch
+
+    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    copy_ms = _ms(lambda: y.copy_(x))
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    mm_ms = _ms(lambda: a @ a)
+    del x, y, a
+    return {"copy_gbps": 2 * 2**30 / copy_ms / 1e6, "matmul_tflops": 2 * 8192**3 / mm_ms / 1e9}
+
+
+def _rel(a, b) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).norm() / b.norm())
+
+
+def check_on_device(heads: int = 32, head_dim: int = 128, log=print) -> dict:
+    """Kernels vs FlexAttention (fp32 inputs as truth) at a ragged N with GQA, vs the float64
+    reference at a small N for every dtype and head_dim 64/128, and decode (full and shuffled
+    caches with empty slots) vs the dense decode reference. Returns ``{check: error}`` plus
+    ``"passed"``; a failed check is recorded (and printed), not raised, so the run still says
+    what it timed."""
+    import torch
+
+    from ..kernels import reference_attention, reference_decode, sparse_attention, sparse_decode
+
+    out: dict = {"passed": True}
+
+    def record(key, fn, bound):
+        try:
+            errs = fn()
+        except Exception as e:  # noqa: BLE001
+            errs = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+        errs = errs if isinstance(errs, dict) else {"err": errs}
+        ok = all(isinstance(e, float) and e < bound for e in errs.values())
+        out[key] = errs
+        out["passed"] &= ok
+        log(f"check {key}: {'ok' if ok else 'FAILED'} "
+            + " ".join(f"{a}={b:.1e}" if isinstance(b, float) else f"{a}={b}" for a, b in errs.items()))
+
+    torch.manual_seed(0)
+    for name, pattern in kernel_patterns(heads).items():
+        n, kv_heads = 4096 + 77, heads // 4  # ragged N, GQA 4
+        q = torch.randn(1, heads, n, head_dim, device="cuda")
+        k, v = (torch.randn(1, kv_heads, n, head_dim, device="cuda") for _ in range(2))
+        do = torch.randn_like(q)
+        truth = {}
+
+        def flex_truth():
+            flex = _flex(pattern, n, n, heads, "cuda")
+            leaves32 = [t.clone().requires_grad_() for t in (q, k, v)]
+            truth["o"], truth["lse"] = flex(*leaves32, return_lse=True)  # fp32 FlexAttention
+            truth["g"] = torch.autograd.grad(truth["o"], leaves32, do)
+            return {}
+
+        record(f"{name}_flex_fp32", flex_truth, 1.0)
+
+        def vs_flex(dtype):
+            leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+            o, lse = sparse_attention(*leaves, pattern, return_lse=True)
+            g = torch.autograd.grad(o, leaves, do.to(dtype))
+            errs = {"out": _rel(o, truth["o"]), "lse": _rel(lse, truth["lse"])}
+            errs.update({f"d{x}": _rel(a, b) for x, a, b in zip("qkv", g, truth["g"])})
+            return errs
+
+        if "o" in truth:
+            for dtype in (torch.bfloat16, torch.float16):
+                record(f"{name}_vs_flex_n{n}_kv{kv_heads}_{str(dtype)[6:]}", lambda d=dtype: vs_flex(d), 2e-2)
+        del q, k, v, do, truth
+
+        def vs_reference(dtype, d, n=1000):
+            q, k, v = (torch.randn(2, 4, n, d, device="cuda", dtype=torch.float64) for _ in range(3))
+            o = sparse_attention(q.to(dtype), k.to(dtype), v.to(dtype), pattern)
+            return _rel(o, reference_attention(*(t.to(dtype).double() for t in (q, k, v)), pattern))
+
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for d in (64, 128):
+                record(f"{name}_vs_ref64_{str(dtype)[6:]}_d{d}", lambda dt=dtype, d=d: vs_reference(dt, d),
+                       1e-4 if dtype == torch.float32 else 1e-2)
+
+        n = 20000  # decode, GQA 4, batch 8: a full cache and a shuffled one with empty slots
+        q = torch.randn(8, heads, 2, head_dim, device="cuda")
+        k, v = (torch.randn(8, heads // 4, n, head_dim, device="cuda") for _ in range(2))
+        pos = torch.arange(n, device="cuda")
+        perm = torch.randperm(n, device="cuda")
+        pos_shuffled = pos[perm].clone()
+        pos_shuffled[(pos_shuffled >= 10) & (pos_shuffled < 30)] = -1  # empty slots (sink area)
+        caches = {"full": (k, v, pos), "shuffled": (k[:, :, perm], v[:, :, perm], pos_shuffled)}
+        for cache, (kc, vc, p) in caches.items():
+            for dtype in (torch.bfloat16, torch.float32):
+                record(f"{name}_decode_{cache}_{str(dtype)[6:]}", lambda kc=kc, vc=vc, p=p, dt=dtype: _rel(
+                    sparse_decode(q.to(dt), kc.to(dt), vc.to(dt), p, pattern),
+                    reference_decode(q.double(), kc.double(), vc.double(), p, pattern)),
+                    1e-4 if dtype == torch.float32 else 1e-2)
+        del q, k, v, caches
+        torch.cuda.empty_cache()
+    return out
+
+
+# ----------------------------------------------------------------------------------- timing
+def _decode_bytes(pattern, n, batch, kv_heads, head_dim, heads, elt=2):
+    """Keys the last query sees (mean over heads), and the K/V bytes that makes for the batch."""
+    per_head = heads if pattern.per_head else 1
+    visible = sum(int(pattern.row_counts(n, h)[-1]) for h in range(per_head)) / per_head
+    return visible, 2 * batch * kv_heads * visible * head_dim * elt
+
+
+def _evicted_cache(k, v, pattern, n):
+    """Sink slots then a ring buffer holding the window, rotated as a ring buffer leaves it."""
+    import torch
+
+    sink, window = pattern.sink_tokens, pattern.window_tokens
+    start = n - window
+    ring = torch.arange(start, n, device=k.device)
+    ring = torch.roll(ring, shifts=int(n % window))  # slot i holds the position p with p % w == i
+    pos = torch.cat([torch.arange(sink, device=k.device), ring])
+    return k[:, :, pos].contiguous(), v[:, :, pos].contiguous(), pos
+
+
+def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch, deadline, log=print):
+    """Time every (N, pattern, pass, impl); returns the rows (skipped rows have ms=None)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ..kernels import sparse_attention, sparse_decode
+    from ..patterns import attention_flops, full_causal
+
+    patterns = kernel_patterns(heads)
+    rows = []
+
+    def add(impl, pattern_name, n, pass_, fn, flops=None, nbytes=None, **extra):
+        row = {"impl": impl, "pattern": pattern_name, "n": n, "pass": pass_, "ms": None, "tflops": None,
+               "gbps": None, **extra}
+        rows.append(row)
+        if time.time() > deadline:
+            row["skipped"] = "time budget"
+            return
+        try:
+            fn()  # compile / warm up
+            torch.cuda.synchronize()
+            row["ms"] = _ms(fn)
+        except Exception as e:  # noqa: BLE001 -- record and go on: one failure must not lose the run
+            row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            log(f"FAILED {impl} {pattern_name} {n} {pass_}: {row['error']}")
+            torch.cuda.empty_cache()
+            return
+        if flops:
+            row["tflops"] = flops / row["ms"] / 1e9
+        if nbytes:
+            row["gbps"] = nbytes / row["ms"] / 1e6
+        log(f"{impl:9s} {pattern_name:26s} n={n:6d} {pass_:6s} {row['ms']:9.3f} ms"
+            + (f" {row['tflops']:6.1f} TFLOP/s" if row["tflops"] else "")
+            + (f" {row['gbps']:7.1f} GB/s" if row["gbps"] else ""))
+
+    dt = torch.bfloat16
+    for n in ns:
+        gen = torch.Generator(device="cuda").manual_seed(n)
+        q = torch.randn(1, heads, n, head_dim, device="cuda", dtype=dt, generator=gen).requires_grad_()
+        k = torch.randn(1, kv_heads, n, head_dim, device="cuda", dtype=dt, generator=gen).requires_grad_()
+        v = torch.randn(1, kv_heads, n, head_dim, device="cuda", dtype=dt, generator=gen).requires_grad_()
+        do = torch.randn_like(q)
+        for name in names:
+            p = patterns[name]
+            flops = {x: attention_flops(p, n, heads, head_dim, pass_=x) for x in ("fwd", "fwdbwd")}
+            fns = {}
+            if "longgen" in impls:
+                fns["longgen"] = lambda q, k, v, p=p: sparse_attention(q, k, v, p)
+            if "flex" in impls and time.time() < deadline:
+                try:
+                    fns["flex"] = _flex(p, n, n, heads, "cuda")
+                except Exception as e:  # noqa: BLE001
+                    log(f"FAILED flex block mask {name} {n}: {e}")
+            for impl, f in fns.items():
+                if "fwd" in passes:
+                    add(impl, p.name, n, "fwd", lambda f=f: f(q, k, v), flops["fwd"])
+                if "fwdbwd" in passes:
+                    add(impl, p.name, n, "fwdbwd",
+                        lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do), flops["fwdbwd"])
+        if "sdpa_full" in impls:
+            fc = full_causal()
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                sdpa = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+                if "fwd" in passes:
+                    add("sdpa_full", fc.name, n, "fwd", sdpa, attention_flops(fc, n, heads, head_dim))
+                if "fwdbwd" in passes:
+                    add("sdpa_full", fc.name, n, "fwdbwd",
+                        lambda: torch.autograd.grad(sdpa(), (q, k, v), do),
+                        attention_flops(fc, n, heads, head_dim, pass_="fwdbwd"))
+        del q, k, v, do
+        torch.cuda.empty_cache()
+        if "decode" not in passes:
+            continue
+        b = decode_batch
+        qd = torch.randn(b, heads, 1, head_dim, device="cuda", dtype=dt, generator=gen)
+        kd = torch.randn(b, kv_heads, n, head_dim, device="cuda", dtype=dt, generator=gen)
+        vd = torch.randn(b, kv_heads, n, head_dim, device="cuda", dtype=dt, generator=gen)
+        pos = torch.arange(n, device="cuda")
+        extra = {"batch": b}
+        for name in names:
+            p = patterns[name]
+            visible, nbytes = _decode_bytes(p, n, b, kv_heads, head_dim, heads)
+            flops = 4.0 * b * heads * visible * head_dim
+            if "longgen" in impls:
+                add("longgen", p.name, n, "decode", lambda p=p: sparse_decode(qd, kd, vd, pos, p), flops,
+                    nbytes, cache="full", **extra)
+                if p.kind == "sink_window":
+                    kc, vc, pc = _evicted_cache(kd, vd, p, n)
+                    add("longgen", p.name, n, "decode", lambda p=p, kc=kc, vc=vc, pc=pc:
+                        sparse_decode(qd, kc, vc, pc, p), flops, nbytes, cache="evicted", **extra)
+                    del kc, vc
+            if "flex" in impls and time.time() < deadline:
+                try:
+                    f = _flex(p, n, 1, heads, "cuda")
+                    add("flex", p.name, n, "decode", lambda f=f: f(qd, kd, vd), flops, nbytes, cache="full",
+                        **extra)
+                except Exception as e:  # noqa: BLE001
+                    log(f"FAILED flex decode {name} {n}: {e}")
+        if "sdpa_full" in impls:
+            full_bytes = 2 * b * kv_heads * n * head_dim * 2
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+                add("sdpa_full", "full_causal", n, "decode",
+                    lambda: F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=kv_heads != heads),
+                    4.0 * b * heads * n * head_dim, full_bytes, cache="full", **extra)
+        del qd, kd, vd
+        torch.cuda.empty_cache()
+    return rows
+
+
+def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
+    """Sweep launch settings for each kernel at length ``n`` (bf16, both benchmark patterns) and
+    store the best in ``ops.TUNED`` (print it: paste it into ``ops.TUNED`` to keep it). Each kernel
+    is swept with the others fixed, in the order fwd, dK/dV, dQ, decode. Returns
+    ``{tile: KernelConfig}``."""
+    import dataclasses
+
+    import torch
+
+    from ..kernels import api as ops
+
+    found = {}
+    patterns = kernel_patterns(heads)
+    for name, tile in (("sink_window", 128), ("strided", 64)):
+        p = patterns[name]
+        gen = torch.Generator(device="cuda").manual_seed(1)
+        q, k, v = (torch.randn(1, heads, n, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
+                   for _ in range(3))
+        do = torch.randn_like(q)
+        base = ops.default_config(tile, head_dim, torch.bfloat16, False)
+        o, lse = ops._forward(q, k, v, p, None, base)
+
+        def timed(label, fn):
+            try:
+                fn()
+                torch.cuda.synchronize()
+                ms = _ms(fn, rep=50)
+            except Exception as e:  # noqa: BLE001
+                log(f"tune {name} {label}: FAILED {type(e).__name__}: {str(e)[:120]}")
+                return float("inf")
+            log(f"tune {name} {label}: {ms:.3f} ms")
+            return ms
+
+        fwd = [(m, nn, w, s) for m, nn, w, s in [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2),
+                                                  (128, 64, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3)]
+               if m <= tile and nn <= tile]
+        best = min(fwd, key=lambda c: timed(f"fwd {c}", lambda c=c: ops._forward(
+            q, k, v, p, None,
+            dataclasses.replace(base, fwd_m=c[0], fwd_n=c[1], fwd_warps=c[2], fwd_stages=c[3]))))
+        cfg = dataclasses.replace(base, fwd_m=best[0], fwd_n=best[1], fwd_warps=best[2], fwd_stages=best[3])
+        dkdv = [c for c in [(64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 2),
+                            (128, 64, 4, 2)] if c[0] <= tile and c[1] <= c[0]]
+        # the dK/dV walk reads the layout at its key block (dkdv_tile = dkdv_n): no empty steps
+        best = min(dkdv, key=lambda c: timed(f"bwd dkdv {c}", lambda c=c: ops._backward(
+            do, None, q, k, v, o, lse, p, None,
+            dataclasses.replace(cfg, dkdv_n=c[0], dkdv_m=c[1], dkdv_warps=c[2], dkdv_stages=c[3],
+                                dkdv_tile=c[0]))))
+        cfg = dataclasses.replace(cfg, dkdv_n=best[0], dkdv_m=best[1], dkdv_warps=best[2],
+                                  dkdv_stages=best[3], dkdv_tile=best[0])
+        dq = [c for c in [(128, 64, 8, 3), (64, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (128, 64, 4, 2)]
+              if c[0] <= tile and c[1] <= tile]
+        best = min(dq, key=lambda c: timed(f"bwd dq {c}", lambda c=c: ops._backward(
+            do, None, q, k, v, o, lse, p, None,
+            dataclasses.replace(cfg, dq_m=c[0], dq_n=c[1], dq_warps=c[2], dq_stages=c[3]))))
+        cfg = dataclasses.replace(cfg, dq_m=best[0], dq_n=best[1], dq_warps=best[2], dq_stages=best[3])
+        del q, k, v, do, o, lse
+        # decode at batch 8 on the evicted sink+window cache (the hybrid's decode)
+        sw = patterns["sink_window"]
+        kd, vd = (torch.randn(8, heads, sw.sink_tokens + sw.window_tokens, head_dim, device="cuda",
+                              dtype=torch.bfloat16) for _ in range(2))
+        qd = torch.randn(8, heads, 1, head_dim, device="cuda", dtype=torch.bfloat16)
+        pos = torch.cat([torch.arange(sw.sink_tokens), torch.arange(n - sw.window_tokens, n)]).cuda()
+        dec = [(64, 4, 4, 2), (64, 4, 4, 4), (32, 4, 4, 4), (64, 4, 3, 8), (128, 4, 3, 4), (64, 8, 3, 4),
+               (32, 4, 3, 8)]
+
+        def run_decode(c):
+            ops.TUNED[(tile, head_dim, 2)] = dataclasses.replace(cfg, decode_n=c[0], decode_warps=c[1],
+                                                                 decode_stages=c[2], decode_per_sm=c[3])
+            return ops.sparse_decode(qd, kd, vd, pos, sw if tile == 128 else p)
+
+        best = min(dec, key=lambda c: timed(f"decode {c}", lambda c=c: run_decode(c)))
+        cfg = dataclasses.replace(cfg, decode_n=best[0], decode_warps=best[1], decode_stages=best[2],
+                                  decode_per_sm=best[3])
+        ops.TUNED[(tile, head_dim, 2)] = cfg
+        found[tile] = cfg
+        log(f"TUNED[({tile}, {head_dim}, 2)] = {cfg!r}")
+        del kd, vd, qd
+        torch.cuda.empty_cache()
+    return found
+
+
+def profile_kernels(ns, heads: int, head_dim: int, decode_batch: int, log=print) -> dict:
+    """Per-kernel CUDA time (ms per call, torch.profiler) of longgen's fwd+bwd on sink+window at
+    each N, and of one decode step on the evicted cache: where the time goes."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from ..kernels import sparse_attention, sparse_decode
+
+    p = kernel_patterns(heads)["sink_window"]
+    out = {}
+
+    def kernel_times(fn, reps=3):
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                fn()
+            torch.cuda.synchronize()
+        times = {}
+        for evt in prof.key_averages():
+            t = getattr(evt, "device_time_total", None) or getattr(evt, "cuda_time_total", 0)
+            if t:
+                times[evt.key[:60]] = t / reps / 1000
+        return dict(sorted(times.items(), key=lambda kv: -kv[1])[:8])
+
+    for n in ns:
+        q, k, v = (torch.randn(1, heads, n, head_dim, device="cuda", dtype=torch.bfloat16).requires_grad_()
+                   for _ in range(3))
+        do = torch.randn_like(q)
+        impls = {"longgen": lambda q, k, v: sparse_attention(q, k, v, p),
+                 "flex": _flex(p, n, n, heads, "cuda")}
+        for impl, f in impls.items():
+            key = f"{impl}_fwdbwd_{n}"
+            out[key] = kernel_times(lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do))
+            log(f"profile {key}: " + ", ".join(f"{a} {b:.2f} ms" for a, b in out[key].items()))
+        del q, k, v, do
+    kd, vd = (torch.randn(decode_batch, heads, p.sink_tokens + p.window_tokens, head_dim, device="cuda",
+                          dtype=torch.bfloat16) for _ in range(2))
+    qd = torch.randn(decode_batch, heads, 1, head_dim, device="cuda", dtype=torch.bfloat16)
+    n = ns[-1]
+    pos = torch.cat([torch.arange(p.sink_tokens), torch.arange(n - p.window_tokens, n)]).cuda()
+    out["decode"] = kernel_times(lambda: sparse_decode(qd, kd, vd, pos, p), reps=10)
+    log("profile decode: " + ", ".join(f"{a} {b:.3f} ms" for a, b in out["decode"].items()))
+    torch.cuda.empty_cache()
+    return out
+
+
+def run_kernels(args) -> int:
+    """The ``kernels`` subcommand."""
+    import torch
+    import triton
+
+    if not torch.cuda.is_available():
+        print("bench kernels needs a CUDA GPU (the CPU interpreter is far too slow to time)", file=sys.stderr)
+        return 2
+    start = time.time()
+    deadline = start + args.time_budget if args.time_budget else float("inf")
+    log = lambda s: print(f"[{time.time() - start:6.1f}s] {s}", flush=True)  # noqa: E731
+    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
+               "triton": triton.__version__,
+               "date": datetime.date.today().isoformat(), "heads": args.heads, "kv_heads": args.kv_heads,
+               "head_dim": args.head_dim, "dtype": "bfloat16", "batch": 1, "decode_batch": args.decode_batch}
+    results.update(_device_ceilings())
+    log(f"device {results['device']}: copy {results['copy_gbps']:.0f} GB/s, "
+        f"bf16 matmul {results['matmul_tflops']:.0f} TFLOP/s")
+    dims = ({args.head_dim} if args.tune else set()) | {int(x) for x in args.tune_head_dims.split(",") if x}
+    if dims:  # first, so that the check below covers the settings that get timed
+        results["tuned"] = {}
+        for d in sorted(dims, reverse=True):
+            found = tune(args.tune_n if d == args.head_dim else min(args.tune_n, 32768), args.heads, d, log)
+            results["tuned"].update({f"({t}, {d}, 2)": repr(c) for t, c in found.items()})
+    if not args.skip_check:
+        results["check"] = check_on_device(args.heads, args.head_dim, log)
+        log("CORRECTNESS CHECK " + ("passed" if results["check"]["passed"] else "FAILED: see 'check'"))
+    if args.profile:
+        results["profile"] = profile_kernels([int(x) for x in args.profile.split(",")], args.heads,
+                                             args.head_dim, args.decode_batch, log)
+    ns = [int(x) for x in args.n.split(",")]
+    names = args.patterns.split(",")
+    results["rows"] = time_rows(ns, names, args.passes.split(","), args.impls.split(","), args.heads,
+                                args.kv_heads, args.head_dim, args.decode_batch, deadline, log)
+    write_results(args.out, results)
+    png = args.png or str(Path(args.out).with_suffix(".png"))
+    save_plot(results, png)
+    print(results_table(results))
+    log(f"wrote {args.out} and {png}")
+    return 0

@@ -1,0 +1,373 @@
+"""Whole-model benchmark: full attention vs the LongGen hybrid on a Llama-2-7B-shaped model.
+
+``python -m longgen_core.bench model --out figures/bench_model.json``
+
+A Llama-2-7B-shaped decoder (hidden 4096, 32 heads = 32 KV heads, head_dim 128, MLP 11008,
+vocab 32000, random weights, bf16) with ``--layers`` decoder layers (default 6: 2 full + 4 sparse,
+LongGen's middle-third mix; the full 32 layers do not fit the training step at 128K on one GPU).
+The full-attention model (transformers' SDPA attention) and a deep copy converted with
+:func:`longgen_core.models.convert.to_longgen` (sink 64 + window 4096) are timed in the same run, both
+with :class:`~longgen_core.models.cache.LongGenCache` (all full layers for the full model), per N:
+
+- ``kv_bytes``: :func:`longgen_core.models.cache.kv_cache_bytes` summed over layers after a prefill of N
+  tokens (hybrid rows also carry ``kv_bytes_formula``);
+- ``prefill_ms``: one forward of N tokens, ``logits_to_keep=1``, cache on;
+- ``decode_ms_b1`` / ``decode_ms_b8``: per token, a loop of ``--decode-steps`` single-token
+  forwards on the prefilled cache; batch 8 reuses the batch-1 prefill, its cache tensors repeated
+  8 times along the batch (same bytes as a batch-8 prefill, without paying 8 prefills);
+- ``train_step_ms``: forward + backward, gradient checkpointing, chunked loss
+  (:class:`longgen_core.train.loss.CausalLMLoss`), no optimizer step.
+
+Times are medians of ``--reps`` repeats after one warm-up (``torch.cuda.Event``; on CPU
+``time.perf_counter``, for the tests only). A cell that runs out of memory gets ``value: null``
+and a note; cells after ``--time-budget`` are skipped the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import math
+import statistics
+import time
+import warnings
+
+import torch
+
+from .results import software_versions
+
+METRICS = ("kv_bytes", "prefill_ms", "decode_ms_b1", "decode_ms_b8", "train_step_ms")
+ATTENTIONS = ("full", "hybrid")
+
+
+def llama7b_shaped(layers: int, max_positions: int):
+    from ..models.base import llama2_7b_config
+
+    config = llama2_7b_config(max_positions)
+    config.num_hidden_layers = layers
+    return config
+
+
+def build_models(config, device, dtype, pattern=None, backend: str = "auto", seed: int = 0):
+    """(full, hybrid): the same random weights, the hybrid converted in place on a deep copy."""
+    from transformers import LlamaForCausalLM
+
+    from ..models.convert import to_longgen
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.device(device):
+            full = LlamaForCausalLM(config)
+    full = full.to(dtype).eval()
+    full.set_attn_implementation("sdpa")
+    hybrid = to_longgen(copy.deepcopy(full), pattern=pattern, backend=backend).eval()
+    return full, hybrid
+
+
+def _timer(device):
+    cuda = torch.device(device).type == "cuda"
+
+    def run(fn):
+        if cuda:
+            torch.cuda.synchronize()
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            return a.elapsed_time(b)
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+    return run
+
+
+def _median_ms(fn, reps, timer):
+    timer(fn)  # warm-up (compiles, autotunes, allocator)
+    return statistics.median(timer(fn) for _ in range(reps))
+
+
+def _new_cache(model, attention):
+    """The same cache class for both models: full layers keep every token in a buffer that grows
+    in steps (one token written per decode step; ``DynamicCache`` copies the whole history with
+    ``torch.cat`` every step), sparse layers keep sink + window slots."""
+    from ..models.cache import LongGenCache
+
+    return LongGenCache(model.config)
+
+
+def _decode_attention_backends():
+    """SDPA backends for decoding: flash / memory-efficient. cuDNN attention (SDPA's first choice on
+    Hopper) builds an execution plan for every new key length, ~6 ms of host time per layer and
+    token measured on an H100, which would make decoding measure plan building."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
+def _repeat_batch(cache, batch):
+    for layer in cache.layers:
+        if hasattr(layer, "_buffer"):
+            layer._buffer = None  # a full layer's batch-1 storage would outlive its keys
+        for name in ("keys", "values"):
+            t = getattr(layer, name, None)
+            if t is not None and t.dim() == 4:
+                setattr(layer, name, None)
+                setattr(layer, name, t.repeat(batch, 1, 1, 1))
+                del t
+
+
+def _is_oom(err):
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def run_model_bench(lengths, layers: int = 6, device: str = "cuda", dtype=torch.bfloat16, config=None,
+                    pattern=None, backend: str = "auto", reps: int = 3, decode_steps: int = 16,
+                    decode_batch: int = 8, chunk: int = 4096, metrics=METRICS, time_budget=None,
+                    log=print) -> dict:
+    """Measure every (attention, N, metric) cell; return the results dict (see the module doc)."""
+    from ..models.cache import kv_bytes_formula, kv_cache_bytes
+    from ..models.convert import layer_map
+    from ..train.loss import CausalLMLoss
+    from ..patterns import sink_window
+
+    start = time.time()
+    deadline = start + time_budget if time_budget else math.inf
+    pattern = pattern if pattern is not None else sink_window(64, 4096)
+    if config is None:
+        config = llama7b_shaped(layers, max(lengths) + decode_steps * 4 + 16)
+    layers = config.num_hidden_layers
+    full, hybrid = build_models(config, device, dtype, pattern, backend)
+    models = {"full": full, "hybrid": hybrid}
+    timer = _timer(device)
+    is_cuda = torch.device(device).type == "cuda"
+    results = {
+        "device": torch.cuda.get_device_name() if is_cuda else "cpu",
+        "date": datetime.date.today().isoformat(), "layers": layers,
+        "layer_map": layer_map(hybrid.config), "full_layers": hybrid.config.longgen["full_layers"],
+        "pattern": pattern.name if hasattr(pattern, "name") else repr(pattern),
+        "shape": {"hidden": config.hidden_size, "heads": config.num_attention_heads,
+                  "kv_heads": config.num_key_value_heads,
+                  "head_dim": config.hidden_size // config.num_attention_heads,
+                  "mlp": config.intermediate_size, "vocab": config.vocab_size},
+        "dtype": str(dtype).replace("torch.", ""), "reps": reps, "decode_steps": decode_steps,
+        "decode_batch": decode_batch, "loss_chunk": chunk, "rows": [], "notes": [],
+    }
+    results.update(software_versions())
+    results["notes"].append(
+        f"{layers} decoder layers of Llama-2-7B shape (random weights), layer map "
+        f"{results['layer_map']} (F = full attention, s = sink+window); 32 layers do not fit one GPU "
+        "for the 128K training step, and the 1/3 full mix is kept.")
+    results["notes"].append(
+        f"decode_ms_b{decode_batch}: the batch-1 prefill cache repeated {decode_batch}x along the batch "
+        "(same bytes as a batch-8 prefill of N tokens), then the decode loop at that batch.")
+    results["notes"].append("decode: both models use LongGenCache (full layers append into a growing buffer, "
+                            "sparse layers overwrite their oldest window slot) and SDPA's flash / "
+                            "memory-efficient backends (cuDNN re-plans for every new key length).")
+    results["notes"].append("times: median of reps after one warm-up; train_step_ms = forward + backward "
+                            "(gradient checkpointing, chunked loss), no optimizer step.")
+    gen = torch.Generator().manual_seed(1)
+    log_t = lambda s: log(f"[{time.time() - start:6.1f}s] {s}")  # noqa: E731
+
+    def add(attention, n, metric, value, **extra):
+        row = {"attention": attention, "n": n, "metric": metric, "value": value, **extra}
+        results["rows"].append(row)
+        log_t(f"{attention:6s} N={n:7d} {metric:14s} {value}")
+
+    def cell(attention, n, metric, fn):
+        if time.time() > deadline:
+            add(attention, n, metric, None, skipped="time budget")
+            results["notes"].append(f"{attention} N={n} {metric}: skipped (time budget)")
+            return None
+        try:
+            return fn()
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not _is_oom(err):
+                raise
+            add(attention, n, metric, None, skipped="out of memory")
+            results["notes"].append(f"{attention} N={n} {metric}: out of memory")
+            return None
+        finally:
+            if is_cuda:
+                torch.cuda.empty_cache()
+
+    for n in lengths:
+        ids = torch.randint(0, config.vocab_size, (1, n), generator=gen).to(device)
+        step_ids = torch.randint(0, config.vocab_size, (1, 1), generator=gen).to(device)
+        for attention in ATTENTIONS:
+            model = models[attention]
+            state = {}
+
+            def prefill():
+                cache = _new_cache(model, attention)
+                with torch.inference_mode():
+                    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                state["cache"] = cache
+
+            def decode(batch):
+                tok = step_ids.expand(batch, 1).contiguous()
+                cache = state["cache"]
+
+                def loop(steps=decode_steps):
+                    with torch.inference_mode(), _decode_attention_backends():
+                        for _ in range(steps):
+                            model(input_ids=tok, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                return _median_ms(loop, reps, timer) / decode_steps
+
+            def do_prefill():
+                value = _median_ms(prefill, reps, timer)
+                add(attention, n, "prefill_ms", value)
+                return True
+
+            def do_kv():
+                if "cache" not in state:
+                    prefill()
+                total = sum(kv_cache_bytes(state["cache"]))
+                extra = {}
+                if attention == "hybrid":
+                    extra["kv_bytes_formula"] = sum(kv_bytes_formula(model.config, n, dtype))
+                add(attention, n, "kv_bytes", total, **extra)
+
+            def do_b1():
+                if "cache" not in state:
+                    prefill()
+                add(attention, n, "decode_ms_b1", decode(1), context=n)
+
+            def do_b8():
+                if "cache" not in state:
+                    prefill()
+                ctx = state["cache"].get_seq_length()
+                _repeat_batch(state["cache"], decode_batch)
+                add(attention, n, f"decode_ms_b{decode_batch}", decode(decode_batch), context=ctx,
+                    batch=decode_batch)
+
+            def do_train():
+                loss_fn = CausalLMLoss(model, chunk=chunk)
+                model.train()
+                with warnings.catch_warnings():  # renamed activation_checkpointing_* in v5
+                    warnings.simplefilter("ignore", FutureWarning)
+                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+                labels = ids.clone()
+
+                def step():
+                    loss = loss_fn(ids, labels).sum()
+                    loss.backward()
+                    model.zero_grad(set_to_none=True)
+                try:
+                    add(attention, n, "train_step_ms", _median_ms(step, reps, timer))
+                finally:
+                    model.zero_grad(set_to_none=True)
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", FutureWarning)
+                        model.gradient_checkpointing_disable()
+                    model.eval()
+
+            todo = {"prefill_ms": do_prefill, "kv_bytes": do_kv, "decode_ms_b1": do_b1,
+                    f"decode_ms_b{decode_batch}": do_b8, "train_step_ms": do_train}
+            bkey = f"decode_ms_b{decode_batch}"
+            for metric, fn in todo.items():
+                wanted = metric in metrics or (metric == bkey and "decode_ms_b8" in metrics)
+                if metric == "train_step_ms":
+                    state.pop("cache", None)  # free the KV cache before training
+                    if is_cuda:
+                        torch.cuda.empty_cache()
+                if wanted:
+                    cell(attention, n, metric, fn)
+            state.clear()
+            if is_cuda:
+                torch.cuda.empty_cache()
+    results["ratios"] = ratios(results)
+    results["wall_s"] = round(time.time() - start, 1)
+    return results
+
+
+def ratios(results: dict) -> dict:
+    """``{metric: {n: full / hybrid}}`` (speed-up for times, reduction factor for bytes)."""
+    by = {(r["attention"], r["n"], r["metric"]): r["value"] for r in results["rows"]}
+    out: dict = {}
+    for (att, n, metric), v in by.items():
+        if att != "hybrid":
+            continue
+        f = by.get(("full", n, metric))
+        if f is not None and v:
+            out.setdefault(metric, {})[str(n)] = f / v
+    return out
+
+
+def results_table(results: dict) -> str:
+    rows = [r for r in results["rows"]]
+    ns = sorted({r["n"] for r in rows})
+    by = {(r["attention"], r["n"], r["metric"]): r["value"] for r in rows}
+    metrics = [m for m in METRICS if any(r["metric"] == m for r in rows)]
+    lines = [f"{'metric':15s} {'attn':7s}" + "".join(f"{n // 1024:>11d}K" for n in ns)]
+    for m in metrics:
+        for att in ATTENTIONS:
+            cells = []
+            for n in ns:
+                v = by.get((att, n, m))
+                cells.append(f"{'-':>12s}" if v is None else
+                             (f"{v / 2**30:10.2f}Gi" if m == "kv_bytes" else f"{v:12.2f}"))
+            lines.append(f"{m:15s} {att:7s}" + "".join(cells))
+        cells = []
+        for n in ns:
+            f, h = by.get(("full", n, m)), by.get(("hybrid", n, m))
+            if f is None or not h:
+                cells.append(f"{'-':>12s}")
+            elif m == "kv_bytes":
+                cells.append(f"{100 * (h / f - 1):+11.1f}%")
+            else:
+                cells.append(f"{f / h:11.2f}x")
+        lines.append(f"{m:15s} {'ratio':7s}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def save_plot(results: dict, path) -> None:
+    """PNG: full / hybrid per metric against N (speed-up for times, reduction factor for KV)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, (metric, by_n) in enumerate(sorted(results.get("ratios", {}).items())):
+        pts = sorted((int(n), v) for n, v in by_n.items())
+        label = metric + (" (full/hybrid bytes)" if metric == "kv_bytes" else " (speed-up)")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", color=f"C{i}", ms=4, label=label)
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length N")
+    ax.set_ylabel("full / hybrid")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"{results.get('device', '?')}: Llama-2-7B shape, {results.get('layers')} layers "
+                 f"({results.get('layer_map', '')}), bf16", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_cli(args) -> int:
+    """The ``model`` subcommand of :mod:`longgen_core.bench.kernels`."""
+    import sys
+    from pathlib import Path
+
+    from .results import write_results
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        print("bench model: no CUDA GPU", file=sys.stderr)
+        return 2
+    lengths = [int(x) for x in args.lengths.split(",")]
+    results = run_model_bench(lengths, layers=args.layers, device=device, reps=args.reps,
+                              decode_steps=args.decode_steps, decode_batch=args.decode_batch,
+                              chunk=args.loss_chunk, metrics=tuple(args.metrics.split(",")),
+                              time_budget=args.time_budget, log=lambda s: print(s, flush=True))
+    write_results(args.out, results)
+    png = args.png or str(Path(args.out).with_suffix(".png"))
+    try:
+        save_plot(results, png)
+    except Exception as err:  # noqa: BLE001 -- the JSON is what matters; the PNG can be redrawn
+        print(f"no figure: {err!r}", file=sys.stderr)
+    print(results_table(results))
+    print(f"wrote {args.out} and {png}")
+    return 0

@@ -1,0 +1,3 @@
+from .miniature import main
+
+raise SystemExit(main())

@@ -1,0 +1,14 @@
+"""Attention for a pattern: the dense reference (the oracle) and the Triton kernels (stage 2).
+
+- :mod:`.reference`: dense-mask PyTorch attention, float64-capable, every kernel's oracle.
+- :mod:`.common`, :mod:`.forward`, :mod:`.backward`, :mod:`.decode`: the ``@triton.jit`` kernels.
+- :mod:`.api`: checks, layouts, launches and autograd: :func:`sparse_attention` (prefill and
+  training) and :func:`sparse_decode` (new tokens against a KV cache), ``backend="triton"`` or
+  ``"reference"``.
+- :mod:`.tutorial`: the small teaching kernels of notebook 02.
+"""
+
+from .api import reference_decode, sparse_attention, sparse_decode
+from .reference import reference_attention
+
+__all__ = ["reference_attention", "sparse_attention", "sparse_decode", "reference_decode"]

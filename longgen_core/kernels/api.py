@@ -1,0 +1,581 @@
+"""Public entry points of the sparse attention kernels: checks, layouts, launches, autograd.
+
+- :func:`sparse_attention` -- prefill and training, SDPA's layout ``(B, H, N, D)``, GQA,
+  differentiable (an ``autograd.Function`` over the Triton forward and backward).
+- :func:`sparse_decode` -- a few new queries against a KV cache of slots in any order (sink slots
+  then a ring buffer, or a full cache), reading only the visible chunks.
+- :func:`reference_decode` -- the dense oracle for :func:`sparse_decode` (also the CPU path of the
+  evicting cache).
+
+``backend="triton"`` runs the kernels of :mod:`.forward`, :mod:`.backward` and :mod:`.decode`: on a CUDA GPU (fp16/bf16/fp32), or on the
+CPU when ``TRITON_INTERPRET=1`` was set before longgen_core was imported (slow; for tests and
+teaching). ``backend="reference"`` runs the dense PyTorch reference. Nothing falls back silently:
+asking for the kernels where they cannot run raises.
+
+Example::
+
+    >>> import torch
+    >>> from longgen_core.patterns import sink_window
+    >>> q, k, v = (torch.randn(1, 4, 100, 64) for _ in range(3))
+    >>> out = sparse_attention(q, k, v, sink_window(4, 32), backend="reference")
+    >>> out.shape
+    torch.Size([1, 4, 100, 64])
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+import torch
+import triton
+
+from ..patterns import Pattern
+from .backward import dkdv_kernel, dq_kernel
+from .common import KIND_FULL, KIND_SINK_WINDOW, KIND_SLIDING, KIND_STRIDED, is_interpreted
+from .decode import decode_combine_kernel, decode_kernel
+from .forward import forward_kernel
+from .reference import check_qkv, reference_attention
+
+__all__ = ["sparse_attention", "sparse_decode", "reference_decode", "KernelConfig",
+           "default_config", "TUNED", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES"]
+
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SUPPORTED_BLOCK_SIZES = (16, 32, 64, 128)
+BACKENDS = ("triton", "reference")
+
+# Tests set this to True: every output buffer starts as NaN, so an element a kernel forgets to
+# write fails the comparison instead of passing by luck.
+POISON_OUTPUTS = False
+
+
+# ----------------------------------------------------------------------------------- configs
+@dataclass(frozen=True)
+class KernelConfig:
+    """Block sizes and launch settings. Each ``(rows, cols)`` pair divides ``tile``.
+
+    fwd_m/fwd_n: query rows per program / keys per step; dkdv_n/dkdv_m: keys per program /
+    queries per step; dq_m/dq_n: like fwd; decode_n: cache slots per step; *_warps and
+    *_stages: Triton's num_warps and num_stages. dkdv_tile/dq_tile: the tile of the layout that
+    the dK/dV (CSC) and dQ (CSR) walks use, 0 for ``tile``; a finer layout skips the empty
+    corners of the coarse tiles (dkdv_tile = dkdv_n: a 64-key program never visits a 64-query
+    step that sees none of its keys). ``dkdv_n, dkdv_m`` divide dkdv_tile, ``dq_m, dq_n`` dq_tile.
+    """
+
+    tile: int
+    fwd_m: int
+    fwd_n: int
+    fwd_warps: int = 4
+    fwd_stages: int = 2
+    dkdv_n: int = 64
+    dkdv_m: int = 64
+    dkdv_warps: int = 4
+    dkdv_stages: int = 2
+    dq_m: int = 64
+    dq_n: int = 64
+    dq_warps: int = 4
+    dq_stages: int = 2
+    decode_n: int = 64
+    decode_warps: int = 4
+    decode_stages: int = 2
+    decode_per_sm: int = 2  # split the cache until about this many decode programs per SM
+    dkdv_tile: int = 0  # 0: tile
+    dq_tile: int = 0  # 0: tile
+
+    def walk_tiles(self) -> tuple[int, int]:
+        """The layout tiles of the dK/dV and dQ walks."""
+        return self.dkdv_tile or self.tile, self.dq_tile or self.tile
+
+
+# Measured on an H100 with `python -m longgen_core.bench kernels --tune` (see NOTES.md);
+# key: (tile, head_dim, element size in bytes). Other shapes use the heuristic below.
+TUNED: dict[tuple[int, int, int], KernelConfig] = {
+    (128, 128, 2): KernelConfig(128, fwd_m=128, fwd_n=128, fwd_warps=8, fwd_stages=3,
+                                dkdv_n=64, dkdv_m=64, dkdv_warps=4, dkdv_stages=2,
+                                dq_m=128, dq_n=128, dq_warps=8, dq_stages=2,
+                                decode_n=64, decode_warps=4, decode_stages=4, decode_per_sm=2,
+                                dkdv_tile=64),
+    (64, 128, 2): KernelConfig(64, fwd_m=64, fwd_n=64, fwd_warps=4, fwd_stages=3,
+                               dkdv_n=64, dkdv_m=64, dkdv_warps=4, dkdv_stages=2,
+                               dq_m=64, dq_n=64, dq_warps=4, dq_stages=2,
+                               decode_n=64, decode_warps=4, decode_stages=4, decode_per_sm=4),
+    (128, 64, 2): KernelConfig(128, fwd_m=128, fwd_n=64, fwd_warps=4, fwd_stages=3,
+                               dkdv_n=64, dkdv_m=64, dkdv_warps=4, dkdv_stages=2,
+                               dq_m=128, dq_n=64, dq_warps=4, dq_stages=2,
+                               decode_n=64, decode_warps=4, decode_stages=3, decode_per_sm=8,
+                               dkdv_tile=64),
+    (64, 64, 2): KernelConfig(64, fwd_m=64, fwd_n=64, fwd_warps=4, fwd_stages=3,
+                              dkdv_n=64, dkdv_m=64, dkdv_warps=4, dkdv_stages=2,
+                              dq_m=64, dq_n=64, dq_warps=4, dq_stages=2,
+                              decode_n=32, decode_warps=4, decode_stages=4, decode_per_sm=4),
+}
+
+
+def default_config(tile: int, head_dim: int, dtype: torch.dtype, interpret: bool) -> KernelConfig:
+    """The launch settings for one tile size, head_dim and dtype.
+
+    Under the interpreter the sub-blocks are half a tile (from 32 up) and the dK/dV walk uses a
+    layout of half the tile (from 16 up), with sub-blocks of half that, so tests exercise the
+    sub-tiling paths and two layouts in one backward. On a GPU: :data:`TUNED` if it holds an
+    entry, else a safe heuristic.
+    """
+    if interpret:
+        sub = max(16, tile // 2)
+        dkdv_tile = max(16, tile // 2)
+        dkdv_sub = max(16, dkdv_tile // 2)
+        return KernelConfig(tile, sub, sub, dkdv_n=dkdv_sub, dkdv_m=dkdv_sub, dq_m=sub, dq_n=sub,
+                            decode_n=16, dkdv_tile=dkdv_tile)
+    key = (tile, head_dim, torch.finfo(dtype).bits // 8)
+    if key in TUNED:
+        return TUNED[key]
+    small = torch.finfo(dtype).bits == 32 or head_dim > 64  # fp32 or hd128: smaller steps
+    m = min(tile, 128)
+    n = min(tile, 64 if not (torch.finfo(dtype).bits == 32) else 32)
+    bw = min(tile, 64)
+    return KernelConfig(
+        tile, fwd_m=m, fwd_n=n, fwd_warps=8 if m == 128 else 4, fwd_stages=3 if not small else 2,
+        dkdv_n=bw, dkdv_m=min(tile, 32 if small else 64), dkdv_warps=8 if small else 4, dkdv_stages=2,
+        dq_m=bw, dq_n=min(tile, 32 if small else 64), dq_warps=8 if small else 4, dq_stages=2,
+        decode_n=64, decode_warps=4, decode_stages=3, dkdv_tile=bw)
+
+
+def _default_tile(pattern: Pattern, interpret: bool) -> int:
+    if interpret:
+        return 32
+    if pattern.kind == "strided":  # match the pattern's blocks: no half-empty stripe tiles
+        return min(128, max(64, pattern.block_size))
+    return 128
+
+
+# ----------------------------------------------------------------------------------- layouts
+def pattern_args(pattern: Pattern) -> dict:
+    kind = {"full": KIND_FULL, "sliding_window": KIND_SLIDING,
+            "sink_window": KIND_SINK_WINDOW, "strided": KIND_STRIDED}[pattern.kind]
+    return dict(SINK=pattern.sink_tokens, WINDOW=max(pattern.window_tokens, 1),
+                PBLOCK=max(pattern.block_size, 1), LOCAL=pattern.local_blocks,
+                VSTRIDE=max(pattern.vert_stride, 1),
+                HSTEP=0 if pattern.homo_head else pattern.head_sliding_step, KIND=kind)
+
+
+def _order(ptr: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Tiles by descending work (stable), and how many are 'heavy' (> 4x the median work)."""
+    counts = (ptr[:, 1:] - ptr[:, :-1]).long()  # (H_l, nb)
+    order = torch.sort(-counts, dim=1, stable=True).indices.to(torch.int32)
+    median = counts.float().median(dim=1).values.clamp(min=1.0)
+    heavy = int((counts > 4 * median[:, None]).sum(1).min())
+    return order, min(heavy, counts.shape[1] - 1)
+
+
+@functools.lru_cache(maxsize=8)  # a per-head layout at 128K is ~150 MB on the device
+def _kernel_layout(pattern: Pattern, n: int, tile: int, num_heads: int, device: str) -> SimpleNamespace:
+    """The block layout as the kernels read it (int32/int8 on ``device``), cached per shape.
+
+    A per-head strided pattern with a shift of 1 repeats every ``vert_stride`` heads: build those
+    layouts once and index them by ``h % vert_stride`` (8x less host work at 32 heads).
+    """
+    distinct = num_heads
+    if pattern.per_head and pattern.head_sliding_step == 1 and num_heads > pattern.vert_stride:
+        distinct = pattern.vert_stride
+    lay = pattern.block_layout(n, tile, distinct)
+    if lay.num_layouts > 1 and distinct < num_heads:
+        pick = torch.arange(num_heads) % distinct
+        for name in ("row_ptr", "col_idx", "row_mask", "col_ptr", "row_idx", "col_mask", "nnz"):
+            setattr(lay, name, getattr(lay, name)[pick])
+    row_order, row_heavy = _order(lay.row_ptr)
+    col_order, col_heavy = _order(lay.col_ptr)
+    dev = torch.device(device)
+    shared = lay.num_layouts == 1
+
+    def put(t, dtype=torch.int32):
+        return t.to(dtype).contiguous().to(dev)
+
+    return SimpleNamespace(
+        nb=lay.num_blocks, shared=shared,
+        row_ptr=put(lay.row_ptr), col_idx=put(lay.col_idx), row_mask=put(lay.row_mask, torch.int8),
+        col_ptr=put(lay.col_ptr), row_idx=put(lay.row_idx), col_mask=put(lay.col_mask, torch.int8),
+        row_order=put(row_order), col_order=put(col_order), row_heavy=row_heavy, col_heavy=col_heavy)
+
+
+def _layout_strides(lay, which: str) -> dict:
+    """Per-head strides of one side (``"row"``: CSR, ``"col"``: CSC) of a layout; 0 if shared."""
+    ptr, idx, order = ((lay.row_ptr, lay.col_idx, lay.row_order) if which == "row"
+                       else (lay.col_ptr, lay.row_idx, lay.col_order))
+    z = lay.shared
+    return dict(lay_stride_ptr=0 if z else ptr.stride(0), lay_stride_idx=0 if z else idx.stride(0),
+                lay_stride_order=0 if z else order.stride(0))
+
+
+# ----------------------------------------------------------------------------------- checks
+def _check_common(q, pattern, scale, backend, tensors: dict) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern must be a longgen_core.patterns.Pattern, got {type(pattern).__name__}")
+    devices = {name: t.device for name, t in tensors.items() if isinstance(t, torch.Tensor)}
+    if len(set(devices.values())) > 1:
+        raise ValueError(f"all inputs must be on one device, got {devices}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale) or scale <= 0):
+        raise ValueError(f"scale must be a positive finite float or None, got {scale!r}")
+
+
+def _check_triton(q: torch.Tensor, tensors: dict) -> None:
+    """The kernels' own limits: dtype, head_dim, device, contiguous head_dim."""
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"q.dtype must be one of {SUPPORTED_DTYPES} for backend='triton', got "
+                        f"{q.dtype} (backend='reference' takes any float dtype)")
+    if q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head_dim must be one of {SUPPORTED_HEAD_DIMS} for backend='triton', got "
+                         f"{q.shape[-1]}")
+    if q.device.type not in ("cuda", "cpu"):
+        raise ValueError(f"q.device must be cuda (or cpu under TRITON_INTERPRET=1), got {q.device}")
+    if q.device.type == "cpu" and not is_interpreted():
+        raise ValueError("backend='triton' got CPU tensors but the Triton kernels were not defined under "
+                         "the interpreter: set TRITON_INTERPRET=1 in the environment before importing "
+                         "longgen_core, or pass backend='reference'")
+    for name, t in tensors.items():
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must have a contiguous last dimension (stride(-1) == 1), got "
+                             f"strides {tuple(t.stride())}; call .contiguous() first")
+
+
+def _check_block_size(block_size) -> None:
+    if block_size is not None and (isinstance(block_size, bool) or block_size not in SUPPORTED_BLOCK_SIZES):
+        raise ValueError(f"block_size must be None or one of {SUPPORTED_BLOCK_SIZES}, got {block_size!r}")
+
+
+def _empty(shape, dtype, device) -> torch.Tensor:
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+# ----------------------------------------------------------------------------------- launches
+def _common_args(q, k, pattern, scale, tile):
+    batch, heads, n_q, dim = q.shape
+    n_k = k.shape[2]
+    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+    lay = _kernel_layout(pattern, n_k, tile, heads, str(q.device))
+    args = dict(H=heads, GROUP=heads // k.shape[1], N_K=n_k, N_Q=n_q, Q_OFF=n_k - n_q,
+                HEAD_DIM=dim, TILE=tile, EVEN=(n_k == n_q and n_k % tile == 0),
+                DOT_F32=is_interpreted() or q.dtype == torch.float32, **pattern_args(pattern))
+    return scale, lay, args
+
+
+def _forward(q, k, v, pattern, scale, cfg: KernelConfig):
+    """Launch the forward. Returns ``o`` (like q, contiguous) and ``lse`` (B, H, N_Q) fp32."""
+    scale, lay, a = _common_args(q, k, pattern, scale, cfg.tile)
+    batch, heads, n_q, dim = q.shape
+    o = _empty(q.shape, q.dtype, q.device)
+    lse = _empty((batch, heads, n_q), torch.float32, q.device)
+    parts = cfg.tile // cfg.fwd_m
+    grid = (batch * heads * lay.nb * parts,)
+    forward_kernel[grid](
+        q, k, v, o, lse, lay.row_ptr, lay.col_idx, lay.row_mask, lay.row_order,
+        **_layout_strides(lay, "row"), sm_scale_log2=scale * math.log2(math.e),
+        stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qn=q.stride(2),
+        stride_kb=k.stride(0), stride_kh=k.stride(1), stride_kn=k.stride(2),
+        stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
+        stride_ob=o.stride(0), stride_oh=o.stride(1), stride_on=o.stride(2),
+        BH=batch * heads, NUM_TILES=lay.nb, HEAVY=lay.row_heavy, BLOCK_M=cfg.fwd_m, BLOCK_N=cfg.fwd_n,
+        num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages, **a)
+    return o, lse
+
+
+def _backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig):
+    """Launch dQ (CSR walk, also writes delta) then dK/dV (CSC walk). Returns dq, dk, dv.
+
+    Each walk reads the layout at its own tile (``cfg.walk_tiles()``); both are cached."""
+    dkdv_tile, dq_tile = cfg.walk_tiles()
+    scale, lay_r, a_r = _common_args(q, k, pattern, scale, dq_tile)
+    _, lay_c, a_c = _common_args(q, k, pattern, scale, dkdv_tile)
+    batch, heads, n_q, dim = q.shape
+    kv_heads = k.shape[1]
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    delta = torch.empty((batch, heads, n_q), dtype=torch.float32, device=q.device)  # dQ writes it
+    has_dlse = dlse is not None
+    dlse = dlse.float().contiguous() if has_dlse else delta  # delta: an unread placeholder
+    dq = _empty(q.shape, q.dtype, q.device)
+    dk = _empty(k.shape, k.dtype, k.device)
+    dv = _empty(v.shape, v.dtype, v.device)
+    strides = dict(stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qn=q.stride(2),
+                   stride_kb=k.stride(0), stride_kh=k.stride(1), stride_kn=k.stride(2),
+                   stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
+                   stride_dob=do.stride(0), stride_doh=do.stride(1), stride_don=do.stride(2))
+    scales = dict(sm_scale=scale, sm_scale_log2=scale * math.log2(math.e))
+    dq_kernel[(batch * heads * lay_r.nb * (dq_tile // cfg.dq_m),)](
+        q, k, v, o, do, lse, dlse, delta, dq, lay_r.row_ptr, lay_r.col_idx, lay_r.row_mask,
+        lay_r.row_order, **_layout_strides(lay_r, "row"), **scales, **strides,
+        stride_ob=o.stride(0), stride_oh=o.stride(1), stride_on=o.stride(2),
+        stride_dqb=dq.stride(0), stride_dqh=dq.stride(1), stride_dqn=dq.stride(2),
+        BH=batch * heads, NUM_TILES=lay_r.nb, HEAVY=lay_r.row_heavy, BLOCK_M=cfg.dq_m, BLOCK_N=cfg.dq_n,
+        HAS_DLSE=has_dlse, num_warps=cfg.dq_warps, num_stages=cfg.dq_stages, **a_r)
+    dkdv_kernel[(batch * kv_heads * lay_c.nb * (dkdv_tile // cfg.dkdv_n),)](
+        q, k, v, do, lse, delta, dk, dv, lay_c.col_ptr, lay_c.row_idx, lay_c.col_mask, lay_c.col_order,
+        **_layout_strides(lay_c, "col"), **scales, **strides,
+        stride_dkb=dk.stride(0), stride_dkh=dk.stride(1), stride_dkn=dk.stride(2),
+        BH_KV=batch * kv_heads, H_KV=kv_heads, NUM_TILES=lay_c.nb, HEAVY=lay_c.col_heavy,
+        BLOCK_N=cfg.dkdv_n, BLOCK_M=cfg.dkdv_m, num_warps=cfg.dkdv_warps, num_stages=cfg.dkdv_stages,
+        **a_c)
+    return dq, dk, dv
+
+
+class _SparseAttention(torch.autograd.Function):
+    """Triton forward and backward; the LSE output is differentiable too."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, pattern, scale, cfg):
+        o, lse = _forward(q, k, v, pattern, scale, cfg)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.pattern, ctx.scale, ctx.cfg = pattern, scale, cfg
+        ctx.set_materialize_grads(False)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        q, k, v, o, lse = ctx.saved_tensors
+        if do is None:  # only the LSE was used
+            do = torch.zeros_like(o)
+        dq, dk, dv = _backward(do, dlse, q, k, v, o, lse, ctx.pattern, ctx.scale, ctx.cfg)
+        return dq, dk, dv, None, None, None
+
+
+def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, *,
+                     scale: float | None = None, backend: str = "triton", block_size: int | None = None,
+                     return_lse: bool = False):
+    """Block-sparse causal attention restricted to ``pattern``; differentiable.
+
+    Args:
+        q: ``(B, H, N_Q, D)``; when ``N_Q < N_K`` the queries are the last positions.
+        k, v: ``(B, H_KV, N_K, D)``, ``H_KV`` divides ``H`` (head ``h`` reads ``h // (H // H_KV)``).
+        pattern: a :class:`~longgen_core.patterns.Pattern`.
+        scale: softmax scale, default ``1 / sqrt(D)``.
+        backend: ``"triton"`` (GPU; CPU under ``TRITON_INTERPRET=1``) or ``"reference"`` (dense).
+        block_size: tile of the block layout (16, 32, 64 or 128); default 128 on a GPU
+            (strided: the pattern's block size, at least 64), 32 under the interpreter.
+        return_lse: also return the natural-log LSE ``(B, H, N_Q)`` float32 (differentiable).
+
+    Any N works (not only multiples of the tile). Triton: fp16/bf16/fp32, head_dim in
+    ``SUPPORTED_HEAD_DIMS``, the last dimension contiguous (other strides are free, so
+    ``x.transpose(1, 2)`` of a ``(B, N, H, D)`` tensor needs no copy).
+
+    Example: ``sparse_attention(q, k, v, sink_window(64, 4096))`` on ``(1, 32, 131072, 128)`` bf16.
+    """
+    _check_common(q, pattern, scale, backend, {"q": q, "k": k, "v": v})
+    check_qkv(q, k, v)
+    _check_block_size(block_size)
+    if backend == "reference":
+        out = reference_attention(q, k, v, pattern, scale=scale, return_lse=return_lse)
+        if return_lse:
+            return out[0], out[1].float()
+        return out
+    _check_triton(q, {"q": q, "k": k, "v": v})
+    interpret = is_interpreted()
+    tile = block_size or _default_tile(pattern, interpret)
+    cfg = default_config(tile, q.shape[-1], q.dtype, interpret)
+    o, lse = _SparseAttention.apply(q, k, v, pattern, scale, cfg)
+    return (o, lse) if return_lse else o
+
+
+# ----------------------------------------------------------------------------------- decode
+def _default_q_positions(cache_positions: torch.Tensor, m: int) -> torch.Tensor:
+    """The ``m`` largest cache positions, ascending: the new tokens were just appended."""
+    return torch.topk(cache_positions, m).values.flip(0)
+
+
+def _check_decode(q, k_cache, v_cache, cache_positions, q_positions) -> None:
+    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor (batch, heads, seq, head_dim), "
+                             f"got {getattr(t, 'shape', type(t))}")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"k_cache and v_cache must have the same shape, got {tuple(k_cache.shape)} "
+                         f"and {tuple(v_cache.shape)}")
+    if q.shape[0] != k_cache.shape[0] or q.shape[3] != k_cache.shape[3]:
+        raise ValueError(f"q {tuple(q.shape)} and k_cache {tuple(k_cache.shape)} must share batch "
+                         f"and head_dim")
+    if q.shape[1] % k_cache.shape[1]:
+        raise ValueError(f"q heads ({q.shape[1]}) must be a multiple of kv heads ({k_cache.shape[1]})")
+    if not (q.dtype == k_cache.dtype == v_cache.dtype):
+        raise ValueError(f"q, k_cache, v_cache must share a dtype, got {q.dtype}, {k_cache.dtype}, "
+                         f"{v_cache.dtype}")
+    slots, m = k_cache.shape[2], q.shape[2]
+    for name, t, length in (("cache_positions", cache_positions, slots), ("q_positions", q_positions, m)):
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.shape != (length,):
+            raise ValueError(f"{name} must be an int64 tensor of shape ({length},), got "
+                             f"{getattr(t, 'dtype', type(t))} {tuple(getattr(t, 'shape', ()))}")
+    if m > slots:
+        raise ValueError(f"q has more queries ({m}) than the cache has slots ({slots})")
+
+
+def reference_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     cache_positions: torch.Tensor, pattern: Pattern, *,
+                     q_positions: torch.Tensor | None = None, scale: float | None = None,
+                     return_lse: bool = False):
+    """Dense masked softmax over the cache slots: the oracle of :func:`sparse_decode`.
+
+    Query ``j`` (at position ``q_positions[j]``) of head ``h`` sees slot ``s`` iff
+    ``cache_positions[s] >= 0 and pattern.mask_mod(0, h, q_positions[j], cache_positions[s])``.
+    Shapes as in :func:`sparse_decode`. Every query must see at least one slot.
+    """
+    _check_common(q, pattern, scale, "reference", {"q": q, "k_cache": k_cache, "v_cache": v_cache,
+                                                   "cache_positions": cache_positions})
+    _check_decode(q, k_cache, v_cache, cache_positions, q_positions)
+    batch, heads, m, dim = q.shape
+    if q_positions is None:
+        q_positions = _default_q_positions(cache_positions, m)
+    group = heads // k_cache.shape[1]
+    scale = 1.0 / math.sqrt(dim) if scale is None else scale
+    k = k_cache.repeat_interleave(group, dim=1)  # (B, H, L, D)
+    v = v_cache.repeat_interleave(group, dim=1)
+    hh = torch.arange(heads if pattern.per_head else 1, device=q.device).view(-1, 1, 1)
+    kpos = cache_positions.view(1, 1, -1)
+    mask = pattern.mask_mod(0, hh, q_positions.view(1, -1, 1), kpos) & (kpos >= 0)  # (H or 1, m, L)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, m, L)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), v)
+    return (out, lse) if return_lse else out
+
+
+def _visible_chunks(pattern, cache_positions, q_positions, heads, kv_heads, block_n):
+    """Chunks of ``block_n`` slots that some query sees, listed first; computed on the device,
+    without a host sync. Returns ``order (H_c, C)`` int32 and ``count (H_c,)`` int32, with
+    ``H_c = kv_heads`` for per-head patterns (each kv head its own list), else 1."""
+    slots = cache_positions.numel()
+    n_chunks = triton.cdiv(slots, block_n)
+    hh = torch.arange(heads if pattern.per_head else 1, device=cache_positions.device).view(-1, 1, 1)
+    kpos = cache_positions.view(1, 1, -1)
+    vis = (pattern.mask_mod(0, hh, q_positions.view(1, -1, 1), kpos) & (kpos >= 0)).any(1)  # (H_l, L)
+    if pattern.per_head:
+        vis = vis.view(kv_heads, heads // kv_heads, slots).any(1)
+    pad = torch.zeros(vis.shape[0], n_chunks * block_n - slots, dtype=torch.bool, device=vis.device)
+    kept = torch.cat([vis, pad], 1).view(vis.shape[0], n_chunks, block_n).any(-1)  # (H_c, C)
+    order = torch.sort((~kept).to(torch.int32), dim=1, stable=True).indices.to(torch.int32)
+    return order.contiguous(), kept.sum(1, dtype=torch.int32)
+
+
+_PLANS: OrderedDict = OrderedDict()  # recent decode plans, see _decode_plan
+
+
+@functools.lru_cache(maxsize=16)
+def _all_chunks(n_chunks: int, device: str):
+    """The trivial decode plan: every chunk, in order (``order (1, C)``, ``count (1,)`` int32)."""
+    order = torch.arange(n_chunks, dtype=torch.int32, device=device).view(1, -1)
+    return order, torch.full((1,), n_chunks, dtype=torch.int32, device=device)
+
+
+def _version(t):
+    try:
+        return t._version
+    except RuntimeError:  # inference-mode tensors keep no version counter: never cache those
+        return None
+
+
+def _decode_plan(cache_positions, q_positions, m, pattern, heads, kv_heads, block_n):
+    """Query positions and visible-chunk list for one decode step, reused while the position
+    tensors are the same objects, unmodified: every sparse layer of a model shares them within a
+    step, so the list is built once per step instead of once per layer (the build is a dozen
+    small launches, as long as the attention itself at batch 8)."""
+    slots = cache_positions.numel()
+    if q_positions is not None and pattern.kind in ("sink_window", "sliding_window") \
+            and slots <= (pattern.sink_tokens or 0) + pattern.window_tokens + m:
+        # A compact evicting cache (sink + window slots): every chunk may hold visible slots, so
+        # list them all without looking (the kernel masks slot by slot anyway). Saves a dozen
+        # small launches per layer and token, which is what batch-1 decoding is made of.
+        return (q_positions, *_all_chunks(triton.cdiv(slots, block_n), str(cache_positions.device)))
+    versions = (_version(cache_positions), None if q_positions is None else _version(q_positions))
+    key = (id(cache_positions), id(q_positions), versions, m, pattern, heads, kv_heads, block_n)
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0] is cache_positions and hit[1] is q_positions:
+        return hit[2]
+    qpos = _default_q_positions(cache_positions, m) if q_positions is None else q_positions
+    plan = (qpos, *_visible_chunks(pattern, cache_positions, qpos, heads, kv_heads, block_n))
+    if versions[0] is not None and (q_positions is None or versions[1] is not None):
+        _PLANS[key] = (cache_positions, q_positions, plan)  # holding them keeps the ids unique
+        while len(_PLANS) > 8:
+            _PLANS.popitem(last=False)
+    return plan
+
+
+@functools.lru_cache(maxsize=8)
+def _num_sms(device: str) -> int:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_properties(torch.device(device)).multi_processor_count
+    return 1
+
+
+def sparse_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                  cache_positions: torch.Tensor, pattern: Pattern, *,
+                  q_positions: torch.Tensor | None = None, scale: float | None = None,
+                  backend: str = "triton", return_lse: bool = False):
+    """Attention of ``m`` new queries over a KV cache whose slots may be in any order.
+
+    Args:
+        q: ``(B, H, m, D)``, ``m >= 1``.
+        k_cache, v_cache: ``(B, H_KV, L, D)``: ``L`` slots (e.g. sink slots then a ring buffer).
+        cache_positions: ``(L,)`` int64, the original token position held by each slot, -1 if empty.
+        pattern: the layer's pattern; query ``j`` of head ``h`` sees slot ``s`` iff
+            ``cache_positions[s] >= 0 and pattern.mask_mod(0, h, q_positions[j], cache_positions[s])``.
+        q_positions: ``(m,)`` int64; default: the ``m`` largest cache positions (the new tokens'
+            K/V are already in the cache).
+        backend: ``"triton"`` or ``"reference"`` (:func:`reference_decode`).
+        return_lse: also return the natural-log LSE ``(B, H, m)``.
+
+    Only chunks of slots that some query sees are read, so a full-length cache
+    (``cache_positions = arange(N)``) costs what the pattern keeps, not N.
+
+    Example: a cache of 64 sink slots + a 4096-slot ring buffer, positions
+    ``[0..63, 8192..12287 rotated]``, one new query at 12287: reads 4160 slots per head.
+    """
+    _check_common(q, pattern, scale, backend, {"q": q, "k_cache": k_cache, "v_cache": v_cache,
+                                               "cache_positions": cache_positions})
+    _check_decode(q, k_cache, v_cache, cache_positions, q_positions)
+    if q_positions is not None and q_positions.device != q.device:
+        raise ValueError(f"q_positions must be on {q.device}, got {q_positions.device}")
+    if backend == "reference":
+        return reference_decode(q, k_cache, v_cache, cache_positions, pattern, q_positions=q_positions,
+                                scale=scale, return_lse=return_lse)
+    _check_triton(q, {"q": q, "k_cache": k_cache, "v_cache": v_cache})
+    batch, heads, m, dim = q.shape
+    kv_heads, slots = k_cache.shape[1], k_cache.shape[2]
+    group = heads // kv_heads
+    interpret = is_interpreted()
+    cfg = default_config(_default_tile(pattern, interpret), dim, q.dtype, interpret)
+    block_n = cfg.decode_n
+    q_positions, chunks, count = _decode_plan(cache_positions, q_positions, m, pattern, heads, kv_heads,
+                                              block_n)
+    block_r = min(64, max(16, triton.next_power_of_2(group * m)))
+    row_blocks = triton.cdiv(group * m, block_r)
+    programs = batch * kv_heads * row_blocks
+    target = 3 if interpret else cfg.decode_per_sm * _num_sms(str(q.device))
+    splits = max(1, min(chunks.shape[1], triton.cdiv(target, programs)))
+    scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
+
+    o_part = _empty((batch, heads, m, splits, dim), torch.float32, q.device)
+    lse_part = _empty((batch, heads, m, splits), torch.float32, q.device)
+    a = pattern_args(pattern)
+    for rb in range(row_blocks):  # rows beyond one block: rare (large m * group)
+        decode_kernel[(batch * kv_heads, splits)](
+            q, k_cache, v_cache, q_positions, cache_positions, chunks, count, o_part, lse_part,
+            q.stride(0), q.stride(1), q.stride(2), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            0 if chunks.shape[0] == 1 else chunks.stride(0), 0 if chunks.shape[0] == 1 else 1,
+            scale * math.log2(math.e), kv_heads, group, m, slots, splits, rb * block_r,
+            a["SINK"], a["WINDOW"], a["PBLOCK"], a["LOCAL"], a["VSTRIDE"], a["HSTEP"],
+            KIND=a["KIND"], HEAD_DIM=dim, BLOCK_R=block_r, BLOCK_N=block_n,
+            DOT_F32=interpret or q.dtype == torch.float32,
+            num_warps=cfg.decode_warps, num_stages=cfg.decode_stages)
+    out = _empty(q.shape, q.dtype, q.device)
+    lse = _empty((batch, heads, m), torch.float32, q.device)
+    decode_combine_kernel[(batch * heads * m,)](
+        o_part, lse_part, out, lse, out.stride(0), out.stride(1), out.stride(2), heads, m, splits,
+        HEAD_DIM=dim, BLOCK_S=triton.next_power_of_2(splits))
+    return (out, lse) if return_lse else out

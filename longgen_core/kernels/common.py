@@ -1,0 +1,97 @@
+"""Pieces every Triton kernel of this package shares: constants, the pattern predicate, dots,
+the tile schedule.
+
+Conventions shared by every kernel (forward, backward, decode):
+
+- Layout: square tiles of ``TILE`` tokens (:meth:`longgen_core.patterns.Pattern.block_layout`).
+  A program owns ``BLOCK_M`` query rows (or ``BLOCK_N`` key rows) of one tile and walks the
+  tiles of its CSR row (CSC column) in sub-blocks, so tile size and register blocking are
+  independent choices.
+- Queries are the last ``N_Q`` of ``N_K`` positions: query row ``i`` sits at ``i + Q_OFF``.
+- GQA: query head ``h`` reads kv head ``h // GROUP``.
+- Softmax runs in base 2: ``s2 = (q . k) * scale * log2(e)``, ``p = exp2(s2 - m)``;
+  the stored LSE is natural (``(m + log2(l)) * ln(2)``).
+- ``DOT_F32``: cast the operands of every ``tl.dot`` to float32 (the CPU interpreter computes
+  bf16 dots wrongly; float32 inputs on a GPU use exact "ieee" products instead of tf32).
+
+Shapes in comments: ``(BLOCK_M, HEAD_DIM)`` etc. Entry points live in :mod:`.api`.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+NEG_BIG = tl.constexpr(-1.0e30)  # start of the running max: finite, so exp2(m_old - m_new) is never NaN
+
+# Pattern kinds, as the kernels see them (the KIND argument).
+KIND_FULL, KIND_SLIDING, KIND_SINK_WINDOW, KIND_STRIDED = 0, 1, 2, 3
+
+
+# ----------------------------------------------------------------------------------- helpers
+@triton.jit
+def pattern_keep(q, k, h, KIND: tl.constexpr, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP):
+    """Token mask of the pattern: may the query at position ``q`` see the key at ``k``?
+
+    ``q``, ``k`` (and ``h``, the query head) are integer tensors that broadcast, e.g.
+    ``q_pos[:, None]`` and ``k_pos[None, :]``. The same predicate as ``Pattern.mask_mod``,
+    plus ``k >= 0`` (an empty cache slot has position -1).
+    """
+    kept = (q >= k) & (k >= 0)
+    if KIND == 1:  # sliding window: q - w < k <= q
+        kept = kept & (q - k < WINDOW)
+    if KIND == 2:  # sink + sliding window
+        kept = kept & ((k < SINK) | (q - k < WINDOW))
+    if KIND == 3:  # blockwise strided: local band of blocks, or a vertical stripe
+        qb = q // PBLOCK
+        kb = k // PBLOCK
+        kept = kept & ((qb - kb < LOCAL) | ((kb + h * HSTEP) % VSTRIDE == 0))
+    return kept
+
+
+@triton.jit
+def mm(a, b, DOT_F32: tl.constexpr):
+    """``a @ b`` accumulated in float32."""
+    if DOT_F32:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out
+
+
+@triton.jit
+def mma(a, b, acc, DOT_F32: tl.constexpr):
+    """``acc + a @ b`` (float32 ``acc``), fused on the tensor cores."""
+    if DOT_F32:
+        acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def schedule(pid, BH, NUM_TILES, PARTS: tl.constexpr, HEAVY):
+    """Map a 1-D program id to ``(bh, idx, part)``: head, position in the tile order, sub-block.
+
+    Tiles come in the layout's order (longest CSR row / CSC column first). The first ``HEAVY``
+    tiles of that order (e.g. the sink column, which every query tile visits) are launched for
+    *all* heads before anything else, so no head's long program starts last and runs alone at
+    the tail. The rest go head by head, tiles fastest, so neighbouring programs share K/V tiles
+    in L2 (a sliding window's rows overlap almost entirely).
+    """
+    heavy_programs = HEAVY * BH * PARTS
+    in_heavy = pid < heavy_programs
+    rest = pid - heavy_programs
+    per_head = tl.maximum((NUM_TILES - HEAVY) * PARTS, 1)
+    bh = tl.where(in_heavy, (pid // PARTS) % BH, rest // per_head)
+    idx = tl.where(in_heavy, pid // (BH * PARTS), HEAVY + (rest % per_head) // PARTS)
+    part = pid % PARTS
+    return bh, idx, part
+
+
+
+def is_interpreted() -> bool:
+    """True when these kernels were defined under ``TRITON_INTERPRET=1`` (they run on the CPU)."""
+    return type(pattern_keep).__name__ == "InterpretedFunction"

@@ -1,0 +1,99 @@
+"""Forward kernel: FlashAttention-2's online softmax over the key tiles of each query tile's CSR row.
+
+In the exp2 domain; tiles the layout marks "fully kept" skip the token mask, only edge and diagonal
+tiles evaluate it. Writes the output and the natural-log log-sum-exp (LSE) that the backward and
+context-parallel merging need. Conventions: :mod:`.common`; launched from :mod:`.api`.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import LN2, NEG_BIG, mm, mma, pattern_keep, schedule
+
+
+# ----------------------------------------------------------------------------------- forward
+@triton.jit
+def forward_kernel(
+    Q, K, V, O, LSE,  # *pointers*: q, o (B, H, N_Q, D); k, v (B, H_KV, N_K, D); lse (B, H, N_Q) fp32
+    ROW_PTR, COL_IDX, ROW_MASK, ROW_ORDER,  # CSR layout (H_l, nb + 1), (H_l, nnz), (H_l, nnz), (H_l, nb)
+    lay_stride_ptr, lay_stride_idx, lay_stride_order,  # per-head strides of the layout; 0: shared
+    sm_scale_log2,  # softmax scale * log2(e)
+    stride_qb, stride_qh, stride_qn,  # q strides (head_dim is contiguous)
+    stride_kb, stride_kh, stride_kn,
+    stride_vb, stride_vh, stride_vn,
+    stride_ob, stride_oh, stride_on,
+    BH, H, GROUP, N_K, N_Q, Q_OFF, NUM_TILES, HEAVY,  # sizes; Q_OFF = N_K - N_Q
+    SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP,  # pattern parameters (see pattern_keep)
+    KIND: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # query rows per program (divides TILE)
+    BLOCK_N: tl.constexpr,  # keys per inner step (divides TILE)
+    EVEN: tl.constexpr,  # N_K % TILE == 0 and Q_OFF == 0: no bounds checks at all
+    DOT_F32: tl.constexpr,
+):
+    bh, idx, part = schedule(tl.program_id(0), BH, NUM_TILES, TILE // BLOCK_M, HEAVY)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    row = tl.load(ROW_ORDER + h * lay_stride_order + idx)  # the query tile this program owns
+
+    # --- this program's queries: (BLOCK_M, HEAD_DIM), resident in registers for the whole loop
+    q_pos = row * TILE + part * BLOCK_M + tl.arange(0, BLOCK_M)  # absolute positions
+    q_ok = (q_pos >= Q_OFF) & (q_pos < N_K)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q_ptrs = (Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+              + (q_pos - Q_OFF)[:, None] * stride_qn + offs_d[None, :])
+    if EVEN:
+        q = tl.load(q_ptrs)
+    else:
+        q = tl.load(q_ptrs, mask=q_ok[:, None], other=0.0)
+    k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+
+    # --- the CSR row: key tiles col_idx[start:end], each split into TILE // BLOCK_N steps
+    start = tl.load(ROW_PTR + h * lay_stride_ptr + row)
+    end = tl.load(ROW_PTR + h * lay_stride_ptr + row + 1)
+    offs_n = tl.arange(0, BLOCK_N)
+    m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)  # running max of s2
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(s2 - m_i)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)  # running sum of p @ v
+    for it in range(start * (TILE // BLOCK_N), end * (TILE // BLOCK_N)):
+        t = it // (TILE // BLOCK_N)
+        col = tl.load(COL_IDX + h * lay_stride_idx + t)
+        k_pos = col * TILE + (it % (TILE // BLOCK_N)) * BLOCK_N + offs_n
+        k_ptrs = k_base + k_pos[:, None] * stride_kn + offs_d[None, :]
+        v_ptrs = v_base + k_pos[:, None] * stride_vn + offs_d[None, :]
+        if EVEN:
+            k = tl.load(k_ptrs)  # (BLOCK_N, HEAD_DIM)
+            v = tl.load(v_ptrs)
+        else:
+            k = tl.load(k_ptrs, mask=(k_pos < N_K)[:, None], other=0.0)
+            v = tl.load(v_ptrs, mask=(k_pos < N_K)[:, None], other=0.0)
+        s = mm(q, tl.trans(k), DOT_F32)  # (BLOCK_M, BLOCK_N) raw scores q.k
+        if tl.load(ROW_MASK + h * lay_stride_idx + t) != 0:  # edge/diagonal tile: apply the mask
+            keep = pattern_keep(q_pos[:, None], k_pos[None, :], h, KIND, SINK, WINDOW, PBLOCK, LOCAL,
+                         VSTRIDE, HSTEP) & (k_pos[None, :] < N_K)
+            s = tl.where(keep, s, float("-inf"))
+        # online softmax in base 2: rescale what we have by exp2(m_old - m_new), add this block.
+        # The scale rides inside the exp2 argument: s * c - m is one FMA per element.
+        m_new = tl.maximum(m_i, tl.max(s, 1) * sm_scale_log2)
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s * sm_scale_log2 - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_F32)
+        m_i = m_new
+
+    # --- normalise, write O and the natural-log LSE
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # rows outside [Q_OFF, N_K) are never stored
+    out = acc / l_safe[:, None]
+    lse = (m_i + tl.log2(l_safe)) * LN2
+    o_ptrs = (O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+              + (q_pos - Q_OFF)[:, None] * stride_on + offs_d[None, :])
+    lse_ptrs = LSE + bh.to(tl.int64) * N_Q + (q_pos - Q_OFF)
+    if EVEN:
+        tl.store(o_ptrs, out.to(O.dtype.element_ty))
+        tl.store(lse_ptrs, lse)
+    else:
+        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=q_ok[:, None])
+        tl.store(lse_ptrs, lse, mask=q_ok)

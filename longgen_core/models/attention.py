@@ -1,0 +1,309 @@
+"""The attention function transformers calls for every layer of a LongGen model.
+
+Registered under ``"longgen"`` with transformers' public ``AttentionInterface`` (no edits to its
+files, no patched modules). transformers calls it as ``fn(module, query, key, value,
+attention_mask, scaling=..., **kwargs)`` with RoPE already applied and the cache already updated;
+it reads ``module.layer_idx``, takes that layer's pattern from ``config.longgen``
+(:mod:`longgen_core.models.settings`) and attends over the key *slots* with their original positions.
+
+Where the key positions come from:
+
+- no cache, or a cache that keeps every token (``DynamicCache``): keys are positions ``0..Nk-1``
+  (or the queries themselves, with their ``position_ids``, when ``Nq == Nk``);
+- a :class:`~longgen_core.models.cache.LongGenCache`: its layer records the position of every slot it
+  returned. The attention function cannot see the cache (transformers passes it to the attention
+  module, not to the attention function), so :func:`install_cache_hooks` adds a forward pre-hook
+  (public ``nn.Module`` API) to each attention module that forwards ``past_key_values`` as the
+  keyword ``longgen_cache``, which transformers hands on to this function.
+
+Backends (attention implementations):
+
+- ``"longgen"``: on CUDA with ``longgen_core.kernels.api`` importable and a half-precision
+  input, the Triton kernels (``sparse_attention`` for prefill, ``sparse_decode`` over slots);
+  otherwise PyTorch SDPA with the pattern's boolean mask over the slots (CPU, float32, training).
+- ``"longgen_sdpa"``: always the masked SDPA path.
+- ``"longgen_reference"``: :func:`~longgen_core.kernels.reference.reference_attention`, the
+  dense oracle; only for a full prefix (no eviction), e.g. to recompute generation from scratch.
+
+Positions ``"reindex"`` (post-hoc baseline only): StreamingLLM gives each cached key its index in
+the cache. Within the window the distances are unchanged; a sink key ``j`` seen from query ``q``
+sits at distance ``min(q, sink + window - 1) - j`` instead of ``q - j``. Because RoPE rotations
+compose (``R(a) R(b) = R(a + b)``), the sink scores use the query rotated back by
+``q - min(q, sink + window - 1)``; the keys are never touched.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface
+
+from ..kernels.reference import reference_attention
+from .cache import EvictingLayer
+from ..patterns import Pattern
+from .settings import get_settings, layer_patterns
+
+__all__ = ["ATTN_IMPLEMENTATIONS", "CACHE_KWARG", "register", "install_cache_hooks", "slot_attention",
+           "rotate", "rope_inv_freq", "longgen_attention_forward"]
+
+ATTN_IMPLEMENTATIONS = {"auto": "longgen", "sdpa": "longgen_sdpa", "reference": "longgen_reference"}
+CACHE_KWARG = "longgen_cache"
+_HOOKED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+
+
+# ---------------------------------------------------------------------- positions
+# position_ids tensor (by identity) -> (its version counter, first position) once checked.
+_CHECKED = WeakIdKeyDictionary()
+
+
+def _checked_start(pos_ids: torch.Tensor, n_q: int) -> int:
+    """First position of ``position_ids`` ``(B, Nq)`` after checking that every row is the same run
+    of consecutive positions; one GPU synchronisation per tensor, remembered for the next layers."""
+    if pos_ids.shape[-1] != n_q:
+        raise ValueError(f"position_ids has {pos_ids.shape[-1]} positions for {n_q} new tokens")
+    # Inference tensors carry no version counter: check those every time (prefill only, no backward).
+    remember = not pos_ids.is_inference()
+    hit = _CHECKED.get(pos_ids) if remember else None
+    if hit is not None and hit[0] == pos_ids._version:
+        return hit[1]
+    row = pos_ids[0]
+    same_rows = (pos_ids == row).all()
+    consecutive = (row[1:] - row[:-1] == 1).all()
+    same, step, start = torch.stack([same_rows.long(), consecutive.long(), row[0].long()]).tolist()
+    if not same:
+        raise ValueError("position_ids must be the consecutive positions of the new tokens, the same for "
+                         "every row: padded, packed or shifted batches are not supported by LongGen "
+                         "attention")
+    if not step:
+        raise ValueError("position_ids must increase by 1 along the sequence (no packed sequences)")
+    if remember:
+        _CHECKED[pos_ids] = (pos_ids._version, start)
+    return start
+
+
+def _positions(module, query, key, kwargs):
+    """``(q_pos (Nq,), k_pos (Nk,), contiguous)`` as int64 tensors on the query's device."""
+    n_q, n_k, device = query.shape[2], key.shape[2], query.device
+    if CACHE_KWARG not in kwargs:
+        # Without the hook an evicting cache would be read as a contiguous prefix: refuse.
+        raise ValueError("LongGen attention needs its cache hook on every attention module: load the model "
+                         "with longgen_core.models.convert.load_longgen (or convert it with to_longgen), not with "
+                         "from_pretrained(attn_implementation='longgen') alone")
+    cache = kwargs[CACHE_KWARG]
+    layer = cache.layers[module.layer_idx] if cache is not None and hasattr(cache, "layers") else None
+    pos_ids = kwargs.get("position_ids")
+    if layer is not None and not isinstance(layer, EvictingLayer) and layer.get_seq_length() != n_k:
+        raise ValueError(f"LongGen attention works with LongGenCache or a cache that keeps every token "
+                         f"(DynamicCache); {type(layer).__name__} holds {n_k} keys after "
+                         f"{layer.get_seq_length()} tokens")
+    if isinstance(layer, EvictingLayer):
+        q_pos, k_pos, contiguous = layer.query_positions, layer.returned_positions, layer.contiguous
+    elif n_q == n_k:
+        q_pos = pos_ids[0].to(device) if pos_ids is not None else torch.arange(n_k, device=device)
+        k_pos, contiguous = q_pos, None  # decided below
+    else:
+        k_pos = torch.arange(n_k, device=device)
+        q_pos, contiguous = k_pos[n_k - n_q:], True
+    if n_q > 1 and pos_ids is not None:
+        # Reject what would silently go wrong -- padded or packed batches, offsets that do not match
+        # the cache. The check synchronises with the GPU, so it runs once per position_ids tensor
+        # (every layer of one forward, and its checkpointed recomputation, gets the same tensor).
+        start = _checked_start(pos_ids, n_q)
+        expected = (layer.seen - n_q if isinstance(layer, EvictingLayer) else
+                    n_k - n_q if n_q != n_k else None)
+        if expected is not None and start != expected:
+            raise ValueError(f"position_ids start at {start} but the cache holds {expected} earlier tokens: "
+                             f"shifted batches are not supported by LongGen attention")
+        if contiguous is None:  # keys are the queries themselves: a full prefix iff it starts at 0
+            contiguous = start == 0
+    if contiguous is None:
+        contiguous = True  # no position_ids (keys 0..Nk-1), or a single query that is its own only key
+    return q_pos, k_pos, contiguous
+
+
+# ---------------------------------------------------------------------- RoPE helpers
+def rope_inv_freq(config, head_dim: int, device=None) -> torch.Tensor:
+    """``(head_dim / 2,)`` RoPE inverse frequencies of ``config`` (default, linear, llama3, yarn...)."""
+    params = dict(getattr(config, "rope_parameters", None) or {})
+    rope_type = params.get("rope_type", "default")
+    if rope_type == "default":
+        base = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+        inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    else:
+        from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+        inv, _ = ROPE_INIT_FUNCTIONS[rope_type](config)
+    return inv.to(device=device, dtype=torch.float32)
+
+
+def rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``(B, H, N, D)`` by ``delta`` ``(N,)`` positions (Hugging Face's half-split RoPE)."""
+    angles = delta.to(torch.float32).view(-1, 1) * inv_freq.view(1, -1)  # (N, D/2)
+    emb = torch.cat([angles, angles], dim=-1)
+    cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+    half = x.shape[-1] // 2
+    rotated_half = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated_half * sin
+
+
+# ---------------------------------------------------------------------- the math
+def slot_mask(pattern: Pattern, q_pos: torch.Tensor, k_pos: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Bool ``(H or 1, Nq, Nk)``: query ``q_pos[i]`` sees slot ``j`` (``k_pos[j] >= 0`` and the pattern)."""
+    heads = num_heads if pattern.per_head else 1
+    h = torch.arange(heads, device=q_pos.device).view(-1, 1, 1)
+    keep = pattern.mask_mod(0, h, q_pos.view(1, -1, 1), k_pos.view(1, 1, -1))
+    return keep & (k_pos >= 0).view(1, 1, -1)
+
+
+def slot_attention(q, k, v, q_pos, k_pos, pattern: Pattern, scale: float | None = None,
+                   reindex_inv_freq: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention of queries at ``q_pos`` over key slots at ``k_pos`` under ``pattern``.
+
+    Args:
+        q: ``(B, H, Nq, D)``; k, v: ``(B, H_kv, Nk, D)`` slots in any order (GQA: ``H_kv | H``).
+        q_pos: ``(Nq,)``, k_pos: ``(Nk,)`` int64 original positions (-1 = empty slot).
+        reindex_inv_freq: RoPE inverse frequencies to apply StreamingLLM re-indexing of the sink
+            keys (sink_window patterns); ``None`` keeps the original positions.
+
+    Returns ``(B, H, Nq, D)``. Every query must see at least itself (or one slot).
+    """
+    heads, group = q.shape[1], q.shape[1] // k.shape[1]
+    mask = slot_mask(pattern, q_pos, k_pos, heads).unsqueeze(0)  # (1, H or 1, Nq, Nk)
+    k_rep, v_rep = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    if reindex_inv_freq is None or pattern.kind != "sink_window":
+        return F.scaled_dot_product_attention(q, k_rep, v_rep, attn_mask=mask, scale=scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    cap = pattern.sink_tokens + pattern.window_tokens - 1  # the query's index in a full cache
+    q_sink = rotate(q, torch.clamp(q_pos, max=cap) - q_pos, reindex_inv_freq)
+    scores = torch.matmul(q, k_rep.transpose(-1, -2)) * scale  # (B, H, Nq, Nk)
+    sink_scores = torch.matmul(q_sink, k_rep.transpose(-1, -2)) * scale
+    is_sink = ((k_pos >= 0) & (k_pos < pattern.sink_tokens)).view(1, 1, 1, -1)
+    scores = torch.where(is_sink, sink_scores, scores).masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return torch.matmul(probs, v_rep)
+
+
+def _full_attention(query, key, value, scale):
+    """SDPA over the whole prefix: causal when ``Nq == Nk``; with ``Nq == 1`` the query is the last
+    position and sees every key.
+
+    GQA without copies where it costs: with one query per row (decoding) SDPA's ``enable_gqa``
+    reads the shared KV heads in place -- repeating them would copy the whole cache every step;
+    for prefill and training the KV heads are repeated (cuDNN's fast path takes equal head counts),
+    and never when the counts are already equal.
+    """
+    group = query.shape[1] // key.shape[1]
+    if group > 1 and query.shape[2] > 1:
+        key, value = key.repeat_interleave(group, 1), value.repeat_interleave(group, 1)
+    return F.scaled_dot_product_attention(query, key, value, is_causal=query.shape[2] > 1, scale=scale,
+                                          enable_gqa=group > 1 and query.shape[2] == 1)
+
+
+def _kernel_ops(backend: str, query: torch.Tensor, reindex: bool):
+    """``longgen_core.kernels.api`` when its Triton kernels should run, else ``None``.
+
+    Only for backend "auto", CUDA, original positions and a dtype / head_dim the kernels support;
+    a missing or broken ops module falls back to the SDPA path, which is always correct.
+    """
+    if backend != "auto" or reindex or not query.is_cuda:
+        return None
+    try:
+        from ..kernels import api as ops
+    except Exception:
+        return None
+    if not (hasattr(ops, "sparse_attention") and hasattr(ops, "sparse_decode")):
+        return None
+    dtypes = getattr(ops, "SUPPORTED_DTYPES", (torch.float16, torch.bfloat16))
+    head_dims = getattr(ops, "SUPPORTED_HEAD_DIMS", (64, 128))
+    return ops if query.dtype in dtypes and query.shape[-1] in head_dims else None
+
+
+# ---------------------------------------------------------------------- the registered functions
+def _check_inputs(module, attention_mask, dropout):
+    if attention_mask is not None:
+        raise ValueError("LongGen attention builds its masks from the layer patterns; custom 4-D "
+                         "attention masks are not supported")
+    if dropout and module.training:
+        raise ValueError(f"attention dropout is not supported by LongGen attention, got {dropout}")
+
+
+def _forward(backend: str, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    _check_inputs(module, attention_mask, dropout)
+    config = module.config
+    pattern = layer_patterns(config)[module.layer_idx]
+    settings = get_settings(config) or {}
+    reindex = settings.get("positions") == "reindex" and pattern.kind == "sink_window"
+    q_pos, k_pos, contiguous = _positions(module, query, key, kwargs)
+    n_q, n_k = query.shape[2], key.shape[2]
+    if backend == "reference":
+        if not contiguous or reindex:
+            raise ValueError("the reference backend needs the whole prefix with original positions (no "
+                             "evicting cache, positions='original'); use backend 'sdpa' otherwise")
+        out = reference_attention(query, key, value, pattern, scale=scaling)
+    elif pattern.kind == "full" and contiguous and n_q in (1, n_k):
+        # Plain causal attention over the whole prefix: let SDPA pick its fastest kernel.
+        out = _full_attention(query, key, value, scaling)
+    else:
+        ops = _kernel_ops(backend, query, reindex)
+        if ops is not None and pattern.kind != "full" and contiguous and n_q == n_k:
+            out = ops.sparse_attention(query, key, value, pattern, scale=scaling)
+        elif ops is not None and pattern.kind != "full" and n_q == 1:
+            out = ops.sparse_decode(query, key, value, k_pos, pattern, q_positions=q_pos, scale=scaling)
+        else:
+            inv_freq = rope_inv_freq(config, query.shape[-1], query.device) if reindex else None
+            out = slot_attention(query, key, value, q_pos, k_pos, pattern, scaling, inv_freq)
+    return out.transpose(1, 2).contiguous(), None  # transformers wants (B, Nq, H, D)
+
+
+def longgen_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """``AttentionInterface`` function ``"longgen"`` (Triton on CUDA when available, else SDPA)."""
+    return _forward("auto", module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+
+def _sdpa_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    return _forward("sdpa", module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+
+def _reference_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    return _forward("reference", module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+
+def _padding_guard(*args, attention_mask=None, **kwargs):
+    """Mask function for the LongGen implementations: masks come from the patterns, so return
+    ``None``; but refuse padded batches instead of silently attending to padding."""
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.dtype == torch.bool \
+            and not bool(attention_mask.all()):
+        raise ValueError("padded batches (attention_mask with zeros) are not supported by LongGen "
+                         "attention: run sequences one at a time or give them equal lengths")
+    return None
+
+
+def register() -> None:
+    """Register the three LongGen attention implementations (idempotent)."""
+    functions = {"auto": longgen_attention_forward, "sdpa": _sdpa_forward, "reference": _reference_forward}
+    for backend, name in ATTN_IMPLEMENTATIONS.items():
+        AttentionInterface.register(name, functions[backend])
+        AttentionMaskInterface.register(name, _padding_guard)
+
+
+def _forward_cache(module, args, kwargs):
+    kwargs[CACHE_KWARG] = kwargs.get("past_key_values")
+    return args, kwargs
+
+
+def attention_modules(model) -> list[torch.nn.Module]:
+    """The self-attention modules of a decoder (modules with ``layer_idx`` and q/k/v projections)."""
+    return [m for m in model.modules()
+            if hasattr(m, "layer_idx") and all(hasattr(m, p) for p in ("q_proj", "k_proj", "v_proj"))]
+
+
+def install_cache_hooks(model) -> None:
+    """Add the pre-hook that forwards ``past_key_values`` to the attention function (idempotent)."""
+    for module in attention_modules(model):
+        if module not in _HOOKED:
+            module.register_forward_pre_hook(_forward_cache, with_kwargs=True)
+            _HOOKED.add(module)

@@ -1,0 +1,203 @@
+"""Convert a Hugging Face Llama-family causal LM into the LongGen hybrid; save and load it.
+
+LongGen keeps full attention in the middle third of the decoder layers and gives the others a
+sparse pattern (attention sink + sliding window, or blockwise strided), then finetunes during
+context extension with the RoPE base raised. Conversion changes no weight: it records the layer
+map and pattern in ``config.longgen`` (:mod:`longgen_core.models.settings`), optionally raises the RoPE
+base / position limit, and switches the model to the ``"longgen"`` attention implementation
+(:mod:`longgen_core.models.attention`) through transformers' public ``set_attn_implementation``.
+
+Example::
+
+    >>> from longgen_core.models.base import tiny_llama
+    >>> from longgen_core.patterns import sink_window
+    >>> model = to_longgen(tiny_llama(), pattern=sink_window(4, 32))
+    >>> model.config.longgen["full_layers"], layer_map(model.config)
+    ([2, 3], 'ssFFss')
+
+Round trip: ``model.save_pretrained(path)`` then ``load_longgen(path)`` -- the one call that
+registers the attention functions and restores the same model.
+
+Supported: ``model_type`` in :data:`SUPPORTED_MODEL_TYPES` (Llama-2/3, SmolLM2, Mistral-style GQA,
+Qwen2) with full attention in every layer before conversion.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import attention as hf_attention
+from ..patterns import Pattern, default_full_layers, sink_window
+from .rope import rebuild_rotary
+from .settings import SETTINGS_KEY, get_settings, layer_patterns, make_settings, pattern_from_dict
+
+__all__ = ["SUPPORTED_MODEL_TYPES", "convert_config", "to_longgen", "to_posthoc_streaming", "load_longgen",
+           "use_backend", "layer_map"]
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
+def _check_architecture(config) -> None:
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"unsupported architecture model_type={model_type!r}: LongGen conversion supports "
+                         f"{list(SUPPORTED_MODEL_TYPES)} (Llama-family decoders with RoPE)")
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types and any(t != "full_attention" for t in layer_types):
+        raise ValueError(f"the base model must use full attention in every layer; config.layer_types has "
+                         f"{sorted(set(layer_types))}")
+    if model_type == "mistral" and getattr(config, "sliding_window", None) is not None:
+        raise ValueError(f"the base model already uses a sliding window (config.sliding_window="
+                         f"{config.sliding_window}); convert a full-attention checkpoint")
+
+
+def convert_config(config, full_layers: list[int] | None = None, pattern: Pattern | dict | None = None,
+                   mode: str = "hybrid", positions: str = "original", rope_theta: float | None = None,
+                   max_position_embeddings: int | None = None):
+    """Write validated LongGen settings (and an optional new RoPE base / position limit) into
+    ``config`` in place and return it. Needs no weights, e.g. for KV-cache arithmetic at 7B.
+
+    Args:
+        full_layers: layers that keep full attention; default the middle third
+            (:func:`~longgen_core.patterns.default_full_layers`).
+        pattern: the sparse layers' :class:`Pattern` (or its dict); default ``sink_window(64, 4096)``.
+        mode, positions: see :mod:`longgen_core.models.settings`.
+        rope_theta: new RoPE base (the paper raises it, e.g. to 5e6 for 128K); ``None`` keeps it.
+        max_position_embeddings: new position limit; ``None`` keeps it.
+    """
+    _check_architecture(config)
+    if rope_theta is not None:
+        if isinstance(rope_theta, bool) or not isinstance(rope_theta, (int, float)) \
+                or not math.isfinite(rope_theta) or rope_theta <= 1:
+            raise ValueError(f"rope_theta must be a finite number > 1 (the RoPE base), got {rope_theta!r}")
+        params = dict(getattr(config, "rope_parameters", None) or {"rope_type": "default"})
+        params["rope_theta"] = float(rope_theta)
+        config.rope_parameters = params
+    if max_position_embeddings is not None:
+        if isinstance(max_position_embeddings, bool) or not isinstance(max_position_embeddings, int) \
+                or max_position_embeddings < 1:
+            raise ValueError(f"max_position_embeddings must be an int >= 1, got {max_position_embeddings!r}")
+        config.max_position_embeddings = max_position_embeddings
+    if full_layers is None:
+        full_layers = default_full_layers(config.num_hidden_layers)
+    if pattern is None:
+        pattern = sink_window(64, 4096)
+    elif isinstance(pattern, dict):
+        pattern = pattern_from_dict(pattern)
+    settings = make_settings(config, full_layers, pattern, mode=mode, positions=positions)
+    setattr(config, SETTINGS_KEY, settings)
+    return config
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in hf_attention.ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"backend must be one of {list(hf_attention.ATTN_IMPLEMENTATIONS)}, got {backend!r}")
+
+
+def _apply(model, backend: str = "auto"):
+    _check_backend(backend)
+    hf_attention.register()
+    name = hf_attention.ATTN_IMPLEMENTATIONS[backend]
+    model.set_attn_implementation(name)
+    if model.config._attn_implementation != name or not hf_attention.attention_modules(model):
+        raise ValueError(f"{type(model).__name__} does not dispatch attention through transformers' "
+                         f"AttentionInterface, so it cannot be converted")
+    hf_attention.install_cache_hooks(model)
+    return model
+
+
+def _convert(model, mode, full_layers, pattern, positions, rope_theta, max_position_embeddings, backend):
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(model, "generate"):
+        raise TypeError(f"model must be a Hugging Face causal LM (PreTrainedModel with .config and "
+                        f".generate), got {type(model).__name__}")
+    _check_backend(backend)
+    old_rope = dict(getattr(config, "rope_parameters", None) or {})
+    old_max = config.max_position_embeddings
+    try:
+        convert_config(config, full_layers, pattern, mode, positions, rope_theta, max_position_embeddings)
+    except (ValueError, TypeError):
+        config.rope_parameters, config.max_position_embeddings = old_rope, old_max  # leave it untouched
+        raise
+    if rope_theta is not None or max_position_embeddings is not None:
+        rebuild_rotary(model)  # recompute RoPE frequencies from the changed config
+    try:
+        return _apply(model, backend)
+    except ValueError:
+        delattr(config, SETTINGS_KEY)
+        raise
+
+
+def to_longgen(model, full_layers: list[int] | None = None, pattern: Pattern | dict | None = None,
+               rope_theta: float | None = None, max_position_embeddings: int | None = None,
+               backend: str = "auto"):
+    """Turn ``model`` into the LongGen hybrid, in place; return it.
+
+    Args:
+        model: a transformers Llama-family causal LM (see :data:`SUPPORTED_MODEL_TYPES`).
+        full_layers: layers that keep full attention; default the middle third.
+        pattern: sparse pattern of the other layers; default ``sink_window(64, 4096)``.
+        rope_theta, max_position_embeddings: raise them for context extension (``None``: keep).
+        backend: ``"auto"`` (Triton on CUDA when available, else SDPA), ``"sdpa"`` or ``"reference"``.
+
+    At lengths within the window the hybrid computes exactly what the original model computes;
+    beyond it the sparse layers drop the keys outside sink + window.
+    """
+    return _convert(model, "hybrid", full_layers, pattern, "original", rope_theta, max_position_embeddings,
+                    backend)
+
+
+def to_posthoc_streaming(model, full_layers: list[int] | None = None, pattern: Pattern | dict | None = None,
+                         positions: str = "original", backend: str = "auto"):
+    """The post-hoc baseline: an unconverted full-attention model whose sparse layers get the
+    evicting cache and masks at inference, without any finetuning (StreamingLLM-style).
+
+    ``full_layers`` defaults to the same middle third as the hybrid, so that the comparison with
+    LongGen isolates the training; ``full_layers=[]`` is StreamingLLM on every layer. Prompts are
+    processed with the same masks (each token sees sink + window), which is what feeding the
+    prompt token by token through the evicting cache would give.
+
+    ``positions``: ``"original"`` (default; every key keeps the RoPE of its true position, queries
+    far past the sinks see them at distances never met in pretraining) or ``"reindex"``
+    (StreamingLLM: positions are indices within the cache, so no distance exceeds sink + window).
+    """
+    return _convert(model, "posthoc", full_layers, pattern, positions, None, None, backend)
+
+
+def use_backend(model, backend: str):
+    """Switch a converted model's attention backend: ``"auto"``, ``"sdpa"`` or ``"reference"``."""
+    if get_settings(model.config) is None:
+        raise ValueError("model is not converted: call to_longgen or to_posthoc_streaming first")
+    return _apply(model, backend)
+
+
+def load_longgen(path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 backend: str = "auto"):
+    """Load a model saved with ``save_pretrained`` after :func:`to_longgen` (or the post-hoc
+    conversion): the one call that restores it, attention functions and cache hooks included.
+
+    Example: ``model.save_pretrained("runs/hybrid"); model = load_longgen("runs/hybrid")``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _check_backend(backend)
+    config = AutoConfig.from_pretrained(path)
+    if get_settings(config) is None:
+        raise ValueError(f"{path} holds no LongGen settings (config.longgen); it is not a converted model. "
+                         f"Load it with longgen_core.models.base.load_model instead")
+    _check_architecture(config)
+    layer_patterns(config)  # validate the stored settings before loading weights
+    hf_attention.register()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
+                                                 attn_implementation=hf_attention.ATTN_IMPLEMENTATIONS[backend])
+    return _apply(model.to(device).eval(), backend)
+
+
+def layer_map(config) -> str:
+    """One character per decoder layer, bottom first: ``F`` full attention, ``s`` sparse.
+
+    Example: SmolLM2 (30 layers) with the default map -> ``'ssssssssssFFFFFFFFFFssssssssss'``.
+    """
+    return "".join("F" if p.kind == "full" else "s" for p in layer_patterns(config))

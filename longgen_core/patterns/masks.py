@@ -1,0 +1,306 @@
+"""Sparse attention patterns of LongGen: token predicates, block layouts, budgets.
+
+A pattern answers three questions, at any sequence length and without building an N x N mask:
+
+1. *May query ``q`` attend key ``k``?* -- :meth:`Pattern.mask_mod`, with FlexAttention's
+   ``mask_mod(b, h, q_idx, kv_idx)`` signature (tensor ops only, so it also vmaps).
+2. *Which tiles of the attention matrix must a kernel visit?* -- :meth:`Pattern.block_layout`:
+   per head, CSR rows (query tile -> kept key tiles, forward and dQ) and CSC columns (key tile ->
+   query tiles, dK/dV), each tile flagged "fully kept" or "needs the mask inside".
+3. *What does it cost?* -- :meth:`Pattern.row_counts`, :meth:`Pattern.density`,
+   :meth:`Pattern.kv_budget`, :func:`attention_flops`.
+
+Conventions (all patterns are causal: key ``k`` is never after query ``q``):
+
+- ``sliding_window(w)``: ``q - w < k <= q`` -- the window counts the query itself, so a query sees
+  exactly ``w`` keys once ``q >= w - 1``.
+- ``sink_window(s, w)``: the window above, plus the first ``s`` tokens (the attention sink).
+- ``strided(block_size, local_blocks, vert_stride, homo_head)``: decided per block of
+  ``block_size`` tokens, as in the authors' kernel (linxihui/dkernel, used in LongGen and
+  Phi-3-small). Query block ``i`` keeps key block ``j <= i`` when ``i - j < local_blocks`` (the
+  local band) or ``(j + h * head_sliding_step) % vert_stride == 0`` (a vertical stripe). Block
+  ``0`` is vertical for head 0, so it doubles as an attention sink (vLLM's Phi-3 code instead
+  tests ``j + 1``; we follow dkernel). With ``homo_head=False`` each head shifts its stripes by
+  ``h * head_sliding_step`` with ``head_sliding_step = max(1, vert_stride // num_heads)``, so
+  the heads together cover every block. Inside the diagonal block the token-level causal mask
+  applies.
+
+Example::
+
+    >>> p = sink_window(sink_tokens=2, window_tokens=3)
+    >>> p.name
+    'sink_window_2_3'
+    >>> p.dense_mask(6)[0].int().tolist()[5]   # query 5 sees the sink {0, 1} and {3, 4, 5}
+    [1, 1, 0, 1, 1, 1]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .layout import TILE_EMPTY, TILE_FULL, TILE_PARTIAL, BlockLayout
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+
+
+def _check_block_size(name: str, value) -> None:
+    _check_int(name, value, 16)
+    if value & (value - 1):
+        raise ValueError(f"{name} must be a power of 2 >= 16 (16, 32, 64, 128, ...), got {value}")
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One attention pattern. Build it with a factory (:func:`sink_window`, ...), not directly.
+
+    Attributes:
+        kind: ``"full"``, ``"sliding_window"``, ``"sink_window"`` or ``"strided"``.
+        sink_tokens, window_tokens: token-level parameters (``sink_window``/``sliding_window``).
+        block_size, local_blocks, vert_stride, homo_head, head_sliding_step: ``strided`` only.
+    """
+
+    kind: str
+    sink_tokens: int = 0
+    window_tokens: int = 0
+    block_size: int = 0
+    local_blocks: int = 0
+    vert_stride: int = 0
+    homo_head: bool = True
+    head_sliding_step: int = 1
+    name: str = field(default="", compare=False)
+
+    # ------------------------------------------------------------------ token level
+    @property
+    def per_head(self) -> bool:
+        """True when heads see different keys (strided with ``homo_head=False``)."""
+        return self.kind == "strided" and not self.homo_head
+
+    @property
+    def mask_mod(self):
+        """FlexAttention predicate ``mask_mod(b, h, q_idx, kv_idx)``: True where the query may
+        attend the key. A plain 4-argument function named after the pattern, so it can be passed
+        to ``create_block_mask``; args are integer tensors (or ints) that broadcast; ``b`` unused.
+        """
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return self._keep(h, q_idx, kv_idx)
+
+        mask_mod.__name__ = self.name
+        return mask_mod
+
+    def _keep(self, h, q_idx, kv_idx):
+        causal = q_idx >= kv_idx
+        if self.kind == "full":
+            return causal
+        if self.kind == "sliding_window":
+            return causal & (q_idx - kv_idx < self.window_tokens)
+        if self.kind == "sink_window":
+            return causal & ((kv_idx < self.sink_tokens) | (q_idx - kv_idx < self.window_tokens))
+        # strided: decided per block of block_size tokens, causal inside the diagonal block
+        q_blk, kv_blk = q_idx // self.block_size, kv_idx // self.block_size
+        offset = 0 if self.homo_head else h * self.head_sliding_step
+        local = q_blk - kv_blk < self.local_blocks
+        vertical = (kv_blk + offset) % self.vert_stride == 0
+        return causal & (local | vertical)
+
+    def dense_mask(self, n: int, num_heads: int = 1, n_queries: int | None = None) -> torch.Tensor:
+        """Token mask as a bool tensor ``(heads, n_queries, n)``; for small ``n`` only.
+
+        ``heads`` is ``num_heads`` when the pattern differs per head, else 1 (broadcasts).
+        ``n_queries`` < ``n`` gives the last rows (queries at positions ``n - n_queries .. n-1``),
+        the shape a decode step needs.
+
+        Example: ``full_causal().dense_mask(3)[0]`` is the lower-triangular 3 x 3 matrix.
+        """
+        _check_int("n", n, 1)
+        n_queries = n if n_queries is None else n_queries
+        _check_int("n_queries", n_queries, 1)
+        if n_queries > n:
+            raise ValueError(f"n_queries must be <= n ({n}), got {n_queries}")
+        heads = num_heads if self.per_head else 1
+        h = torch.arange(heads).view(-1, 1, 1)
+        q = torch.arange(n - n_queries, n).view(1, -1, 1)
+        k = torch.arange(n).view(1, 1, -1)
+        return self._keep(h, q, k).expand(heads, n_queries, n).contiguous()
+
+    # ------------------------------------------------------------------ counts and budgets
+    def row_counts(self, n: int, head: int = 0) -> torch.Tensor:
+        """Number of keys each query attends, shape ``(n,)`` int64, in O(n) (no N x N mask).
+
+        Example: ``sliding_window(2).row_counts(4)`` -> ``tensor([1, 2, 2, 2])``.
+        """
+        _check_int("n", n, 1)
+        q = torch.arange(n, dtype=torch.int64)
+        if self.kind == "full":
+            return q + 1
+        if self.kind == "sliding_window":
+            return torch.clamp(q + 1, max=self.window_tokens)
+        if self.kind == "sink_window":
+            window_start = torch.clamp(q - self.window_tokens + 1, min=0)
+            sinks_outside_window = torch.clamp(torch.clamp(window_start, max=self.sink_tokens), min=0)
+            return q - window_start + 1 + sinks_outside_window
+        # strided: kept whole blocks before the diagonal block, plus the causal part of it
+        kept_before = self._kept_blocks_before(math.ceil(n / self.block_size), head)
+        q_blk = q // self.block_size
+        return kept_before[q_blk] * self.block_size + (q % self.block_size) + 1
+
+    def _kept_blocks_before(self, num_blocks: int, head: int) -> torch.Tensor:
+        """For each query block i, how many key blocks j < i are kept. Shape ``(num_blocks,)``."""
+        i = torch.arange(num_blocks).view(-1, 1)
+        j = torch.arange(num_blocks).view(1, -1)
+        offset = 0 if self.homo_head else head * self.head_sliding_step
+        keep = (j < i) & ((i - j < self.local_blocks) | ((j + offset) % self.vert_stride == 0))
+        return keep.sum(1)
+
+    def density(self, n: int, num_heads: int = 1) -> float:
+        """Kept (query, key) pairs over those of full causal attention, averaged over heads."""
+        heads = num_heads if self.per_head else 1
+        kept = sum(int(self.row_counts(n, h).sum()) for h in range(heads)) / heads
+        return kept / (n * (n + 1) / 2)
+
+    def kv_budget(self, n: int, num_heads: int = 1) -> int:
+        """KV tokens a layer holds per head when the context is ``n`` tokens long.
+
+        That is what the latest query (position ``n - 1``) reads. Sink + window:
+        ``min(n, sink + window)``, constant once ``n`` passes it; strided: the local blocks plus
+        every vertical block so far (grows as n / (block_size * vert_stride)), maxed over heads;
+        full: ``n``.
+        """
+        _check_int("n", n, 1)
+        if self.kind == "full":
+            return n
+        if self.kind == "sliding_window":
+            return min(n, self.window_tokens)
+        if self.kind == "sink_window":
+            return min(n, self.sink_tokens + self.window_tokens)
+        heads = num_heads if self.per_head else 1
+        return max(int(self.row_counts(n, h)[-1]) for h in range(heads))
+
+    # ------------------------------------------------------------------ tiles
+    def block_layout(self, n: int, block_size: int = 64, num_heads: int = 1) -> "BlockLayout":
+        """Tiles of ``block_size`` x ``block_size`` that a kernel must visit at length ``n``.
+
+        Computed tile by tile from closed forms, never from a token-level N x N mask, so it is
+        cheap at 128K. See :class:`BlockLayout`.
+        """
+        _check_int("n", n, 1)
+        _check_block_size("block_size", block_size)
+        _check_int("num_heads", num_heads, 1)
+        heads = num_heads if self.per_head else 1
+        classes = torch.stack([self._tile_classes(n, block_size, h) for h in range(heads)])
+        return BlockLayout.from_classes(classes, n=n, block_size=block_size)
+
+    def _tile_classes(self, n: int, t: int, head: int) -> torch.Tensor:
+        """``(nb, nb)`` int8 of TILE_EMPTY / TILE_PARTIAL / TILE_FULL for one head."""
+        nb = math.ceil(n / t)
+        starts = torch.arange(nb, dtype=torch.int64) * t
+        ends = torch.clamp(starts + t, max=n) - 1  # last valid token of each tile
+        q0, q1 = starts.view(-1, 1), ends.view(-1, 1)
+        k0, k1 = starts.view(1, -1), ends.view(1, -1)
+        ragged = (q1 - q0 + 1 < t) | (k1 - k0 + 1 < t)
+        any_causal, all_causal = k0 <= q1, k1 <= q0
+        if self.kind == "full":
+            any_kept, all_kept = any_causal, all_causal
+        elif self.kind in ("sliding_window", "sink_window"):
+            w, s = self.window_tokens, self.sink_tokens if self.kind == "sink_window" else 0
+            # q - k takes every integer in [q0 - k1, q1 - k0]; the window needs one in [0, w - 1]
+            any_window = any_causal & (q0 - k1 <= w - 1)
+            any_sink = any_causal & (k0 < s)
+            # all kept: every key is a sink or within the window of the *last* query q1
+            outside_sink_start = torch.clamp(k0, min=s)
+            all_kept = all_causal & ((k1 < s) | (q1 - outside_sink_start < w))
+            any_kept = any_window | any_sink
+        else:
+            any_kept, all_kept = self._strided_tiles(n, nb, t, head, any_causal, all_causal)
+        classes = torch.full((nb, nb), TILE_EMPTY, dtype=torch.int8)
+        classes[any_kept] = TILE_PARTIAL
+        classes[all_kept & ~ragged] = TILE_FULL
+        return classes
+
+    def _strided_tiles(self, n, nb, t, head, any_causal, all_causal):
+        """Tile any/all for the strided pattern from its block mask (tile and block: powers of 2)."""
+        b = self.block_size
+        offset = 0 if self.homo_head else head * self.head_sliding_step
+        if t <= b:  # each tile lies inside one pattern block pair
+            blk = torch.arange(nb) * t // b
+            i, j = blk.view(-1, 1), blk.view(1, -1)
+            keep = (j <= i) & ((i - j < self.local_blocks) | ((j + offset) % self.vert_stride == 0))
+            return keep & any_causal, keep & all_causal
+        r = t // b  # each tile holds r x r pattern blocks
+        nbp, valid = nb * r, math.ceil(n / b)  # pattern blocks past n hold no token
+        i, j = torch.arange(nbp).view(-1, 1), torch.arange(nbp).view(1, -1)
+        keep = (j <= i) & ((i - j < self.local_blocks) | ((j + offset) % self.vert_stride == 0))
+        keep &= (i < valid) & (j < valid)
+        keep_tiles = keep.view(nb, r, nb, r)
+        # j <= i already encodes block-level causality; the token-level part is any/all_causal
+        return keep_tiles.any(3).any(1) & any_causal, keep_tiles.all(3).all(1) & all_causal
+
+
+# ---------------------------------------------------------------------- factories
+def full_causal() -> Pattern:
+    """Dense causal attention: every query sees every earlier key (the full layers)."""
+    return Pattern(kind="full", name="full_causal")
+
+
+def sliding_window(window_tokens: int) -> Pattern:
+    """Causal sliding window of ``window_tokens`` keys, the query included."""
+    _check_int("window_tokens", window_tokens, 1)
+    return Pattern(kind="sliding_window", window_tokens=window_tokens,
+                   name=f"sliding_window_{window_tokens}")
+
+
+def sink_window(sink_tokens: int = 64, window_tokens: int = 4096) -> Pattern:
+    """Attention sink (the first ``sink_tokens``) plus a sliding window of ``window_tokens``.
+
+    LongGen's default sparse layer: sink 64 + window 4096 at 128K.
+    """
+    _check_int("sink_tokens", sink_tokens, 0)
+    _check_int("window_tokens", window_tokens, 1)
+    return Pattern(kind="sink_window", sink_tokens=sink_tokens, window_tokens=window_tokens,
+                   name=f"sink_window_{sink_tokens}_{window_tokens}")
+
+
+def strided(block_size: int = 64, local_blocks: int = 16, vert_stride: int = 8,
+            homo_head: bool = False, num_heads: int | None = None) -> Pattern:
+    """Blockwise strided pattern (LongGen's second sparse layer; dkernel conventions).
+
+    Args:
+        block_size: tokens per pattern block; a power of 2 >= 16.
+        local_blocks: the diagonal band of blocks every query block keeps (>= 1).
+        vert_stride: every ``vert_stride``-th key block is kept as a vertical stripe (>= 1).
+        homo_head: True: all heads share the stripes; False: head ``h`` shifts them.
+        num_heads: sets the per-head shift ``max(1, vert_stride // num_heads)`` (default 1).
+    """
+    _check_block_size("block_size", block_size)
+    _check_int("local_blocks", local_blocks, 1)
+    _check_int("vert_stride", vert_stride, 1)
+    if not isinstance(homo_head, bool):
+        raise ValueError(f"homo_head must be True or False, got {homo_head!r}")
+    if num_heads is not None:
+        _check_int("num_heads", num_heads, 1)
+    step = max(1, vert_stride // num_heads) if num_heads else 1
+    return Pattern(kind="strided", block_size=block_size, local_blocks=local_blocks,
+                   vert_stride=vert_stride, homo_head=homo_head, head_sliding_step=step,
+                   name=f"strided_{block_size}_{local_blocks}_{vert_stride}"
+                        f"_{'homo' if homo_head else 'hetero'}")
+
+
+def default_full_layers(num_layers: int) -> list[int]:
+    """LongGen's default: the middle third of the decoder layers keep full attention.
+
+    ``round(num_layers / 3)`` layers, centred (the lower middle when it cannot be exact).
+
+    Example: 32 layers -> [10, ..., 20] (11 layers); 30 layers (SmolLM2) -> [10, ..., 19].
+    """
+    _check_int("num_layers", num_layers, 1)
+    count = max(1, round(num_layers / 3))
+    start = (num_layers - count) // 2
+    return list(range(start, start + count))

