@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from longgen_core.evaluate.retrieval import outside_window_score
 from longgen_core.experiments import miniature as experiments
 
 
@@ -85,9 +86,9 @@ def test_outputs_are_written_and_the_text_twin_lists_every_variant(result):
 
 def test_outside_window_score_uses_the_needle_end():
     grid = {"details": [[100, 0.0, 10, 20, 1.0], [100, 0.5, 50, 70, 0.0], [100, 1.0, 80, 95, 1.0]]}
-    assert experiments.outside_window_score(grid, window_tokens=30) == 0.5  # needles ending at 20 and 70
-    assert experiments.outside_window_score(grid, window_tokens=30, sink_tokens=16) == 0.0  # 10..20: a sink
-    assert experiments.outside_window_score(grid, window_tokens=95) is None
+    assert outside_window_score(grid, window_tokens=30) == 0.5  # needles ending at 20 and 70
+    assert outside_window_score(grid, window_tokens=30, sink_tokens=16) == 0.0  # 10..20: a sink
+    assert outside_window_score(grid, window_tokens=95) is None
 
 
 def test_bad_input_is_refused():

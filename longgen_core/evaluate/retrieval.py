@@ -25,7 +25,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from ..data import tasks
+from ..data import suite, tasks
 from ..train.loss import chunked_lm_loss
 from ..models.settings import get_settings
 
@@ -49,16 +49,24 @@ def retrieval_grid(model, tokenizer, task: str = "passkey", lengths=(512, 1024),
                    batch_size: int = 8, progress: bool = True, **task_kwargs) -> dict:
     """Score ``task`` at every (length, depth) cell; ``samples`` seeded prompts per cell.
 
+    ``task``: a name of the evaluation suite (:data:`~longgen_core.data.suite.SUITE_TASKS`, scored
+    by :func:`~longgen_core.data.suite.score`; pass ``split="heldout"`` -- the default -- or
+    ``"train"``) or of :data:`~longgen_core.data.tasks.TASKS` (scored by
+    :func:`~longgen_core.data.tasks.score`). ``task_kwargs`` go to the generator.
+
     Returns a JSON-ready dict: ``scores[i][j]`` is the mean score at ``depths[i]``, ``lengths[j]``;
     ``mean_by_length`` averages over depths; ``examples`` keeps one generation per cell;
     ``details`` lists every sample as ``[length, depth, needle_start, needle_end, score]`` (where the needle
     sat decides whether an evicting cache could still see it).
     """
-    if task not in tasks.TASKS:
-        raise ValueError(f"task must be one of {sorted(tasks.TASKS)}, got {task!r}")
+    if task in suite.SUITE_TASKS:
+        make, score = suite.SUITE_TASKS[task], suite.score
+    elif task in tasks.TASKS:
+        make, score = tasks.TASKS[task], tasks.score
+    else:
+        raise ValueError(f"task must be one of {sorted(suite.SUITE_TASKS) + sorted(tasks.TASKS)}, got {task!r}")
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    make = tasks.TASKS[task]
     device = next(model.parameters()).device
     scores = [[0.0] * len(lengths) for _ in depths]
     examples, details = [], []
@@ -75,7 +83,7 @@ def retrieval_grid(model, tokenizer, task: str = "passkey", lengths=(512, 1024),
             prompts = torch.tensor([s.prompt_ids for s in chunk], device=device)
             outputs = generate_batch(model, prompts, new_tokens)
             texts = tokenizer.batch_decode(outputs, skip_special_tokens=True)
-            sample_scores = [tasks.score(s, t) for s, t in zip(chunk, texts)]
+            sample_scores = [score(s, t) for s, t in zip(chunk, texts)]
             total += sum(sample_scores)
             details += [[n, depth, s.needle_start, s.needle_end, sc] for s, sc in zip(chunk, sample_scores)]
             if start == 0:
@@ -87,6 +95,16 @@ def retrieval_grid(model, tokenizer, task: str = "passkey", lengths=(512, 1024),
     return {"task": task, "lengths": list(lengths), "depths": list(depths), "samples": samples, "seed": seed,
             "scores": scores, "mean_by_length": mean_by_length, "examples": examples,
             "details": details}
+
+
+def outside_window_score(grid: dict, window_tokens: int, sink_tokens: int = 0) -> float | None:
+    """Mean score over samples whose whole needle lies after the ``sink_tokens`` first positions and
+    before the last ``window_tokens`` ones -- evicted from a sink + window cache once the prompt is
+    read; ``None`` if there are none. (Evicted is not quite unseen: through L stacked sparse layers
+    a token reaches about L * (window - 1) positions further through the residual stream.)"""
+    scores = [score for n, _, start, end, score in grid["details"]
+              if start >= sink_tokens and end <= n - window_tokens]
+    return sum(scores) / len(scores) if scores else None
 
 
 @torch.no_grad()

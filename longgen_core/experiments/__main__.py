@@ -1,3 +1,3 @@
-from .miniature import main
+from .cli import main
 
 raise SystemExit(main())

@@ -43,12 +43,10 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime
 import gc
 import json
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -115,18 +113,8 @@ def _for_eval(model, device):
     return model
 
 
-def outside_window_score(grid: dict, window_tokens: int, sink_tokens: int = 0) -> float | None:
-    """Mean score over samples whose whole needle lies after the ``sink_tokens`` first positions and
-    before the last ``window_tokens`` ones -- evicted from a sink + window cache once the prompt is
-    read; ``None`` if there are none. (Evicted is not quite unseen: through L stacked sparse layers
-    a token reaches about L * (window - 1) positions further through the residual stream.)"""
-    scores = [score for n, _, start, end, score in grid["details"]
-              if start >= sink_tokens and end <= n - window_tokens]
-    return sum(scores) / len(scores) if scores else None
-
-
 def _evaluate(name, model, tokenizer, plan, preset, device, progress) -> dict:
-    from ..evaluate.retrieval import perplexity_by_length, retrieval_grid
+    from ..evaluate.retrieval import outside_window_score, perplexity_by_length, retrieval_grid
     from ..models.convert import layer_map
     from ..models.rope import rope_theta_of
 
@@ -348,11 +336,21 @@ def summary_text(result: dict) -> str:
 
 
 # ---------------------------------------------------------------------- command line
-def main(argv: list[str] | None = None) -> int:
+def main_miniature(args) -> int:
+    """The ``miniature`` subcommand."""
+    from ..train.loop import RUNS_DIR
     from ..train.options import parse_value
 
-    parser = argparse.ArgumentParser(prog="python -m longgen_core.experiments", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    out = Path(args.out) if args.out else RUNS_DIR / f"miniature-{args.preset}"
+    overrides = {k: parse_value(v) for k, v in args.set}
+    result = run_miniature(args.preset, out=out, progress=not args.no_progress, heldout=args.heldout, **overrides)
+    print(summary_text(result))
+    print(f"wrote {out / 'miniature.json'} in {result['total_seconds']} s")
+    return 0
+
+
+def add_arguments(sub) -> None:
+    """The ``miniature`` subcommand's options on an argparse subparsers object."""
     mini = sub.add_parser("miniature", help="full vs hybrid extension, then retrieval on every variant")
     mini.add_argument("--preset", default="cpu-tiny", choices=sorted(PLANS))
     mini.add_argument("--out", default=None, help="folder for miniature.json and the PNGs "
@@ -362,13 +360,5 @@ def main(argv: list[str] | None = None) -> int:
     mini.add_argument("--heldout", default=None, help="perplexity text (a .txt folder) when --set corpus is a "
                                                       "local folder")
     mini.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
-    from ..train.loop import RUNS_DIR
-
-    out = Path(args.out) if args.out else RUNS_DIR / f"miniature-{args.preset}"
-    overrides = {k: parse_value(v) for k, v in args.set}
-    result = run_miniature(args.preset, out=out, progress=not args.no_progress, heldout=args.heldout, **overrides)
-    print(summary_text(result))
-    print(f"wrote {out / 'miniature.json'} in {result['total_seconds']} s")
-    return 0
+    mini.set_defaults(func=main_miniature)
 
