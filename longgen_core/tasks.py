@@ -94,21 +94,29 @@ def _check(n_tokens: int, depth: float) -> None:
         raise ValueError(f"n_tokens must be >= 64 to hold instruction, needle and question, got {n_tokens}")
 
 
-def _assemble(tokenizer, n_tokens: int, depth: float, seed: int, haystack: str,
+def _assemble(tokenizer, n_tokens: int, depth: float, seed: int, haystack: str | tuple,
               intro: str, needle: str, question: str, answer: str, task: str,
               distractors: list[str] = (), answers: list[str] | None = None,
-              after: list[str] = ()) -> Sample:
+              after: list[str] = (), before: list[str] = ()) -> Sample:
     """Instruction + haystack + question. The needle sits at ``depth``, distractors at random
-    places, and the ``after`` sentences at random places after the needle, in their order."""
+    places, the ``after`` sentences at random places after the needle and the ``before``
+    sentences before it, each group in its order. ``haystack`` is a kind (``"repeat"``,
+    ``"kjv"``) or a tuple of filler token ids; a random stretch of it is used."""
     intro_ids, needle_ids, question_ids = _ids(tokenizer, intro), _ids(tokenizer, needle), _ids(tokenizer, question)
     distractor_ids = [_ids(tokenizer, d) for d in distractors]
     after_ids = [_ids(tokenizer, a) for a in after]
+    before_ids = [_ids(tokenizer, b) for b in before]
     fill = (n_tokens - len(intro_ids) - len(needle_ids) - len(question_ids) - sum(map(len, distractor_ids))
-            - sum(map(len, after_ids)))
+            - sum(map(len, after_ids)) - sum(map(len, before_ids)))
     if fill < 0:
         raise ValueError(f"n_tokens={n_tokens} is too short for this task (needs {n_tokens - fill})")
     rng = random.Random(seed)
-    hay = _haystack_ids(tokenizer, haystack, fill + 4096)
+    if isinstance(haystack, str):
+        hay = _haystack_ids(tokenizer, haystack, fill + 4096)
+    elif len(haystack) < fill:
+        raise ValueError(f"the haystack holds {len(haystack)} tokens, fewer than the {fill} needed")
+    else:
+        hay = haystack
     start = rng.randrange(0, len(hay) - fill + 1)  # a different stretch of filler per seed
     hay = list(hay[start:start + fill])
     # insert only between sentences (after a token holding a full stop), so facts read as text
@@ -120,6 +128,9 @@ def _assemble(tokenizer, n_tokens: int, depth: float, seed: int, haystack: str,
     later = [e for e in ends if e >= needle_at]
     inserts += [(pos, 2 + k, ids) for k, (pos, ids) in enumerate(zip(sorted(rng.choice(later) for _ in after_ids),
                                                                       after_ids))]
+    earlier = [e for e in ends if e <= needle_at]  # at needle_at itself: ordered before the needle
+    inserts += [(pos, k / (len(before_ids) + 1), ids)
+                for k, (pos, ids) in enumerate(zip(sorted(rng.choice(earlier) for _ in before_ids), before_ids))]
     body, cursor, needle_start = [], 0, 0
     for pos, _, ids in sorted(inserts, key=lambda x: (x[0], x[1])):
         body += hay[cursor:pos]
