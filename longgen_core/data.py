@@ -262,16 +262,22 @@ class TrainingStream:
 
     Item ``i`` is synthetic with probability ``synthetic_ratio``, decided by
     ``random.Random(f"{seed}-{i}")`` -- a private generator per item, so item ``i`` never depends
-    on what came before and :meth:`seek` can jump to any position. A synthetic item is a
-    :func:`~longgen_core.tasks.passkey` or :func:`~longgen_core.tasks.kv_retrieval` sample (task,
-    needle depth and sample seed drawn from the same generator) whose prompt + answer + EOS is
-    exactly ``seq_len`` tokens, labelled on the answer and EOS only. Corpus items are the packed
+    on what came before and :meth:`seek` can jump to any position. A synthetic item is a sample
+    of one of ``tasks`` (task, needle depth and sample seed drawn from the same generator) whose
+    prompt + answer + EOS is exactly ``seq_len`` tokens, labelled on the answer and EOS only.
+    Task names: the evaluation suite's (:data:`~longgen_core.suite_tasks.SUITE_TASKS`:
+    ``niah_single``, ``niah_multikey``, ``niah_multivalue``, ``variable_tracking``,
+    ``babilong_qa1``, ``babilong_qa2``), always drawn from the suite's *training* split
+    (:func:`~longgen_core.suite_tasks.training_sample`: training phrasings, vocabularies and
+    haystack text, counts varied per sample, whatever ``split`` says about the corpus; needs
+    ``seq_len >= 512``), or the other generators of :mod:`longgen_core.tasks` by name
+    (``passkey``, ``kv_retrieval``, ...; their samples are unchanged). Corpus items are the packed
     sequences of ``source`` in order (:func:`cycled_sequences`: epochs when the corpus runs out),
     labelled everywhere. ``source="random"`` gives uniform random tokens (speed runs without a
     tokenizer; needs ``vocab_size``).
 
     Each item is ``{"input_ids": (seq_len,) long, "labels": (seq_len,) long (-100 = no loss),
-    "kind": "corpus" | "passkey" | "kv_retrieval" | "random"}``. ``position`` counts the items
+    "kind": "corpus" | "random" | <task name>}``. ``position`` counts the items
     handed out: store it in a checkpoint, pass it back to :meth:`seek`.
 
     Example::
@@ -294,6 +300,14 @@ class TrainingStream:
             raise ValueError("source 'random' needs vocab_size")
         if source != "random" and tokenizer is None:
             raise ValueError(f"corpus {source!r} needs a tokenizer (only source 'random' works without one)")
+        from . import tasks as task_module
+        from .suite_tasks import SUITE_TASKS
+
+        known = set(SUITE_TASKS) | set(task_module.TASKS)
+        if not tasks or set(tasks) - known:
+            raise ValueError(f"tasks must be a non-empty tuple of names in {sorted(known)}, got {tasks}")
+        if synthetic_ratio > 0 and set(tasks) & set(SUITE_TASKS) and seq_len < 512:
+            raise ValueError(f"seq_len must be >= 512 for the suite's tasks {sorted(SUITE_TASKS)}, got {seq_len}")
         self.source, self.tokenizer, self.seq_len, self.seed = source, tokenizer, seq_len, seed
         self.synthetic_ratio, self.tasks, self.split = synthetic_ratio, tuple(tasks), split
         self.vocab_size, self.text_field = vocab_size, text_field
@@ -356,11 +370,16 @@ class TrainingStream:
         return item
 
     def _synthetic(self, rng) -> dict:
-        from . import tasks
+        from functools import partial
+
+        from . import suite_tasks, tasks
 
         task = self.tasks[rng.randrange(len(self.tasks))]
         depth, sample_seed = rng.random(), rng.randrange(2**31)
-        make = getattr(tasks, task)
+        if task in suite_tasks.SUITE_TASKS:  # the suite's training split, never its held-out one
+            make = partial(suite_tasks.training_sample, task)
+        else:
+            make = getattr(tasks, task)
         eos = self.tokenizer.eos_token_id
         # The answer's token count does not depend on the prompt length (same seed, same answer),
         # so one probe tells how long the prompt must be for an exact seq_len.

@@ -20,7 +20,7 @@ def tokenizer():
 
 
 def _templates(split):
-    """Every phrasing of ``split`` with slots, as strings (tuples flattened)."""
+    """Every phrasing of ``split`` (templates with slots first, then fixed sentences), tuples flattened."""
     out = []
     for pool in POOLS.values():
         for item in pool[split]:
@@ -266,12 +266,13 @@ def test_training_mixture_draws_suite_tasks_from_the_training_split_only(tokeniz
     # held-out needles with tight slots (a word or two, or the held-out vocabulary), so that
     # ordinary haystack text cannot match them by chance
     loose = r"\S+(?: \S+)?"
+    needles = ([n for pool in ("niah_needle", "multivalue_needle") for n, _, _ in POOLS[pool]["heldout"]]
+               + [t for pair in POOLS["vt_statement"]["heldout"] for t in pair])
     heldout_needles = [re.compile(_named(t, key=loose, value=loose, kind=loose, kinds=loose, a=loose, b=loose))
-                       for pool in ("niah_needle", "multivalue_needle", "vt_statement")
-                       for item in POOLS[pool]["heldout"] for t in item[:2] if "{" in t and pool != "vt_statement"
-                       or pool == "vt_statement" and "{" in t]
-    heldout_facts = [re.compile(_named(t, person=_alternatives("person", "heldout"), place=_alternatives("place", "heldout"),
-                                       object=_alternatives("object", "heldout"))) for t in _fact_templates("heldout")]
+                       for t in needles]
+    people, places, objects = (_alternatives(pool, "heldout") for pool in ("person", "place", "object"))
+    heldout_facts = [re.compile(_named(t, person=people, place=places, object=objects))
+                     for t in _fact_templates("heldout")]
     heldout_questions = [_regex(t) for pool in ("niah_needle", "multivalue_needle", "vt_question", "qa1_question",
                                                 "qa2_question")
                          for item in POOLS[pool]["heldout"] for t in item[1 if "needle" in pool else 0:]]
@@ -318,3 +319,12 @@ def test_training_stream_refuses_unknown_tasks_and_short_suite_sequences(tokeniz
         data.TrainingStream("pydoc", tokenizer, seq_len=512, synthetic_ratio=0.5, tasks=("niah_single", "nope"))
     with pytest.raises(ValueError, match=">= 512"):
         data.TrainingStream("pydoc", tokenizer, seq_len=256, synthetic_ratio=0.5, tasks=("babilong_qa1",))
+
+
+def test_presets_accept_the_suites_task_names():
+    from longgen_core.presets import get_preset
+
+    preset = get_preset("gpu-small", synthetic_tasks=("passkey", "niah_single", "babilong_qa2"))
+    assert preset.synthetic_tasks == ("passkey", "niah_single", "babilong_qa2")
+    with pytest.raises(ValueError, match="synthetic_tasks"):
+        get_preset("gpu-small", synthetic_tasks=("niah_sngle",))
