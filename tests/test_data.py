@@ -242,3 +242,11 @@ def test_kjv_documents_can_move_between_threads():
     reader.start()
     reader.join()
     assert out and out[0].split("\n")[0] != first.split("\n")[0]
+
+
+def test_shakespeare_is_an_evaluation_only_corpus():
+    plays = list(data.documents("shakespeare", "heldout"))
+    assert len(plays) == 38 and list(data.documents("shakespeare", "train")) == []
+    macbeth = next(p for p in plays if p.startswith("Macbeth\n"))
+    assert "First Witch: When shall we three meet again In thunder" in macbeth
+    assert "**" not in macbeth and "_Exeunt_" not in macbeth and sum(map(len, plays)) > 4_000_000

