@@ -10,7 +10,7 @@ from transformers import AutoTokenizer
 from longgen_core.data import corpora as data
 from longgen_core.data import suite as suite_tasks
 from longgen_core.data import tasks
-from longgen_core.models import setup_smollm2
+from longgen_core.models.base import setup_smollm2
 from longgen_core.data.suite import POOLS, SPLITS, SUITE_TASKS, score, split_of
 
 SEEDS, DEPTHS = (0, 1, 2), (0.0, 0.5, 1.0)
@@ -324,7 +324,7 @@ def test_training_stream_refuses_unknown_tasks_and_short_suite_sequences(tokeniz
 
 
 def test_presets_accept_the_suites_task_names():
-    from longgen_core.presets import get_preset
+    from longgen_core.train.presets import get_preset
 
     preset = get_preset("gpu-small", synthetic_tasks=("passkey", "niah_single", "babilong_qa2"))
     assert preset.synthetic_tasks == ("passkey", "niah_single", "babilong_qa2")
