@@ -57,8 +57,8 @@ from ..train.loop import base_model, load_tokenizer, read_log, train
 from ..train.presets import get_preset
 
 VARIANTS = ("original", "full", "hybrid", "all_sparse", "streaming", "posthoc_hybrid")
-UNITS = {"original": ("original",), "full": ("full", "streaming", "posthoc_hybrid"),
-         "hybrid": ("hybrid",), "all_sparse": ("all_sparse",)}
+UNITS = {"hybrid": ("hybrid",), "all_sparse": ("all_sparse",), "full": ("full", "streaming", "posthoc_hybrid"),
+         "original": ("original",)}  # run in this order by default
 TRAINED = ("full", "hybrid", "all_sparse")  # the units that train an arm first
 DESCRIPTIONS = {
     "original": "base model, no extension",
@@ -104,8 +104,9 @@ SUITE_TRAINING = dict(synthetic_tasks=tuple(SUITE_TASKS), corpus="kjv")
 PLANS = {
     "gpu-128k": ExtensionPlan(
         name="gpu-128k", preset="gpu-small",
-        train=dict(target_len=131072, seq_len=131072, steps=120, lr=1e-4, warmup_steps=10, synthetic_ratio=0.6,
-                   checkpoint_every=20, keep_checkpoints=1, **SUITE_TRAINING)),
+        train=dict(target_len=131072, seq_len=131072, steps=60, lr=1e-4, warmup_steps=6, synthetic_ratio=0.6,
+                   checkpoint_every=20, keep_checkpoints=1, **SUITE_TRAINING),
+        samples=1),
     "cpu-tiny": ExtensionPlan(
         name="cpu-tiny", preset="cpu-tiny",
         train=dict(seq_len=512, steps=4, warmup_steps=1, synthetic_ratio=0.5, checkpoint_every=2,
