@@ -26,8 +26,12 @@ LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 NEG_BIG = tl.constexpr(-1.0e30)  # start of the running max: finite, so exp2(m_old - m_new) is never NaN
 
-# Pattern kinds, as the kernels see them (the KIND argument).
-KIND_FULL, KIND_SLIDING, KIND_SINK_WINDOW, KIND_STRIDED = 0, 1, 2, 3
+# Pattern kinds, as the kernels see them: the KIND argument is the plain int ``KIND_*.value``.
+# tl.constexpr, so that @triton.jit code may read these globals.
+KIND_FULL = tl.constexpr(0)
+KIND_SLIDING = tl.constexpr(1)
+KIND_SINK_WINDOW = tl.constexpr(2)
+KIND_STRIDED = tl.constexpr(3)
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -36,15 +40,17 @@ def pattern_keep(q, k, h, KIND: tl.constexpr, SINK, WINDOW, PBLOCK, LOCAL, VSTRI
     """Token mask of the pattern: may the query at position ``q`` see the key at ``k``?
 
     ``q``, ``k`` (and ``h``, the query head) are integer tensors that broadcast, e.g.
-    ``q_pos[:, None]`` and ``k_pos[None, :]``. The same predicate as ``Pattern.mask_mod``,
-    plus ``k >= 0`` (an empty cache slot has position -1).
+    ``q_pos[:, None]`` and ``k_pos[None, :]``. The kernel-side twin of ``Pattern.keep`` (with
+    ``Pattern.block_keep`` for strided), plus ``k >= 0`` (an empty cache slot has position -1),
+    as ``Pattern.slot_mask``. It has to be a @triton.jit function, so it restates the rule;
+    tests/test_kernels.py checks that both agree on random positions.
     """
     kept = (q >= k) & (k >= 0)
-    if KIND == 1:  # sliding window: q - w < k <= q
+    if KIND == KIND_SLIDING:  # sliding window: q - w < k <= q
         kept = kept & (q - k < WINDOW)
-    if KIND == 2:  # sink + sliding window
+    if KIND == KIND_SINK_WINDOW:  # sink + sliding window
         kept = kept & ((k < SINK) | (q - k < WINDOW))
-    if KIND == 3:  # blockwise strided: local band of blocks, or a vertical stripe
+    if KIND == KIND_STRIDED:  # blockwise strided: local band of blocks, or a vertical stripe
         qb = q // PBLOCK
         kb = k // PBLOCK
         kept = kept & ((qb - kb < LOCAL) | ((kb + h * HSTEP) % VSTRIDE == 0))
