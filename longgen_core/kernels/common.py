@@ -96,6 +96,69 @@ def schedule(pid, BH, NUM_TILES, PARTS: tl.constexpr, HEAVY):
     part = pid % PARTS
     return bh, idx, part
 
+# ----------------------------------------------------------------------------------- the CSR walk
+# Forward and dQ have the same shape (cf. ``_attn_fwd_inner`` in triton's 06-fused-attention.py):
+# a program owns BLOCK_M queries of one query tile (csr_program), and walks the key tiles of its
+# CSR row in steps of BLOCK_N keys (csr_row, csr_scores); only what it does with the scores differs.
+@triton.jit
+def head_ptr(X, b, h, stride_b, stride_h):
+    """Pointer to the ``(b, h)`` slice of a ``(B, H, N, D)`` tensor (int64 offsets)."""
+    return X + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+
+
+@triton.jit
+def load_rows(ptrs, ok, EVEN: tl.constexpr):
+    """Load ``(rows, HEAD_DIM)`` at ``ptrs``; rows where ``ok`` is False read 0 (no mask if EVEN)."""
+    if EVEN:
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=ok[:, None], other=0.0)
+    return x
+
+
+@triton.jit
+def csr_program(BH, H, GROUP, NUM_TILES, HEAVY, ROW_ORDER, lay_stride_order, Q_OFF, N_K,
+                TILE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """This program's head and queries: ``(bh, b, h, hk, row, q_pos (BLOCK_M,), q_ok (BLOCK_M,))``
+    -- ``row`` the query tile it owns, ``q_pos`` absolute positions, ``q_ok`` the rows that exist."""
+    bh, idx, part = schedule(tl.program_id(0), BH, NUM_TILES, TILE // BLOCK_M, HEAVY)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    row = tl.load(ROW_ORDER + h * lay_stride_order + idx)  # the query tile this program owns
+    q_pos = row * TILE + part * BLOCK_M + tl.arange(0, BLOCK_M)  # absolute positions
+    q_ok = (q_pos >= Q_OFF) & (q_pos < N_K)
+    return bh, b, h, hk, row, q_pos, q_ok
+
+
+@triton.jit
+def csr_row(ROW_PTR, h, lay_stride_ptr, row, TILE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The steps ``[lo, hi)`` of a CSR row walk: key tiles ``col_idx[start:end]``, each split into
+    ``TILE // BLOCK_N`` steps."""
+    start = tl.load(ROW_PTR + h * lay_stride_ptr + row)
+    end = tl.load(ROW_PTR + h * lay_stride_ptr + row + 1)
+    return start * (TILE // BLOCK_N), end * (TILE // BLOCK_N)
+
+
+@triton.jit
+def csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK, lay_stride_idx,
+               N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND: tl.constexpr, HEAD_DIM: tl.constexpr,
+               TILE: tl.constexpr, BLOCK_N: tl.constexpr, EVEN: tl.constexpr, DOT_F32: tl.constexpr):
+    """Step ``it`` of a CSR row walk: the step's keys and values ``(BLOCK_N, HEAD_DIM)`` and the raw
+    scores ``q . k`` ``(BLOCK_M, BLOCK_N)``, -inf where the pattern drops the pair (only tiles the
+    layout flags evaluate the mask)."""
+    t = it // (TILE // BLOCK_N)
+    col = tl.load(COL_IDX + h * lay_stride_idx + t)
+    k_pos = col * TILE + (it % (TILE // BLOCK_N)) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    k = load_rows(k_base + k_pos[:, None] * stride_kn + offs_d[None, :], k_pos < N_K, EVEN)
+    v = load_rows(v_base + k_pos[:, None] * stride_vn + offs_d[None, :], k_pos < N_K, EVEN)
+    s = mm(q, tl.trans(k), DOT_F32)  # (BLOCK_M, BLOCK_N) raw scores q.k
+    if tl.load(ROW_MASK + h * lay_stride_idx + t) != 0:  # edge/diagonal tile: apply the mask
+        keep = pattern_keep(q_pos[:, None], k_pos[None, :], h, KIND, SINK, WINDOW, PBLOCK, LOCAL,
+                            VSTRIDE, HSTEP) & (k_pos[None, :] < N_K)
+        s = tl.where(keep, s, float("-inf"))
+    return s, k, v
 
 
 def is_interpreted() -> bool:
