@@ -87,8 +87,8 @@ class KernelConfig:
         return self.dkdv_tile or self.tile, self.dq_tile or self.tile
 
 
-# Measured on an H100 with `python -m longgen_core.bench kernels --tune`, which prints the
-# configs it finds; key: (tile, head_dim, element size in bytes). Other shapes use the heuristic
+# Measured on an H100 with `python -m longgen_core.bench kernels --tune` (kernels/NOTES.md),
+# which prints the configs it finds; key: (tile, head_dim, element size in bytes). Other shapes use the heuristic
 # below. Read only: pass another KernelConfig as `config=` instead of editing it at run time.
 TUNED: dict[tuple[int, int, int], KernelConfig] = {
     (128, 128, 2): KernelConfig(128, fwd_m=128, fwd_n=128, fwd_warps=8, fwd_stages=3,
