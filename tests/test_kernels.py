@@ -2,12 +2,13 @@
 
 On a machine without CUDA the kernels run under Triton's interpreter (conftest.py sets
 TRITON_INTERPRET=1 before anything imports longgen_core), so the shapes here stay small. Every
-output buffer the kernels allocate starts as NaN (``ops.POISON_OUTPUTS``), so an element that a
+output buffer the kernels allocate starts as NaN (``poison=True``), so an element that a
 kernel forgets to write fails the comparison.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import subprocess
@@ -15,8 +16,11 @@ import sys
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from longgen_core.kernels import api as ops
+from longgen_core.kernels.common import pattern_keep
 from longgen_core.kernels import reference_attention, reference_decode, sparse_attention, sparse_decode
 from longgen_core.patterns import full_causal, sink_window, sliding_window, strided
 
@@ -27,7 +31,9 @@ BF16_TOL = 1e-2
 
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
-    monkeypatch.setattr(ops, "POISON_OUTPUTS", True)
+    """The tests of this file call the kernels with every output buffer starting as NaN."""
+    monkeypatch.setitem(globals(), "sparse_attention", functools.partial(ops.sparse_attention, poison=True))
+    monkeypatch.setitem(globals(), "sparse_decode", functools.partial(ops.sparse_decode, poison=True))
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -235,7 +241,7 @@ def test_decode_full_cache_reads_only_visible_chunks():
     """The chunk list of a long full cache keeps only the sink and the window."""
     pattern, n = sink_window(4, 32), 400
     pos = torch.arange(n)
-    order, count = ops._visible_chunks(pattern, pos, pos[-1:], 2, 2, 16)
+    order, count = ops.visible_chunks(pattern, pos, pos[-1:], 2, 2, 16)
     kept = sorted(order[0, : int(count[0])].tolist())
     assert kept == [0] + list(range((n - 32) // 16, n // 16))
 
@@ -272,7 +278,7 @@ def test_decode_compact_ring_cache_masks_its_stale_slot(monkeypatch):
     def no_visibility_pass(*args):
         raise AssertionError("a compact cache must skip the visibility pass")
 
-    monkeypatch.setattr(ops, "_visible_chunks", no_visibility_pass)
+    monkeypatch.setattr(ops, "visible_chunks", no_visibility_pass)
     sink, window, n = 4, 40, 150
     pattern = sink_window(sink, window)
     q, k, v = random_qkv(1, 4, 2, n, 64, n_q=1, seed=15)
@@ -312,21 +318,60 @@ def test_decode_explicit_query_positions():
     assert torch.equal(by_backend, ref)
 
 
-def test_decode_plan_follows_in_place_cache_updates():
-    """The visible-chunk plan is reused while the positions tensor is unchanged, and rebuilt after
-    an in-place write (a ring buffer overwriting a slot), so the answer never goes stale."""
+def test_decode_plan_is_reused_by_its_owner_and_never_stale_without_one(monkeypatch):
+    """A DecodePlan the caller passes is built on its first call and reused after (one visibility
+    pass for many calls); without one, every call sees the cache as it is now, so an in-place
+    write (a ring buffer evicting a slot) changes the answer."""
+    passes = []
+    visible_chunks = ops.visible_chunks
+
+    def counted(*args):
+        passes.append(1)
+        return visible_chunks(*args)
+
+    monkeypatch.setattr(ops, "visible_chunks", counted)
     n, pattern = 80, sink_window(2, 16)
     q, k, v = random_qkv(1, 2, 2, n, 32, n_q=1, seed=14)
     pos = torch.arange(n)
-    first = sparse_decode(q.float(), k.float(), v.float(), pos, pattern)
-    block_n = ops.default_config(32, 32, torch.float32, True).decode_n
-    plan = ops._decode_plan(pos, None, 1, pattern, 2, 2, block_n)
-    assert ops._decode_plan(pos, None, 1, pattern, 2, 2, block_n) is plan  # reused
+    plan = ops.DecodePlan()
+    first = sparse_decode(q.float(), k.float(), v.float(), pos, pattern, plan=plan)
+    again = sparse_decode(q.float(), k.float(), v.float(), pos, pattern, plan=plan)
+    assert len(passes) == 1 and torch.equal(first, again)  # reused
     assert rel_err(first, reference_decode(q, k, v, pos, pattern)) < FP32_TOL
     pos[n - 5] = -1  # the slot is evicted in place
     second = sparse_decode(q.float(), k.float(), v.float(), pos, pattern)
+    assert len(passes) == 2
     assert rel_err(second, reference_decode(q, k, v, pos, pattern)) < FP32_TOL
     assert rel_err(second, first) > 1e-3  # the eviction changed the answer
+
+
+@triton.jit
+def _keep_kernel(Q, K, H, OUT, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    kept = pattern_keep(tl.load(Q + offs), tl.load(K + offs), tl.load(H + offs), KIND, SINK, WINDOW, PBLOCK,
+                        LOCAL, VSTRIDE, HSTEP)
+    tl.store(OUT + offs, kept.to(tl.int8))
+
+
+@pytest.mark.parametrize("kind", ["full", "sliding_window", "sink_window", "strided"])
+def test_triton_predicate_equals_the_python_one(kind):
+    """kernels.common.pattern_keep (the kernel side) and Pattern.slot_mask agree position by
+    position, empty slots (-1) included."""
+    heads, block = 4, 512
+    rng = random.Random(kind)
+    pattern = make_pattern(kind, rng, heads)
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randint(0, 300, (block,), generator=gen)
+    k = torch.randint(-1, 300, (block,), generator=gen)
+    h = torch.randint(0, heads, (block,), generator=gen)
+    out = torch.empty(block, dtype=torch.int8, device=DEVICE)
+    a = ops.pattern_args(pattern)
+    _keep_kernel[(1,)](q.to(DEVICE), k.to(DEVICE), h.to(DEVICE), out, a["SINK"], a["WINDOW"], a["PBLOCK"],
+                       a["LOCAL"], a["VSTRIDE"], a["HSTEP"], KIND=a["KIND"], BLOCK=block)
+    expected = torch.stack([pattern.slot_mask(q[i:i + 1], k[i:i + 1], heads)[h[i] if pattern.per_head else 0, 0, 0]
+                            for i in range(block)])
+    assert torch.equal(out.cpu().bool(), expected)
 
 
 # ----------------------------------------------------------------------------------- bad input

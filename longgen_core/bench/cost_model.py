@@ -31,11 +31,9 @@ Example (Llama-2-7B, middle 11 of 32 layers full, sink 64 + window 4096, prefill
 
 from __future__ import annotations
 
-import re
-
 import torch
 
-from ..patterns import Pattern, attention_flops, full_causal, sink_window, sliding_window, strided
+from ..patterns import Pattern, attention_flops, full_causal
 
 __all__ = ["PHASES", "PARTS", "layer_params", "layer_costs", "model_cost", "amdahl", "pattern_from_name",
            "bench_config", "decode_floor_ms", "measured_vs_model", "comparison_text", "decode_rows",
@@ -167,26 +165,8 @@ def amdahl(config, n: int, phase: str = "prefill", batch: int = 1, dtype: torch.
             "limit": config.num_hidden_layers / n_full if n_full else float("inf")}
 
 
-_NAMES = [
-    (re.compile(r"sink_window_(\d+)_(\d+)"), lambda m, h: sink_window(int(m[1]), int(m[2]))),
-    (re.compile(r"sliding_window_(\d+)"), lambda m, h: sliding_window(int(m[1]))),
-    (re.compile(r"strided_(\d+)_(\d+)_(\d+)_(homo|hetero)"),
-     lambda m, h: strided(int(m[1]), int(m[2]), int(m[3]), m[4] == "homo", num_heads=h)),
-    (re.compile(r"full_causal"), lambda m, h: full_causal()),
-]
-
-
-def pattern_from_name(name: str, num_heads: int | None = None) -> Pattern:
-    """The pattern a factory named ``name`` (``Pattern.name``, as benchmark JSON stores it).
-
-    Example: ``pattern_from_name("sink_window_64_4096") == sink_window(64, 4096)``.
-    """
-    for regex, build in _NAMES:
-        m = regex.fullmatch(str(name))
-        if m:
-            return build(m, num_heads)
-    raise ValueError(f"unknown pattern name {name!r}: expected sink_window_S_W, sliding_window_W, "
-                     "strided_B_L_V_homo|hetero or full_causal")
+# The benchmark JSONs store a pattern by its name; a pattern's names and dicts are read in one place.
+pattern_from_name = Pattern.from_name
 
 
 def bench_config(results: dict):
@@ -200,7 +180,8 @@ def bench_config(results: dict):
     config.num_key_value_heads, config.head_dim = shape["kv_heads"], shape["head_dim"]
     config.intermediate_size, config.vocab_size = shape["mlp"], shape["vocab"]
     config.num_hidden_layers = results["layers"]
-    pattern = pattern_from_name(results["pattern"], shape["heads"])
+    spec = results["pattern"]
+    pattern = Pattern.from_dict(spec) if isinstance(spec, dict) else Pattern.from_name(spec, shape["heads"])
     return convert_config(config, full_layers=list(results["full_layers"]), pattern=pattern)
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import sys
@@ -162,20 +163,26 @@ def _flex(pattern, n_kv: int, n_q: int, heads: int, device):
     return run
 
 
-_FLEX = None
-
-
+@functools.cache
 def _compiled_flex():
-    global _FLEX
-    if _FLEX is None:
-        import torch
-        from torch.nn.attention.flex_attention import flex_attention
+    """``torch.compile(flex_attention)``, compiled once per process."""
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
 
-        for name in ("recompile_limit", "cache_size_limit"):
-            if hasattr(torch._dynamo.config, name):
-                setattr(torch._dynamo.config, name, 256)
-        _FLEX = torch.compile(flex_attention)
-    return _FLEX
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 256)
+    return torch.compile(flex_attention)
+
+
+def _tuned(tuned: dict | None, pattern, head_dim: int, dtype):
+    """The config a :func:`tune` sweep found for this call (key ``(tile, head_dim, element
+    bytes)``), or ``None``: the kernels' own default."""
+    import torch
+
+    from ..kernels.api import default_tile
+
+    return (tuned or {}).get((default_tile(pattern, False), head_dim, torch.finfo(dtype).bits // 8))
 
 
 def _device_ceilings() -> dict:
@@ -196,12 +203,12 @@ def _rel(a, b) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def check_on_device(heads: int = 32, head_dim: int = 128, log=print) -> dict:
+def check_on_device(heads: int = 32, head_dim: int = 128, log=print, tuned: dict | None = None) -> dict:
     """Kernels vs FlexAttention (fp32 inputs as truth) at a ragged N with GQA, vs the float64
     reference at a small N for every dtype and head_dim 64/128, and decode (full and shuffled
     caches with empty slots) vs the dense decode reference. Returns ``{check: error}`` plus
     ``"passed"``; a failed check is recorded (and printed), not raised, so the run still says
-    what it timed."""
+    what it timed. ``tuned``: the configs of :func:`tune`, checked where they apply."""
     import torch
 
     from ..kernels import reference_attention, reference_decode, sparse_attention, sparse_decode
@@ -239,7 +246,8 @@ def check_on_device(heads: int = 32, head_dim: int = 128, log=print) -> dict:
 
         def vs_flex(dtype):
             leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-            o, lse = sparse_attention(*leaves, pattern, return_lse=True)
+            o, lse = sparse_attention(*leaves, pattern, return_lse=True,
+                                      config=_tuned(tuned, pattern, head_dim, dtype))
             g = torch.autograd.grad(o, leaves, do.to(dtype))
             errs = {"out": _rel(o, truth["o"]), "lse": _rel(lse, truth["lse"])}
             errs.update({f"d{x}": _rel(a, b) for x, a, b in zip("qkv", g, truth["g"])})
@@ -252,7 +260,8 @@ def check_on_device(heads: int = 32, head_dim: int = 128, log=print) -> dict:
 
         def vs_reference(dtype, d, n=1000):
             q, k, v = (torch.randn(2, 4, n, d, device="cuda", dtype=torch.float64) for _ in range(3))
-            o = sparse_attention(q.to(dtype), k.to(dtype), v.to(dtype), pattern)
+            o = sparse_attention(q.to(dtype), k.to(dtype), v.to(dtype), pattern,
+                                 config=_tuned(tuned, pattern, d, dtype))
             return _rel(o, reference_attention(*(t.to(dtype).double() for t in (q, k, v)), pattern))
 
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
@@ -271,7 +280,8 @@ def check_on_device(heads: int = 32, head_dim: int = 128, log=print) -> dict:
         for cache, (kc, vc, p) in caches.items():
             for dtype in (torch.bfloat16, torch.float32):
                 record(f"{name}_decode_{cache}_{str(dtype)[6:]}", lambda kc=kc, vc=vc, p=p, dt=dtype: _rel(
-                    sparse_decode(q.to(dt), kc.to(dt), vc.to(dt), p, pattern),
+                    sparse_decode(q.to(dt), kc.to(dt), vc.to(dt), p, pattern,
+                                  config=_tuned(tuned, pattern, head_dim, dt)),
                     reference_decode(q.double(), kc.double(), vc.double(), p, pattern)),
                     1e-4 if dtype == torch.float32 else 1e-2)
         del q, k, v, caches
@@ -299,13 +309,16 @@ def _evicted_cache(k, v, pattern, n):
     return k[:, :, pos].contiguous(), v[:, :, pos].contiguous(), pos
 
 
-def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch, deadline, log=print):
-    """Time every (N, pattern, pass, impl); returns the rows (skipped rows have ms=None)."""
+def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch, deadline, log=print,
+              tuned: dict | None = None):
+    """Time every (N, pattern, pass, impl); returns the rows (skipped rows have ms=None).
+    ``tuned``: the configs of :func:`tune`, used where they apply."""
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from ..kernels import sparse_attention, sparse_decode
+    from ..kernels.api import DecodePlan
     from ..patterns import attention_flops, full_causal
 
     patterns = kernel_patterns(heads)
@@ -347,7 +360,8 @@ def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch,
             flops = {x: attention_flops(p, n, heads, head_dim, pass_=x) for x in ("fwd", "fwdbwd")}
             fns = {}
             if "longgen" in impls:
-                fns["longgen"] = lambda q, k, v, p=p: sparse_attention(q, k, v, p)
+                fns["longgen"] = lambda q, k, v, p=p: sparse_attention(
+                    q, k, v, p, config=_tuned(tuned, p, head_dim, dt))
             if "flex" in impls and time.time() < deadline:
                 try:
                     fns["flex"] = _flex(p, n, n, heads, "cuda")
@@ -384,12 +398,15 @@ def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch,
             visible, nbytes = _decode_bytes(p, n, b, kv_heads, head_dim, heads)
             flops = 4.0 * b * heads * visible * head_dim
             if "longgen" in impls:
-                add("longgen", p.name, n, "decode", lambda p=p: sparse_decode(qd, kd, vd, pos, p), flops,
-                    nbytes, cache="full", **extra)
+                cfg = _tuned(tuned, p, head_dim, dt)
+                # the cache does not change between calls: its visible-chunk plan is built once
+                add("longgen", p.name, n, "decode", lambda p=p, cfg=cfg, plan=DecodePlan():
+                    sparse_decode(qd, kd, vd, pos, p, config=cfg, plan=plan), flops, nbytes, cache="full",
+                    **extra)
                 if p.kind == "sink_window":
                     kc, vc, pc = _evicted_cache(kd, vd, p, n)
-                    add("longgen", p.name, n, "decode", lambda p=p, kc=kc, vc=vc, pc=pc:
-                        sparse_decode(qd, kc, vc, pc, p), flops, nbytes, cache="evicted", **extra)
+                    add("longgen", p.name, n, "decode", lambda p=p, kc=kc, vc=vc, pc=pc, cfg=cfg:
+                        sparse_decode(qd, kc, vc, pc, p, config=cfg), flops, nbytes, cache="evicted", **extra)
                     del kc, vc
             if "flex" in impls and time.time() < deadline:
                 try:
@@ -411,9 +428,9 @@ def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch,
 
 def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
     """Sweep launch settings for each kernel at length ``n`` (bf16, both benchmark patterns) and
-    store the best in ``ops.TUNED`` (print it: paste it into ``ops.TUNED`` to keep it). Each kernel
-    is swept with the others fixed, in the order fwd, dK/dV, dQ, decode. Returns
-    ``{tile: KernelConfig}``."""
+    return the best as ``{tile: KernelConfig}`` (printed: paste it into ``api.TUNED`` to keep it;
+    pass it to :func:`time_rows` to time with it). Each kernel is swept with the others fixed, in
+    the order fwd, dK/dV, dQ, decode."""
     import dataclasses
 
     import torch
@@ -429,7 +446,7 @@ def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
                    for _ in range(3))
         do = torch.randn_like(q)
         base = ops.default_config(tile, head_dim, torch.bfloat16, False)
-        o, lse = ops._forward(q, k, v, p, None, base)
+        o, lse = ops.launch_forward(q, k, v, p, None, base)
 
         def timed(label, fn):
             try:
@@ -445,14 +462,14 @@ def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
         fwd = [(m, nn, w, s) for m, nn, w, s in [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2),
                                                   (128, 64, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3)]
                if m <= tile and nn <= tile]
-        best = min(fwd, key=lambda c: timed(f"fwd {c}", lambda c=c: ops._forward(
+        best = min(fwd, key=lambda c: timed(f"fwd {c}", lambda c=c: ops.launch_forward(
             q, k, v, p, None,
             dataclasses.replace(base, fwd_m=c[0], fwd_n=c[1], fwd_warps=c[2], fwd_stages=c[3]))))
         cfg = dataclasses.replace(base, fwd_m=best[0], fwd_n=best[1], fwd_warps=best[2], fwd_stages=best[3])
         dkdv = [c for c in [(64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 2),
                             (128, 64, 4, 2)] if c[0] <= tile and c[1] <= c[0]]
         # the dK/dV walk reads the layout at its key block (dkdv_tile = dkdv_n): no empty steps
-        best = min(dkdv, key=lambda c: timed(f"bwd dkdv {c}", lambda c=c: ops._backward(
+        best = min(dkdv, key=lambda c: timed(f"bwd dkdv {c}", lambda c=c: ops.launch_backward(
             do, None, q, k, v, o, lse, p, None,
             dataclasses.replace(cfg, dkdv_n=c[0], dkdv_m=c[1], dkdv_warps=c[2], dkdv_stages=c[3],
                                 dkdv_tile=c[0]))))
@@ -460,7 +477,7 @@ def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
                                   dkdv_stages=best[3], dkdv_tile=best[0])
         dq = [c for c in [(128, 64, 8, 3), (64, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (128, 64, 4, 2)]
               if c[0] <= tile and c[1] <= tile]
-        best = min(dq, key=lambda c: timed(f"bwd dq {c}", lambda c=c: ops._backward(
+        best = min(dq, key=lambda c: timed(f"bwd dq {c}", lambda c=c: ops.launch_backward(
             do, None, q, k, v, o, lse, p, None,
             dataclasses.replace(cfg, dq_m=c[0], dq_n=c[1], dq_warps=c[2], dq_stages=c[3]))))
         cfg = dataclasses.replace(cfg, dq_m=best[0], dq_n=best[1], dq_warps=best[2], dq_stages=best[3])
@@ -475,14 +492,13 @@ def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
                (32, 4, 3, 8)]
 
         def run_decode(c):
-            ops.TUNED[(tile, head_dim, 2)] = dataclasses.replace(cfg, decode_n=c[0], decode_warps=c[1],
-                                                                 decode_stages=c[2], decode_per_sm=c[3])
-            return ops.sparse_decode(qd, kd, vd, pos, sw if tile == 128 else p)
+            trial = dataclasses.replace(cfg, decode_n=c[0], decode_warps=c[1], decode_stages=c[2],
+                                        decode_per_sm=c[3])
+            return ops.sparse_decode(qd, kd, vd, pos, sw if tile == 128 else p, config=trial)
 
         best = min(dec, key=lambda c: timed(f"decode {c}", lambda c=c: run_decode(c)))
         cfg = dataclasses.replace(cfg, decode_n=best[0], decode_warps=best[1], decode_stages=best[2],
                                   decode_per_sm=best[3])
-        ops.TUNED[(tile, head_dim, 2)] = cfg
         found[tile] = cfg
         log(f"TUNED[({tile}, {head_dim}, 2)] = {cfg!r}")
         del kd, vd, qd
@@ -490,15 +506,18 @@ def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
     return found
 
 
-def profile_kernels(ns, heads: int, head_dim: int, decode_batch: int, log=print) -> dict:
+def profile_kernels(ns, heads: int, head_dim: int, decode_batch: int, log=print,
+                    tuned: dict | None = None) -> dict:
     """Per-kernel CUDA time (ms per call, torch.profiler) of longgen's fwd+bwd on sink+window at
-    each N, and of one decode step on the evicted cache: where the time goes."""
+    each N, and of one decode step on the evicted cache: where the time goes. ``tuned``: the
+    configs of :func:`tune`, used where they apply."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     from ..kernels import sparse_attention, sparse_decode
 
     p = kernel_patterns(heads)["sink_window"]
+    cfg = _tuned(tuned, p, head_dim, torch.bfloat16)
     out = {}
 
     def kernel_times(fn, reps=3):
@@ -519,7 +538,7 @@ def profile_kernels(ns, heads: int, head_dim: int, decode_batch: int, log=print)
         q, k, v = (torch.randn(1, heads, n, head_dim, device="cuda", dtype=torch.bfloat16).requires_grad_()
                    for _ in range(3))
         do = torch.randn_like(q)
-        impls = {"longgen": lambda q, k, v: sparse_attention(q, k, v, p),
+        impls = {"longgen": lambda q, k, v: sparse_attention(q, k, v, p, config=cfg),
                  "flex": _flex(p, n, n, heads, "cuda")}
         for impl, f in impls.items():
             key = f"{impl}_fwdbwd_{n}"
@@ -531,7 +550,7 @@ def profile_kernels(ns, heads: int, head_dim: int, decode_batch: int, log=print)
     qd = torch.randn(decode_batch, heads, 1, head_dim, device="cuda", dtype=torch.bfloat16)
     n = ns[-1]
     pos = torch.cat([torch.arange(p.sink_tokens), torch.arange(n - p.window_tokens, n)]).cuda()
-    out["decode"] = kernel_times(lambda: sparse_decode(qd, kd, vd, pos, p), reps=10)
+    out["decode"] = kernel_times(lambda: sparse_decode(qd, kd, vd, pos, p, config=cfg), reps=10)
     log("profile decode: " + ", ".join(f"{a} {b:.3f} ms" for a, b in out["decode"].items()))
     torch.cuda.empty_cache()
     return out
@@ -556,21 +575,22 @@ def run_kernels(args) -> int:
     log(f"device {results['device']}: copy {results['copy_gbps']:.0f} GB/s, "
         f"bf16 matmul {results['matmul_tflops']:.0f} TFLOP/s")
     dims = ({args.head_dim} if args.tune else set()) | {int(x) for x in args.tune_head_dims.split(",") if x}
+    tuned = {}  # (tile, head_dim, 2) -> KernelConfig
     if dims:  # first, so that the check below covers the settings that get timed
-        results["tuned"] = {}
         for d in sorted(dims, reverse=True):
             found = tune(args.tune_n if d == args.head_dim else min(args.tune_n, 32768), args.heads, d, log)
-            results["tuned"].update({f"({t}, {d}, 2)": repr(c) for t, c in found.items()})
+            tuned.update({(t, d, 2): c for t, c in found.items()})
+        results["tuned"] = {str(key): repr(c) for key, c in tuned.items()}
     if not args.skip_check:
-        results["check"] = check_on_device(args.heads, args.head_dim, log)
+        results["check"] = check_on_device(args.heads, args.head_dim, log, tuned)
         log("CORRECTNESS CHECK " + ("passed" if results["check"]["passed"] else "FAILED: see 'check'"))
     if args.profile:
         results["profile"] = profile_kernels([int(x) for x in args.profile.split(",")], args.heads,
-                                             args.head_dim, args.decode_batch, log)
+                                             args.head_dim, args.decode_batch, log, tuned)
     ns = [int(x) for x in args.n.split(",")]
     names = args.patterns.split(",")
     results["rows"] = time_rows(ns, names, args.passes.split(","), args.impls.split(","), args.heads,
-                                args.kv_heads, args.head_dim, args.decode_batch, deadline, log)
+                                args.kv_heads, args.head_dim, args.decode_batch, deadline, log, tuned)
     write_results(args.out, results)
     png = args.png or str(Path(args.out).with_suffix(".png"))
     save_plot(results, png)

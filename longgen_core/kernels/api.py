@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -40,17 +39,14 @@ from .decode import decode_combine_kernel, decode_kernel
 from .forward import forward_kernel
 from .reference import check_qkv, reference_attention
 
-__all__ = ["sparse_attention", "sparse_decode", "reference_decode", "KernelConfig",
-           "default_config", "TUNED", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES"]
+__all__ = ["sparse_attention", "sparse_decode", "reference_decode", "KernelConfig", "DecodePlan",
+           "default_config", "default_tile", "pattern_args", "visible_chunks", "launch_forward",
+           "launch_backward", "TUNED", "SUPPORTED_HEAD_DIMS", "SUPPORTED_DTYPES"]
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SUPPORTED_BLOCK_SIZES = (16, 32, 64, 128)
 BACKENDS = ("triton", "reference")
-
-# Tests set this to True: every output buffer starts as NaN, so an element a kernel forgets to
-# write fails the comparison instead of passing by luck.
-POISON_OUTPUTS = False
 
 
 # ----------------------------------------------------------------------------------- configs
@@ -91,8 +87,9 @@ class KernelConfig:
         return self.dkdv_tile or self.tile, self.dq_tile or self.tile
 
 
-# Measured on an H100 with `python -m longgen_core.bench kernels --tune` (see NOTES.md);
-# key: (tile, head_dim, element size in bytes). Other shapes use the heuristic below.
+# Measured on an H100 with `python -m longgen_core.bench kernels --tune` (kernels/NOTES.md),
+# which prints the configs it finds; key: (tile, head_dim, element size in bytes). Other shapes use the heuristic
+# below. Read only: pass another KernelConfig as `config=` instead of editing it at run time.
 TUNED: dict[tuple[int, int, int], KernelConfig] = {
     (128, 128, 2): KernelConfig(128, fwd_m=128, fwd_n=128, fwd_warps=8, fwd_stages=3,
                                 dkdv_n=64, dkdv_m=64, dkdv_warps=4, dkdv_stages=2,
@@ -143,7 +140,8 @@ def default_config(tile: int, head_dim: int, dtype: torch.dtype, interpret: bool
         decode_n=64, decode_warps=4, decode_stages=3, dkdv_tile=bw)
 
 
-def _default_tile(pattern: Pattern, interpret: bool) -> int:
+def default_tile(pattern: Pattern, interpret: bool) -> int:
+    """The layout tile of a pattern: 32 under the interpreter, else 128 (strided: its block, >= 64)."""
     if interpret:
         return 32
     if pattern.kind == "strided":  # match the pattern's blocks: no half-empty stripe tiles
@@ -153,8 +151,10 @@ def _default_tile(pattern: Pattern, interpret: bool) -> int:
 
 # ----------------------------------------------------------------------------------- layouts
 def pattern_args(pattern: Pattern) -> dict:
+    """The pattern's parameters as the kernels take them (see ``kernels.common.pattern_keep``);
+    ``KIND`` a plain int."""
     kind = {"full": KIND_FULL, "sliding_window": KIND_SLIDING,
-            "sink_window": KIND_SINK_WINDOW, "strided": KIND_STRIDED}[pattern.kind]
+            "sink_window": KIND_SINK_WINDOW, "strided": KIND_STRIDED}[pattern.kind].value
     return dict(SINK=pattern.sink_tokens, WINDOW=max(pattern.window_tokens, 1),
                 PBLOCK=max(pattern.block_size, 1), LOCAL=pattern.local_blocks,
                 VSTRIDE=max(pattern.vert_stride, 1),
@@ -248,8 +248,10 @@ def _check_block_size(block_size) -> None:
         raise ValueError(f"block_size must be None or one of {SUPPORTED_BLOCK_SIZES}, got {block_size!r}")
 
 
-def _empty(shape, dtype, device) -> torch.Tensor:
-    if POISON_OUTPUTS:
+def _empty(shape, dtype, device, poison: bool) -> torch.Tensor:
+    """An output buffer; ``poison``: filled with NaN, so an element a kernel forgets to write
+    fails a comparison instead of passing by luck (tests)."""
+    if poison:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
@@ -266,12 +268,12 @@ def _common_args(q, k, pattern, scale, tile):
     return scale, lay, args
 
 
-def _forward(q, k, v, pattern, scale, cfg: KernelConfig):
+def launch_forward(q, k, v, pattern, scale, cfg: KernelConfig, poison: bool = False):
     """Launch the forward. Returns ``o`` (like q, contiguous) and ``lse`` (B, H, N_Q) fp32."""
     scale, lay, a = _common_args(q, k, pattern, scale, cfg.tile)
     batch, heads, n_q, dim = q.shape
-    o = _empty(q.shape, q.dtype, q.device)
-    lse = _empty((batch, heads, n_q), torch.float32, q.device)
+    o = _empty(q.shape, q.dtype, q.device, poison)
+    lse = _empty((batch, heads, n_q), torch.float32, q.device, poison)
     parts = cfg.tile // cfg.fwd_m
     grid = (batch * heads * lay.nb * parts,)
     forward_kernel[grid](
@@ -286,7 +288,7 @@ def _forward(q, k, v, pattern, scale, cfg: KernelConfig):
     return o, lse
 
 
-def _backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig):
+def launch_backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig, poison: bool = False):
     """Launch dQ (CSR walk, also writes delta) then dK/dV (CSC walk). Returns dq, dk, dv.
 
     Each walk reads the layout at its own tile (``cfg.walk_tiles()``); both are cached."""
@@ -300,9 +302,9 @@ def _backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig):
     delta = torch.empty((batch, heads, n_q), dtype=torch.float32, device=q.device)  # dQ writes it
     has_dlse = dlse is not None
     dlse = dlse.float().contiguous() if has_dlse else delta  # delta: an unread placeholder
-    dq = _empty(q.shape, q.dtype, q.device)
-    dk = _empty(k.shape, k.dtype, k.device)
-    dv = _empty(v.shape, v.dtype, v.device)
+    dq = _empty(q.shape, q.dtype, q.device, poison)
+    dk = _empty(k.shape, k.dtype, k.device, poison)
+    dv = _empty(v.shape, v.dtype, v.device, poison)
     strides = dict(stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qn=q.stride(2),
                    stride_kb=k.stride(0), stride_kh=k.stride(1), stride_kn=k.stride(2),
                    stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
@@ -329,10 +331,10 @@ class _SparseAttention(torch.autograd.Function):
     """Triton forward and backward; the LSE output is differentiable too."""
 
     @staticmethod
-    def forward(ctx, q, k, v, pattern, scale, cfg):
-        o, lse = _forward(q, k, v, pattern, scale, cfg)
+    def forward(ctx, q, k, v, pattern, scale, cfg, poison):
+        o, lse = launch_forward(q, k, v, pattern, scale, cfg, poison)
         ctx.save_for_backward(q, k, v, o, lse)
-        ctx.pattern, ctx.scale, ctx.cfg = pattern, scale, cfg
+        ctx.pattern, ctx.scale, ctx.cfg, ctx.poison = pattern, scale, cfg, poison
         ctx.set_materialize_grads(False)
         return o, lse
 
@@ -341,13 +343,13 @@ class _SparseAttention(torch.autograd.Function):
         q, k, v, o, lse = ctx.saved_tensors
         if do is None:  # only the LSE was used
             do = torch.zeros_like(o)
-        dq, dk, dv = _backward(do, dlse, q, k, v, o, lse, ctx.pattern, ctx.scale, ctx.cfg)
-        return dq, dk, dv, None, None, None
+        dq, dk, dv = launch_backward(do, dlse, q, k, v, o, lse, ctx.pattern, ctx.scale, ctx.cfg, ctx.poison)
+        return dq, dk, dv, None, None, None, None
 
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, *,
                      scale: float | None = None, backend: str = "triton", block_size: int | None = None,
-                     return_lse: bool = False):
+                     return_lse: bool = False, config: KernelConfig | None = None, poison: bool = False):
     """Block-sparse causal attention restricted to ``pattern``; differentiable.
 
     Args:
@@ -359,6 +361,9 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
         block_size: tile of the block layout (16, 32, 64 or 128); default 128 on a GPU
             (strided: the pattern's block size, at least 64), 32 under the interpreter.
         return_lse: also return the natural-log LSE ``(B, H, N_Q)`` float32 (differentiable).
+        config: launch settings (e.g. from a tuning sweep); default :func:`default_config` of the
+            tile (``config.tile`` when given and ``block_size`` is not).
+        poison: start every output buffer as NaN (tests: an unwritten element fails).
 
     Any N works (not only multiples of the tile). Triton: fp16/bf16/fp32, head_dim in
     ``SUPPORTED_HEAD_DIMS``, the last dimension contiguous (other strides are free, so
@@ -376,9 +381,11 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
         return out
     _check_triton(q, {"q": q, "k": k, "v": v})
     interpret = is_interpreted()
-    tile = block_size or _default_tile(pattern, interpret)
-    cfg = default_config(tile, q.shape[-1], q.dtype, interpret)
-    o, lse = _SparseAttention.apply(q, k, v, pattern, scale, cfg)
+    tile = block_size or (config.tile if config is not None else default_tile(pattern, interpret))
+    cfg = config if config is not None else default_config(tile, q.shape[-1], q.dtype, interpret)
+    if cfg.tile != tile:
+        raise ValueError(f"config.tile ({cfg.tile}) must equal block_size ({tile})")
+    o, lse = _SparseAttention.apply(q, k, v, pattern, scale, cfg, poison)
     return (o, lse) if return_lse else o
 
 
@@ -435,9 +442,7 @@ def reference_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
     k = k_cache.repeat_interleave(group, dim=1)  # (B, H, L, D)
     v = v_cache.repeat_interleave(group, dim=1)
-    hh = torch.arange(heads if pattern.per_head else 1, device=q.device).view(-1, 1, 1)
-    kpos = cache_positions.view(1, 1, -1)
-    mask = pattern.mask_mod(0, hh, q_positions.view(1, -1, 1), kpos) & (kpos >= 0)  # (H or 1, m, L)
+    mask = pattern.slot_mask(q_positions, cache_positions, heads)  # (H or 1, m, L)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, m, L)
     scores = scores.masked_fill(~mask, float("-inf"))
     lse = torch.logsumexp(scores, dim=-1)
@@ -445,24 +450,19 @@ def reference_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     return (out, lse) if return_lse else out
 
 
-def _visible_chunks(pattern, cache_positions, q_positions, heads, kv_heads, block_n):
+def visible_chunks(pattern, cache_positions, q_positions, heads, kv_heads, block_n):
     """Chunks of ``block_n`` slots that some query sees, listed first; computed on the device,
     without a host sync. Returns ``order (H_c, C)`` int32 and ``count (H_c,)`` int32, with
     ``H_c = kv_heads`` for per-head patterns (each kv head its own list), else 1."""
     slots = cache_positions.numel()
     n_chunks = triton.cdiv(slots, block_n)
-    hh = torch.arange(heads if pattern.per_head else 1, device=cache_positions.device).view(-1, 1, 1)
-    kpos = cache_positions.view(1, 1, -1)
-    vis = (pattern.mask_mod(0, hh, q_positions.view(1, -1, 1), kpos) & (kpos >= 0)).any(1)  # (H_l, L)
+    vis = pattern.slot_mask(q_positions, cache_positions, heads).any(1)  # (H_l, L)
     if pattern.per_head:
         vis = vis.view(kv_heads, heads // kv_heads, slots).any(1)
     pad = torch.zeros(vis.shape[0], n_chunks * block_n - slots, dtype=torch.bool, device=vis.device)
     kept = torch.cat([vis, pad], 1).view(vis.shape[0], n_chunks, block_n).any(-1)  # (H_c, C)
     order = torch.sort((~kept).to(torch.int32), dim=1, stable=True).indices.to(torch.int32)
     return order.contiguous(), kept.sum(1, dtype=torch.int32)
-
-
-_PLANS: OrderedDict = OrderedDict()  # recent decode plans, see _decode_plan
 
 
 @functools.lru_cache(maxsize=16)
@@ -472,18 +472,31 @@ def _all_chunks(n_chunks: int, device: str):
     return order, torch.full((1,), n_chunks, dtype=torch.int32, device=device)
 
 
-def _version(t):
-    try:
-        return t._version
-    except RuntimeError:  # inference-mode tensors keep no version counter: never cache those
-        return None
+class DecodePlan:
+    """Query positions and the visible-chunk list of one decode step, kept by its caller.
+
+    Building the list is a dozen small launches (as long as the attention itself at batch 8).
+    A caller that attends one unchanged cache several times (a benchmark timing a step) passes
+    one ``DecodePlan()`` to every :func:`sparse_decode` call: the first call fills it, the others
+    reuse it. The caller owns it, so it makes a new one when it
+    changes the cache's positions (the evicting cache passes none: it writes them every step).
+    """
+
+    def __init__(self):
+        self.key = None
+        self.tensors = None
+
+    def get(self, cache_positions, q_positions, m, pattern, heads, kv_heads, block_n):
+        """``(q_positions (m,), order (H_c, C), count (H_c,))``, built on the first call."""
+        key = (m, q_positions is None, pattern, heads, kv_heads, block_n)
+        if self.key != key:
+            self.tensors = _decode_plan(cache_positions, q_positions, m, pattern, heads, kv_heads, block_n)
+            self.key = key
+        return self.tensors
 
 
 def _decode_plan(cache_positions, q_positions, m, pattern, heads, kv_heads, block_n):
-    """Query positions and visible-chunk list for one decode step, reused while the position
-    tensors are the same objects, unmodified: every sparse layer of a model shares them within a
-    step, so the list is built once per step instead of once per layer (the build is a dozen
-    small launches, as long as the attention itself at batch 8)."""
+    """Query positions and visible-chunk list for one decode step (see :class:`DecodePlan`)."""
     slots = cache_positions.numel()
     if q_positions is not None and pattern.kind in ("sink_window", "sliding_window") \
             and slots <= (pattern.sink_tokens or 0) + pattern.window_tokens + m:
@@ -491,18 +504,8 @@ def _decode_plan(cache_positions, q_positions, m, pattern, heads, kv_heads, bloc
         # list them all without looking (the kernel masks slot by slot anyway). Saves a dozen
         # small launches per layer and token, which is what batch-1 decoding is made of.
         return (q_positions, *_all_chunks(triton.cdiv(slots, block_n), str(cache_positions.device)))
-    versions = (_version(cache_positions), None if q_positions is None else _version(q_positions))
-    key = (id(cache_positions), id(q_positions), versions, m, pattern, heads, kv_heads, block_n)
-    hit = _PLANS.get(key)
-    if hit is not None and hit[0] is cache_positions and hit[1] is q_positions:
-        return hit[2]
     qpos = _default_q_positions(cache_positions, m) if q_positions is None else q_positions
-    plan = (qpos, *_visible_chunks(pattern, cache_positions, qpos, heads, kv_heads, block_n))
-    if versions[0] is not None and (q_positions is None or versions[1] is not None):
-        _PLANS[key] = (cache_positions, q_positions, plan)  # holding them keeps the ids unique
-        while len(_PLANS) > 8:
-            _PLANS.popitem(last=False)
-    return plan
+    return (qpos, *visible_chunks(pattern, cache_positions, qpos, heads, kv_heads, block_n))
 
 
 @functools.lru_cache(maxsize=8)
@@ -515,7 +518,8 @@ def _num_sms(device: str) -> int:
 def sparse_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   cache_positions: torch.Tensor, pattern: Pattern, *,
                   q_positions: torch.Tensor | None = None, scale: float | None = None,
-                  backend: str = "triton", return_lse: bool = False):
+                  backend: str = "triton", return_lse: bool = False, config: KernelConfig | None = None,
+                  plan: DecodePlan | None = None, poison: bool = False):
     """Attention of ``m`` new queries over a KV cache whose slots may be in any order.
 
     Args:
@@ -528,6 +532,9 @@ def sparse_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             K/V are already in the cache).
         backend: ``"triton"`` or ``"reference"`` (:func:`reference_decode`).
         return_lse: also return the natural-log LSE ``(B, H, m)``.
+        config: launch settings; default :func:`default_config` of the pattern's tile.
+        plan: a :class:`DecodePlan` the caller reuses while the cache positions stay unchanged.
+        poison: start every output buffer as NaN (tests).
 
     Only chunks of slots that some query sees are read, so a full-length cache
     (``cache_positions = arange(N)``) costs what the pattern keeps, not N.
@@ -548,10 +555,11 @@ def sparse_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     kv_heads, slots = k_cache.shape[1], k_cache.shape[2]
     group = heads // kv_heads
     interpret = is_interpreted()
-    cfg = default_config(_default_tile(pattern, interpret), dim, q.dtype, interpret)
+    cfg = config if config is not None else default_config(default_tile(pattern, interpret), dim, q.dtype,
+                                                           interpret)
     block_n = cfg.decode_n
-    q_positions, chunks, count = _decode_plan(cache_positions, q_positions, m, pattern, heads, kv_heads,
-                                              block_n)
+    plan = plan if plan is not None else DecodePlan()
+    q_positions, chunks, count = plan.get(cache_positions, q_positions, m, pattern, heads, kv_heads, block_n)
     block_r = min(64, max(16, triton.next_power_of_2(group * m)))
     row_blocks = triton.cdiv(group * m, block_r)
     programs = batch * kv_heads * row_blocks
@@ -559,8 +567,8 @@ def sparse_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     splits = max(1, min(chunks.shape[1], triton.cdiv(target, programs)))
     scale = 1.0 / math.sqrt(dim) if scale is None else float(scale)
 
-    o_part = _empty((batch, heads, m, splits, dim), torch.float32, q.device)
-    lse_part = _empty((batch, heads, m, splits), torch.float32, q.device)
+    o_part = _empty((batch, heads, m, splits, dim), torch.float32, q.device, poison)
+    lse_part = _empty((batch, heads, m, splits), torch.float32, q.device, poison)
     a = pattern_args(pattern)
     for rb in range(row_blocks):  # rows beyond one block: rare (large m * group)
         decode_kernel[(batch * kv_heads, splits)](
@@ -573,8 +581,8 @@ def sparse_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
             KIND=a["KIND"], HEAD_DIM=dim, BLOCK_R=block_r, BLOCK_N=block_n,
             DOT_F32=interpret or q.dtype == torch.float32,
             num_warps=cfg.decode_warps, num_stages=cfg.decode_stages)
-    out = _empty(q.shape, q.dtype, q.device)
-    lse = _empty((batch, heads, m), torch.float32, q.device)
+    out = _empty(q.shape, q.dtype, q.device, poison)
+    lse = _empty((batch, heads, m), torch.float32, q.device, poison)
     decode_combine_kernel[(batch * heads * m,)](
         o_part, lse_part, out, lse, out.stride(0), out.stride(1), out.stride(2), heads, m, splits,
         HEAD_DIM=dim, BLOCK_S=triton.next_power_of_2(splits))

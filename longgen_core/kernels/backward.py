@@ -14,7 +14,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import LOG2E, mm, mma, pattern_keep, schedule
+from .common import LOG2E, csr_program, csr_row, csr_scores, head_ptr, load_rows, mm, mma, pattern_keep, schedule
 
 
 # ----------------------------------------------------------------------------------- backward
@@ -44,69 +44,42 @@ def dq_kernel(
     flowing into the LSE adds ``P * dLSE`` to ``dS``, the same as subtracting it from delta.
     This program owns its rows, so it computes their delta itself (one (BLOCK_M, HEAD_DIM) load
     of O) and stores it for :func:`dkdv_kernel`, which runs next: no separate pass."""
-    bh, idx, part = schedule(tl.program_id(0), BH, NUM_TILES, TILE // BLOCK_M, HEAVY)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUP
-    row = tl.load(ROW_ORDER + h * lay_stride_order + idx)
-
-    q_pos = row * TILE + part * BLOCK_M + tl.arange(0, BLOCK_M)
-    q_ok = (q_pos >= Q_OFF) & (q_pos < N_K)
+    bh, b, h, hk, row, q_pos, q_ok = csr_program(BH, H, GROUP, NUM_TILES, HEAVY, ROW_ORDER, lay_stride_order,
+                                                 Q_OFF, N_K, TILE, BLOCK_M)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_ptrs = (Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-              + (q_pos - Q_OFF)[:, None] * stride_qn + offs_d[None, :])
-    do_ptrs = (DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
-               + (q_pos - Q_OFF)[:, None] * stride_don + offs_d[None, :])
-    o_ptrs = (O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-              + (q_pos - Q_OFF)[:, None] * stride_on + offs_d[None, :])
+    q_ptrs = head_ptr(Q, b, h, stride_qb, stride_qh) + (q_pos - Q_OFF)[:, None] * stride_qn + offs_d[None, :]
+    do_ptrs = head_ptr(DO, b, h, stride_dob, stride_doh) + (q_pos - Q_OFF)[:, None] * stride_don + offs_d[None, :]
+    o_ptrs = head_ptr(O, b, h, stride_ob, stride_oh) + (q_pos - Q_OFF)[:, None] * stride_on + offs_d[None, :]
     row_ptrs = bh.to(tl.int64) * N_Q + q_pos - Q_OFF
+    # rows outside [Q_OFF, N_K): lse = +inf makes p = 0, dO = 0
+    q = load_rows(q_ptrs, q_ok, EVEN)
+    do = load_rows(do_ptrs, q_ok, EVEN)
+    o = load_rows(o_ptrs, q_ok, EVEN)
     if EVEN:
-        q = tl.load(q_ptrs)
-        do = tl.load(do_ptrs)
-        o = tl.load(o_ptrs)
         lse = tl.load(LSE + row_ptrs)
-    else:  # rows outside [Q_OFF, N_K): lse = +inf makes p = 0, dO = 0
-        q = tl.load(q_ptrs, mask=q_ok[:, None], other=0.0)
-        do = tl.load(do_ptrs, mask=q_ok[:, None], other=0.0)
-        o = tl.load(o_ptrs, mask=q_ok[:, None], other=0.0)
+    else:
         lse = tl.load(LSE + row_ptrs, mask=q_ok, other=float("inf"))
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BLOCK_M,)
     if HAS_DLSE:
         delta -= tl.load(DLSE + row_ptrs, mask=q_ok, other=0.0)
     tl.store(DELTA + row_ptrs, delta, mask=q_ok)  # for the dK/dV pass
     lse2 = lse * LOG2E
-    k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    k_base = head_ptr(K, b, hk, stride_kb, stride_kh)
+    v_base = head_ptr(V, b, hk, stride_vb, stride_vh)
 
-    start = tl.load(ROW_PTR + h * lay_stride_ptr + row)
-    end = tl.load(ROW_PTR + h * lay_stride_ptr + row + 1)
-    offs_n = tl.arange(0, BLOCK_N)
+    lo, hi = csr_row(ROW_PTR, h, lay_stride_ptr, row, TILE, BLOCK_N)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for it in range(start * (TILE // BLOCK_N), end * (TILE // BLOCK_N)):
-        t = it // (TILE // BLOCK_N)
-        col = tl.load(COL_IDX + h * lay_stride_idx + t)
-        k_pos = col * TILE + (it % (TILE // BLOCK_N)) * BLOCK_N + offs_n
-        k_ptrs = k_base + k_pos[:, None] * stride_kn + offs_d[None, :]
-        v_ptrs = v_base + k_pos[:, None] * stride_vn + offs_d[None, :]
-        if EVEN:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
-        else:
-            k = tl.load(k_ptrs, mask=(k_pos < N_K)[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=(k_pos < N_K)[:, None], other=0.0)
-        s = mm(q, tl.trans(k), DOT_F32)  # (BLOCK_M, BLOCK_N) raw scores
-        if tl.load(ROW_MASK + h * lay_stride_idx + t) != 0:
-            keep = pattern_keep(q_pos[:, None], k_pos[None, :], h, KIND, SINK, WINDOW, PBLOCK, LOCAL,
-                         VSTRIDE, HSTEP) & (k_pos[None, :] < N_K)
-            s = tl.where(keep, s, float("-inf"))
+    for it in range(lo, hi):
+        s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
+                             lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND, HEAD_DIM,
+                             TILE, BLOCK_N, EVEN, DOT_F32)
         p = tl.exp2(s * sm_scale_log2 - lse2[:, None])
         dp = mm(do, tl.trans(v), DOT_F32)
         ds = p * (dp - delta[:, None])
         dq = mma(ds.to(k.dtype), k, dq, DOT_F32)
 
     dq *= sm_scale
-    dq_ptrs = (DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
-               + (q_pos - Q_OFF)[:, None] * stride_dqn + offs_d[None, :])
+    dq_ptrs = head_ptr(DQ, b, h, stride_dqb, stride_dqh) + (q_pos - Q_OFF)[:, None] * stride_dqn + offs_d[None, :]
     if EVEN:
         tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty))
     else:
@@ -141,24 +114,19 @@ def dkdv_kernel(
 
     k_pos = col * TILE + part * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    k_ptrs = (K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-              + k_pos[:, None] * stride_kn + offs_d[None, :])
-    v_ptrs = (V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
-              + k_pos[:, None] * stride_vn + offs_d[None, :])
-    if EVEN:
-        k = tl.load(k_ptrs)  # (BLOCK_N, HEAD_DIM), resident for the whole walk
-        v = tl.load(v_ptrs)
-    else:
-        k = tl.load(k_ptrs, mask=(k_pos < N_K)[:, None], other=0.0)
-        v = tl.load(v_ptrs, mask=(k_pos < N_K)[:, None], other=0.0)
+    # (BLOCK_N, HEAD_DIM), resident for the whole walk
+    k = load_rows(head_ptr(K, b, hk, stride_kb, stride_kh) + k_pos[:, None] * stride_kn + offs_d[None, :],
+                  k_pos < N_K, EVEN)
+    v = load_rows(head_ptr(V, b, hk, stride_vb, stride_vh) + k_pos[:, None] * stride_vn + offs_d[None, :],
+                  k_pos < N_K, EVEN)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     offs_m = tl.arange(0, BLOCK_M)
 
     for g in range(GROUP):  # every query head that reads this kv head
         h = hk * GROUP + g
-        q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        do_base = DO + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+        q_base = head_ptr(Q, b, h, stride_qb, stride_qh)
+        do_base = head_ptr(DO, b, h, stride_dob, stride_doh)
         row_base = (b * H + h).to(tl.int64) * N_Q  # into lse and delta
         start = tl.load(COL_PTR + h * lay_stride_ptr + col)
         end = tl.load(COL_PTR + h * lay_stride_ptr + col + 1)

@@ -26,8 +26,12 @@ LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 NEG_BIG = tl.constexpr(-1.0e30)  # start of the running max: finite, so exp2(m_old - m_new) is never NaN
 
-# Pattern kinds, as the kernels see them (the KIND argument).
-KIND_FULL, KIND_SLIDING, KIND_SINK_WINDOW, KIND_STRIDED = 0, 1, 2, 3
+# Pattern kinds, as the kernels see them: the KIND argument is the plain int ``KIND_*.value``.
+# tl.constexpr, so that @triton.jit code may read these globals.
+KIND_FULL = tl.constexpr(0)
+KIND_SLIDING = tl.constexpr(1)
+KIND_SINK_WINDOW = tl.constexpr(2)
+KIND_STRIDED = tl.constexpr(3)
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -36,15 +40,17 @@ def pattern_keep(q, k, h, KIND: tl.constexpr, SINK, WINDOW, PBLOCK, LOCAL, VSTRI
     """Token mask of the pattern: may the query at position ``q`` see the key at ``k``?
 
     ``q``, ``k`` (and ``h``, the query head) are integer tensors that broadcast, e.g.
-    ``q_pos[:, None]`` and ``k_pos[None, :]``. The same predicate as ``Pattern.mask_mod``,
-    plus ``k >= 0`` (an empty cache slot has position -1).
+    ``q_pos[:, None]`` and ``k_pos[None, :]``. The kernel-side twin of ``Pattern.keep`` (with
+    ``Pattern.block_keep`` for strided), plus ``k >= 0`` (an empty cache slot has position -1),
+    as ``Pattern.slot_mask``. It has to be a @triton.jit function, so it restates the rule;
+    tests/test_kernels.py checks that both agree on random positions.
     """
     kept = (q >= k) & (k >= 0)
-    if KIND == 1:  # sliding window: q - w < k <= q
+    if KIND == KIND_SLIDING:  # sliding window: q - w < k <= q
         kept = kept & (q - k < WINDOW)
-    if KIND == 2:  # sink + sliding window
+    if KIND == KIND_SINK_WINDOW:  # sink + sliding window
         kept = kept & ((k < SINK) | (q - k < WINDOW))
-    if KIND == 3:  # blockwise strided: local band of blocks, or a vertical stripe
+    if KIND == KIND_STRIDED:  # blockwise strided: local band of blocks, or a vertical stripe
         qb = q // PBLOCK
         kb = k // PBLOCK
         kept = kept & ((qb - kb < LOCAL) | ((kb + h * HSTEP) % VSTRIDE == 0))
@@ -90,6 +96,69 @@ def schedule(pid, BH, NUM_TILES, PARTS: tl.constexpr, HEAVY):
     part = pid % PARTS
     return bh, idx, part
 
+# ----------------------------------------------------------------------------------- the CSR walk
+# Forward and dQ have the same shape (cf. ``_attn_fwd_inner`` in triton's 06-fused-attention.py):
+# a program owns BLOCK_M queries of one query tile (csr_program), and walks the key tiles of its
+# CSR row in steps of BLOCK_N keys (csr_row, csr_scores); only what it does with the scores differs.
+@triton.jit
+def head_ptr(X, b, h, stride_b, stride_h):
+    """Pointer to the ``(b, h)`` slice of a ``(B, H, N, D)`` tensor (int64 offsets)."""
+    return X + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+
+
+@triton.jit
+def load_rows(ptrs, ok, EVEN: tl.constexpr):
+    """Load ``(rows, HEAD_DIM)`` at ``ptrs``; rows where ``ok`` is False read 0 (no mask if EVEN)."""
+    if EVEN:
+        x = tl.load(ptrs)
+    else:
+        x = tl.load(ptrs, mask=ok[:, None], other=0.0)
+    return x
+
+
+@triton.jit
+def csr_program(BH, H, GROUP, NUM_TILES, HEAVY, ROW_ORDER, lay_stride_order, Q_OFF, N_K,
+                TILE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """This program's head and queries: ``(bh, b, h, hk, row, q_pos (BLOCK_M,), q_ok (BLOCK_M,))``
+    -- ``row`` the query tile it owns, ``q_pos`` absolute positions, ``q_ok`` the rows that exist."""
+    bh, idx, part = schedule(tl.program_id(0), BH, NUM_TILES, TILE // BLOCK_M, HEAVY)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    row = tl.load(ROW_ORDER + h * lay_stride_order + idx)  # the query tile this program owns
+    q_pos = row * TILE + part * BLOCK_M + tl.arange(0, BLOCK_M)  # absolute positions
+    q_ok = (q_pos >= Q_OFF) & (q_pos < N_K)
+    return bh, b, h, hk, row, q_pos, q_ok
+
+
+@triton.jit
+def csr_row(ROW_PTR, h, lay_stride_ptr, row, TILE: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The steps ``[lo, hi)`` of a CSR row walk: key tiles ``col_idx[start:end]``, each split into
+    ``TILE // BLOCK_N`` steps."""
+    start = tl.load(ROW_PTR + h * lay_stride_ptr + row)
+    end = tl.load(ROW_PTR + h * lay_stride_ptr + row + 1)
+    return start * (TILE // BLOCK_N), end * (TILE // BLOCK_N)
+
+
+@triton.jit
+def csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK, lay_stride_idx,
+               N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND: tl.constexpr, HEAD_DIM: tl.constexpr,
+               TILE: tl.constexpr, BLOCK_N: tl.constexpr, EVEN: tl.constexpr, DOT_F32: tl.constexpr):
+    """Step ``it`` of a CSR row walk: the step's keys and values ``(BLOCK_N, HEAD_DIM)`` and the raw
+    scores ``q . k`` ``(BLOCK_M, BLOCK_N)``, -inf where the pattern drops the pair (only tiles the
+    layout flags evaluate the mask)."""
+    t = it // (TILE // BLOCK_N)
+    col = tl.load(COL_IDX + h * lay_stride_idx + t)
+    k_pos = col * TILE + (it % (TILE // BLOCK_N)) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    k = load_rows(k_base + k_pos[:, None] * stride_kn + offs_d[None, :], k_pos < N_K, EVEN)
+    v = load_rows(v_base + k_pos[:, None] * stride_vn + offs_d[None, :], k_pos < N_K, EVEN)
+    s = mm(q, tl.trans(k), DOT_F32)  # (BLOCK_M, BLOCK_N) raw scores q.k
+    if tl.load(ROW_MASK + h * lay_stride_idx + t) != 0:  # edge/diagonal tile: apply the mask
+        keep = pattern_keep(q_pos[:, None], k_pos[None, :], h, KIND, SINK, WINDOW, PBLOCK, LOCAL,
+                            VSTRIDE, HSTEP) & (k_pos[None, :] < N_K)
+        s = tl.where(keep, s, float("-inf"))
+    return s, k, v
 
 
 def is_interpreted() -> bool:

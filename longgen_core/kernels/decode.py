@@ -10,7 +10,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import LN2, NEG_BIG, mm, mma, pattern_keep
+from .common import LN2, NEG_BIG, head_ptr, mm, mma, pattern_keep
 
 
 # ----------------------------------------------------------------------------------- decode
@@ -49,8 +49,8 @@ def decode_kernel(
     q = tl.load(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64)[:, None] * stride_qh
                 + j[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     q_pos = tl.load(QPOS + j)  # (BLOCK_R,)
-    k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    k_base = head_ptr(K, b, hk, stride_kb, stride_kh)
+    v_base = head_ptr(V, b, hk, stride_vb, stride_vh)
 
     # this split's share of the visible chunks
     count = tl.load(COUNT + hk * stride_count)

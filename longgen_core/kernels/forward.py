@@ -10,7 +10,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import LN2, NEG_BIG, mm, mma, pattern_keep, schedule
+from .common import LN2, NEG_BIG, csr_program, csr_row, csr_scores, head_ptr, load_rows, mma
 
 
 # ----------------------------------------------------------------------------------- forward
@@ -32,49 +32,24 @@ def forward_kernel(
     EVEN: tl.constexpr,  # N_K % TILE == 0 and Q_OFF == 0: no bounds checks at all
     DOT_F32: tl.constexpr,
 ):
-    bh, idx, part = schedule(tl.program_id(0), BH, NUM_TILES, TILE // BLOCK_M, HEAVY)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUP
-    row = tl.load(ROW_ORDER + h * lay_stride_order + idx)  # the query tile this program owns
-
+    bh, b, h, hk, row, q_pos, q_ok = csr_program(BH, H, GROUP, NUM_TILES, HEAVY, ROW_ORDER, lay_stride_order,
+                                                 Q_OFF, N_K, TILE, BLOCK_M)
     # --- this program's queries: (BLOCK_M, HEAD_DIM), resident in registers for the whole loop
-    q_pos = row * TILE + part * BLOCK_M + tl.arange(0, BLOCK_M)  # absolute positions
-    q_ok = (q_pos >= Q_OFF) & (q_pos < N_K)
     offs_d = tl.arange(0, HEAD_DIM)
-    q_ptrs = (Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-              + (q_pos - Q_OFF)[:, None] * stride_qn + offs_d[None, :])
-    if EVEN:
-        q = tl.load(q_ptrs)
-    else:
-        q = tl.load(q_ptrs, mask=q_ok[:, None], other=0.0)
-    k_base = K + b.to(tl.int64) * stride_kb + hk.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + hk.to(tl.int64) * stride_vh
+    q = load_rows(head_ptr(Q, b, h, stride_qb, stride_qh) + (q_pos - Q_OFF)[:, None] * stride_qn + offs_d[None, :],
+                  q_ok, EVEN)
+    k_base = head_ptr(K, b, hk, stride_kb, stride_kh)
+    v_base = head_ptr(V, b, hk, stride_vb, stride_vh)
 
-    # --- the CSR row: key tiles col_idx[start:end], each split into TILE // BLOCK_N steps
-    start = tl.load(ROW_PTR + h * lay_stride_ptr + row)
-    end = tl.load(ROW_PTR + h * lay_stride_ptr + row + 1)
-    offs_n = tl.arange(0, BLOCK_N)
+    # --- the CSR row
+    lo, hi = csr_row(ROW_PTR, h, lay_stride_ptr, row, TILE, BLOCK_N)
     m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)  # running max of s2
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(s2 - m_i)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)  # running sum of p @ v
-    for it in range(start * (TILE // BLOCK_N), end * (TILE // BLOCK_N)):
-        t = it // (TILE // BLOCK_N)
-        col = tl.load(COL_IDX + h * lay_stride_idx + t)
-        k_pos = col * TILE + (it % (TILE // BLOCK_N)) * BLOCK_N + offs_n
-        k_ptrs = k_base + k_pos[:, None] * stride_kn + offs_d[None, :]
-        v_ptrs = v_base + k_pos[:, None] * stride_vn + offs_d[None, :]
-        if EVEN:
-            k = tl.load(k_ptrs)  # (BLOCK_N, HEAD_DIM)
-            v = tl.load(v_ptrs)
-        else:
-            k = tl.load(k_ptrs, mask=(k_pos < N_K)[:, None], other=0.0)
-            v = tl.load(v_ptrs, mask=(k_pos < N_K)[:, None], other=0.0)
-        s = mm(q, tl.trans(k), DOT_F32)  # (BLOCK_M, BLOCK_N) raw scores q.k
-        if tl.load(ROW_MASK + h * lay_stride_idx + t) != 0:  # edge/diagonal tile: apply the mask
-            keep = pattern_keep(q_pos[:, None], k_pos[None, :], h, KIND, SINK, WINDOW, PBLOCK, LOCAL,
-                         VSTRIDE, HSTEP) & (k_pos[None, :] < N_K)
-            s = tl.where(keep, s, float("-inf"))
+    for it in range(lo, hi):
+        s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
+                             lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND, HEAD_DIM,
+                             TILE, BLOCK_N, EVEN, DOT_F32)
         # online softmax in base 2: rescale what we have by exp2(m_old - m_new), add this block.
         # The scale rides inside the exp2 argument: s * c - m is one FMA per element.
         m_new = tl.maximum(m_i, tl.max(s, 1) * sm_scale_log2)
@@ -88,8 +63,7 @@ def forward_kernel(
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # rows outside [Q_OFF, N_K) are never stored
     out = acc / l_safe[:, None]
     lse = (m_i + tl.log2(l_safe)) * LN2
-    o_ptrs = (O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-              + (q_pos - Q_OFF)[:, None] * stride_on + offs_d[None, :])
+    o_ptrs = head_ptr(O, b, h, stride_ob, stride_oh) + (q_pos - Q_OFF)[:, None] * stride_on + offs_d[None, :]
     lse_ptrs = LSE + bh.to(tl.int64) * N_Q + (q_pos - Q_OFF)
     if EVEN:
         tl.store(o_ptrs, out.to(O.dtype.element_ty))

@@ -3,8 +3,9 @@
 Registered under ``"longgen"`` with transformers' public ``AttentionInterface`` (no edits to its
 files, no patched modules). transformers calls it as ``fn(module, query, key, value,
 attention_mask, scaling=..., **kwargs)`` with RoPE already applied and the cache already updated;
-it reads ``module.layer_idx``, takes that layer's pattern from ``config.longgen``
-(:mod:`longgen_core.models.settings`) and attends over the key *slots* with their original positions.
+it reads the layer's pattern from the module (``module.longgen_pattern``, resolved once from
+``config.longgen`` by the conversion, :func:`~longgen_core.models.convert.attach_patterns`) and
+attends over the key *slots* with their original positions.
 
 Where the key positions come from:
 
@@ -15,6 +16,10 @@ Where the key positions come from:
   module, not to the attention function), so :func:`install_cache_hooks` adds a forward pre-hook
   (public ``nn.Module`` API) to each attention module that forwards ``past_key_values`` as the
   keyword ``longgen_cache``, which transformers hands on to this function.
+
+Checking ``position_ids`` synchronises with the GPU, so it runs once per model forward: a
+pre-hook on the model hands every forward a fresh :class:`ForwardPositions` (keyword
+``longgen_positions``), whose first layer checks and remembers the start for the others.
 
 Backends (attention implementations):
 
@@ -38,38 +43,29 @@ import weakref
 
 import torch
 import torch.nn.functional as F
-from torch.utils.weak import WeakIdKeyDictionary
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from ..kernels.reference import reference_attention
 from .cache import EvictingLayer
 from ..patterns import Pattern
-from .settings import get_settings, layer_patterns
 
-__all__ = ["ATTN_IMPLEMENTATIONS", "CACHE_KWARG", "register", "install_cache_hooks", "slot_attention",
-           "rotate", "rope_inv_freq", "longgen_attention_forward"]
+__all__ = ["ATTN_IMPLEMENTATIONS", "CACHE_KWARG", "POSITIONS_KWARG", "PATTERN_ATTR", "REINDEX_ATTR",
+           "register", "install_cache_hooks", "attention_modules", "slot_attention", "rotate",
+           "rope_inv_freq", "check_position_ids", "ForwardPositions", "longgen_attention_forward"]
 
 ATTN_IMPLEMENTATIONS = {"auto": "longgen", "sdpa": "longgen_sdpa", "reference": "longgen_reference"}
 CACHE_KWARG = "longgen_cache"
+POSITIONS_KWARG = "longgen_positions"
+PATTERN_ATTR = "longgen_pattern"  # on each attention module: its layer's Pattern
+REINDEX_ATTR = "longgen_reindex"  # on each attention module: StreamingLLM re-indexing of its sinks
 _HOOKED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
 # ---------------------------------------------------------------------- positions
-# position_ids tensor (by identity) -> (its version counter, first position) once checked.
-_CHECKED = WeakIdKeyDictionary()
-
-
-def _checked_start(pos_ids: torch.Tensor, n_q: int) -> int:
+def check_position_ids(pos_ids: torch.Tensor, n_q: int) -> int:
     """First position of ``position_ids`` ``(B, Nq)`` after checking that every row is the same run
-    of consecutive positions; one GPU synchronisation per tensor, remembered for the next layers."""
-    if pos_ids.shape[-1] != n_q:
-        raise ValueError(f"position_ids has {pos_ids.shape[-1]} positions for {n_q} new tokens")
-    # Inference tensors carry no version counter: check those every time (prefill only, no backward).
-    remember = not pos_ids.is_inference()
-    hit = _CHECKED.get(pos_ids) if remember else None
-    if hit is not None and hit[0] == pos_ids._version:
-        return hit[1]
+    of consecutive positions. One GPU synchronisation: :class:`ForwardPositions` calls it once."""
     row = pos_ids[0]
     same_rows = (pos_ids == row).all()
     consecutive = (row[1:] - row[:-1] == 1).all()
@@ -80,19 +76,33 @@ def _checked_start(pos_ids: torch.Tensor, n_q: int) -> int:
                          "attention")
     if not step:
         raise ValueError("position_ids must increase by 1 along the sequence (no packed sequences)")
-    if remember:
-        _CHECKED[pos_ids] = (pos_ids._version, start)
     return start
+
+
+class ForwardPositions:
+    """The checked start of one model forward's ``position_ids``, shared by all its layers.
+
+    The model's pre-hook makes a fresh one per forward, so a tensor changed in place between
+    forwards is checked again; every layer of the forward (and its checkpointed recomputation)
+    gets the same ``position_ids`` tensor and reads the start the first layer checked.
+    """
+
+    def __init__(self):
+        self.position_ids = None
+        self.start = None
+
+    def start_of(self, pos_ids: torch.Tensor, n_q: int) -> int:
+        if pos_ids.shape[-1] != n_q:
+            raise ValueError(f"position_ids has {pos_ids.shape[-1]} positions for {n_q} new tokens")
+        if pos_ids is not self.position_ids:
+            self.start = check_position_ids(pos_ids, n_q)
+            self.position_ids = pos_ids
+        return self.start
 
 
 def _positions(module, query, key, kwargs):
     """``(q_pos (Nq,), k_pos (Nk,), contiguous)`` as int64 tensors on the query's device."""
     n_q, n_k, device = query.shape[2], key.shape[2], query.device
-    if CACHE_KWARG not in kwargs:
-        # Without the hook an evicting cache would be read as a contiguous prefix: refuse.
-        raise ValueError("LongGen attention needs its cache hook on every attention module: load the model "
-                         "with longgen_core.models.convert.load_longgen (or convert it with to_longgen), not with "
-                         "from_pretrained(attn_implementation='longgen') alone")
     cache = kwargs[CACHE_KWARG]
     layer = cache.layers[module.layer_idx] if cache is not None and hasattr(cache, "layers") else None
     pos_ids = kwargs.get("position_ids")
@@ -110,9 +120,9 @@ def _positions(module, query, key, kwargs):
         q_pos, contiguous = k_pos[n_k - n_q:], True
     if n_q > 1 and pos_ids is not None:
         # Reject what would silently go wrong -- padded or packed batches, offsets that do not match
-        # the cache. The check synchronises with the GPU, so it runs once per position_ids tensor
-        # (every layer of one forward, and its checkpointed recomputation, gets the same tensor).
-        start = _checked_start(pos_ids, n_q)
+        # the cache. The check synchronises with the GPU, so it runs once per model forward; called
+        # without the model's hook (a submodule run on its own), every layer checks.
+        start = (kwargs.get(POSITIONS_KWARG) or ForwardPositions()).start_of(pos_ids, n_q)
         expected = (layer.seen - n_q if isinstance(layer, EvictingLayer) else
                     n_k - n_q if n_q != n_k else None)
         if expected is not None and start != expected:
@@ -151,14 +161,6 @@ def rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torc
 
 
 # ---------------------------------------------------------------------- the math
-def slot_mask(pattern: Pattern, q_pos: torch.Tensor, k_pos: torch.Tensor, num_heads: int) -> torch.Tensor:
-    """Bool ``(H or 1, Nq, Nk)``: query ``q_pos[i]`` sees slot ``j`` (``k_pos[j] >= 0`` and the pattern)."""
-    heads = num_heads if pattern.per_head else 1
-    h = torch.arange(heads, device=q_pos.device).view(-1, 1, 1)
-    keep = pattern.mask_mod(0, h, q_pos.view(1, -1, 1), k_pos.view(1, 1, -1))
-    return keep & (k_pos >= 0).view(1, 1, -1)
-
-
 def slot_attention(q, k, v, q_pos, k_pos, pattern: Pattern, scale: float | None = None,
                    reindex_inv_freq: torch.Tensor | None = None) -> torch.Tensor:
     """Attention of queries at ``q_pos`` over key slots at ``k_pos`` under ``pattern``.
@@ -172,7 +174,7 @@ def slot_attention(q, k, v, q_pos, k_pos, pattern: Pattern, scale: float | None 
     Returns ``(B, H, Nq, D)``. Every query must see at least itself (or one slot).
     """
     heads, group = q.shape[1], q.shape[1] // k.shape[1]
-    mask = slot_mask(pattern, q_pos, k_pos, heads).unsqueeze(0)  # (1, H or 1, Nq, Nk)
+    mask = pattern.slot_mask(q_pos, k_pos, heads).unsqueeze(0)  # (1, H or 1, Nq, Nk)
     k_rep, v_rep = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
     if reindex_inv_freq is None or pattern.kind != "sink_window":
         return F.scaled_dot_product_attention(q, k_rep, v_rep, attn_mask=mask, scale=scale)
@@ -233,10 +235,13 @@ def _check_inputs(module, attention_mask, dropout):
 
 def _forward(backend: str, module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     _check_inputs(module, attention_mask, dropout)
+    if not hasattr(module, PATTERN_ATTR) or CACHE_KWARG not in kwargs:
+        # Without the hook an evicting cache would be read as a contiguous prefix: refuse.
+        raise ValueError("LongGen attention needs its layer pattern and cache hook on every attention module: "
+                         "load the model with longgen_core.models.convert.load_longgen (or convert it with "
+                         "to_longgen), not with from_pretrained(attn_implementation='longgen') alone")
     config = module.config
-    pattern = layer_patterns(config)[module.layer_idx]
-    settings = get_settings(config) or {}
-    reindex = settings.get("positions") == "reindex" and pattern.kind == "sink_window"
+    pattern, reindex = getattr(module, PATTERN_ATTR), getattr(module, REINDEX_ATTR)
     q_pos, k_pos, contiguous = _positions(module, query, key, kwargs)
     n_q, n_k = query.shape[2], key.shape[2]
     if backend == "reference":
@@ -295,6 +300,11 @@ def _forward_cache(module, args, kwargs):
     return args, kwargs
 
 
+def _forward_positions(model, args, kwargs):
+    kwargs[POSITIONS_KWARG] = ForwardPositions()
+    return args, kwargs
+
+
 def attention_modules(model) -> list[torch.nn.Module]:
     """The self-attention modules of a decoder (modules with ``layer_idx`` and q/k/v projections)."""
     return [m for m in model.modules()
@@ -302,7 +312,11 @@ def attention_modules(model) -> list[torch.nn.Module]:
 
 
 def install_cache_hooks(model) -> None:
-    """Add the pre-hook that forwards ``past_key_values`` to the attention function (idempotent)."""
+    """Add the pre-hooks that forward ``past_key_values`` to the attention function and give each
+    model forward its :class:`ForwardPositions` (idempotent)."""
+    if model not in _HOOKED:
+        model.register_forward_pre_hook(_forward_positions, with_kwargs=True)
+        _HOOKED.add(model)
     for module in attention_modules(model):
         if module not in _HOOKED:
             module.register_forward_pre_hook(_forward_cache, with_kwargs=True)

@@ -47,10 +47,7 @@ __all__ = ["EvictingLayer", "LongGenCache", "kv_cache_bytes", "kv_slots_formula"
 
 def visible(pattern: Pattern, query_pos: int, positions: torch.Tensor, num_heads: int = 1) -> torch.Tensor:
     """Bool ``(C,)``: which slot positions the query at ``query_pos`` sees, for at least one head."""
-    heads = num_heads if pattern.per_head else 1
-    h = torch.arange(heads).view(-1, 1)
-    seen = pattern.mask_mod(0, h, query_pos, positions.view(1, -1)).any(0)
-    return seen & (positions >= 0)
+    return pattern.slot_mask(query_pos, positions, num_heads).any(0)[0]
 
 
 class EvictingLayer(DynamicLayer):
@@ -253,22 +250,7 @@ def kv_slots_formula(pattern: Pattern, n_tokens: int, num_heads: int = 1,
         raise ValueError(f"prefill_tokens must be in [1, n_tokens={n_tokens}], got {prefill}")
     if pattern.kind == "full":
         return n_tokens
-    if pattern.kind in ("sink_window", "sliding_window"):
-        return int(pattern.row_counts(n_tokens)[prefill - 1:].max())
-    return int(_strided_union_counts(pattern, n_tokens, num_heads)[prefill - 1:].max())
-
-
-def _strided_union_counts(pattern: Pattern, n: int, num_heads: int) -> torch.Tensor:
-    """``(n,)``: keys query ``q`` sees for at least one head (strided), from block arithmetic."""
-    b = pattern.block_size
-    nb = -(-n // b)
-    heads = num_heads if pattern.per_head else 1
-    i, j = torch.arange(nb).view(-1, 1), torch.arange(nb).view(1, -1)
-    offsets = torch.arange(heads).view(-1, 1, 1) * (0 if pattern.homo_head else pattern.head_sliding_step)
-    vertical = ((j.unsqueeze(0) + offsets) % pattern.vert_stride == 0).any(0)  # (1, nb)
-    kept_before = ((j < i) & ((i - j < pattern.local_blocks) | vertical)).sum(1)  # (nb,)
-    q = torch.arange(n)
-    return kept_before[q // b] * b + q % b + 1
+    return int(pattern.row_counts_any_head(n_tokens, num_heads)[prefill - 1:].max())
 
 
 def kv_bytes_formula(config, n_tokens: int, dtype: torch.dtype = torch.bfloat16, batch: int = 1,

@@ -31,10 +31,10 @@ import torch
 from . import attention as hf_attention
 from ..patterns import Pattern, default_full_layers, sink_window
 from .rope import rebuild_rotary
-from .settings import SETTINGS_KEY, get_settings, layer_patterns, make_settings, pattern_from_dict
+from .settings import SETTINGS_KEY, get_settings, layer_patterns, make_settings
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "convert_config", "to_longgen", "to_posthoc_streaming", "load_longgen",
-           "use_backend", "layer_map"]
+           "use_backend", "attach_patterns", "layer_map"]
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -85,7 +85,7 @@ def convert_config(config, full_layers: list[int] | None = None, pattern: Patter
     if pattern is None:
         pattern = sink_window(64, 4096)
     elif isinstance(pattern, dict):
-        pattern = pattern_from_dict(pattern)
+        pattern = Pattern.from_dict(pattern)
     settings = make_settings(config, full_layers, pattern, mode=mode, positions=positions)
     setattr(config, SETTINGS_KEY, settings)
     return config
@@ -105,7 +105,20 @@ def _apply(model, backend: str = "auto"):
         raise ValueError(f"{type(model).__name__} does not dispatch attention through transformers' "
                          f"AttentionInterface, so it cannot be converted")
     hf_attention.install_cache_hooks(model)
+    attach_patterns(model)
     return model
+
+
+def attach_patterns(model) -> None:
+    """Resolve ``config.longgen`` once: give each attention module its layer's pattern
+    (``longgen_pattern``) and whether it re-indexes its sink positions (``longgen_reindex``), which
+    the attention functions read every forward. Every conversion and :func:`load_longgen` calls it."""
+    patterns = layer_patterns(model.config)
+    reindex = (get_settings(model.config) or {}).get("positions") == "reindex"
+    for module in hf_attention.attention_modules(model):
+        pattern = patterns[module.layer_idx]
+        setattr(module, hf_attention.PATTERN_ATTR, pattern)
+        setattr(module, hf_attention.REINDEX_ATTR, reindex and pattern.kind == "sink_window")
 
 
 def _convert(model, mode, full_layers, pattern, positions, rope_theta, max_position_embeddings, backend):

@@ -1,6 +1,6 @@
 """Drop-in modules that do the same math in fewer GPU kernels (training speed, both arms alike).
 
-Profiling the SmolLM2 training step at 32K on an H100 (``attention/NOTES.md``) found ~290 ms of
+Profiling the SmolLM2 training step at 32K on an H100 (``kernels/NOTES.md``) found ~290 ms of
 its ~660 ms outside attention, much of it elementwise: Llama's RMSNorm alone is seven kernels per
 call (cast to fp32, square, mean, add, rsqrt, multiply, cast back) and there are 61 of them, each
 run again in the checkpointed recomputation and differentiated. :class:`FusedRMSNorm` calls

@@ -17,29 +17,29 @@ Every decoder layer not in ``full_layers`` uses ``pattern``; the layers in it us
 :func:`~longgen_core.patterns.full_causal`. This module only reads and validates; it never
 touches model weights.
 
+The pattern is stored as :meth:`Pattern.to_dict` and read back with :meth:`Pattern.from_dict`.
+:func:`layer_patterns` resolves the settings into one pattern per layer; the conversion
+(:mod:`longgen_core.models.convert`) calls it once and stores each layer's pattern on its
+attention module.
+
 Example::
 
+    >>> from longgen_core.models.base import tiny_llama
     >>> from longgen_core.patterns import sink_window
-    >>> pattern_to_dict(sink_window(4, 32))
-    {'kind': 'sink_window', 'sink_tokens': 4, 'window_tokens': 32}
-    >>> pattern_from_dict({'kind': 'sink_window', 'sink_tokens': 4, 'window_tokens': 32}).name
-    'sink_window_4_32'
+    >>> config = tiny_llama().config
+    >>> config.longgen = make_settings(config, [2, 3], sink_window(4, 32))
+    >>> [p.name for p in layer_patterns(config)][1:3]
+    ['sink_window_4_32', 'full_causal']
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from functools import lru_cache
-
-from ..patterns import Pattern, full_causal, sink_window, sliding_window, strided
+from ..patterns import Pattern, full_causal
 
 __all__ = [
     "SETTINGS_KEY",
     "MODES",
     "POSITION_MODES",
-    "pattern_to_dict",
-    "pattern_from_dict",
     "get_settings",
     "make_settings",
     "layer_patterns",
@@ -50,43 +50,6 @@ SETTINGS_KEY = "longgen"
 MODES = ("hybrid", "posthoc")
 POSITION_MODES = ("original", "reindex")
 _VERSION = 1
-# The fields each pattern kind is rebuilt from (its factory's arguments).
-_FIELDS = {
-    "sliding_window": ("window_tokens",),
-    "sink_window": ("sink_tokens", "window_tokens"),
-    "strided": ("block_size", "local_blocks", "vert_stride", "homo_head", "head_sliding_step"),
-    "full": (),
-}
-
-
-def pattern_to_dict(pattern: Pattern) -> dict:
-    """The factory arguments of ``pattern`` as a JSON-able dict (inverse of :func:`pattern_from_dict`)."""
-    if not isinstance(pattern, Pattern):
-        raise TypeError(f"pattern must be a longgen_core.patterns.Pattern (from sink_window(), strided(), "
-                        f"...), got {type(pattern).__name__}")
-    return {"kind": pattern.kind, **{f: getattr(pattern, f) for f in _FIELDS[pattern.kind]}}
-
-
-def pattern_from_dict(d: dict) -> Pattern:
-    """Rebuild a :class:`Pattern` through its factory, so its parameters are validated again."""
-    if not isinstance(d, dict) or d.get("kind") not in _FIELDS:
-        raise ValueError(f"pattern must be a dict with 'kind' in {sorted(_FIELDS)}, got {d!r}")
-    kind, fields = d["kind"], _FIELDS[d["kind"]]
-    unknown = set(d) - {"kind", *fields}
-    if unknown or set(fields) - set(d):
-        raise ValueError(f"pattern of kind {kind!r} takes exactly the keys {list(fields)}, got {sorted(d)}")
-    if kind == "full":
-        return full_causal()
-    if kind == "sliding_window":
-        return sliding_window(d["window_tokens"])
-    if kind == "sink_window":
-        return sink_window(d["sink_tokens"], d["window_tokens"])
-    step = d["head_sliding_step"]
-    if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-        raise ValueError(f"head_sliding_step must be an int >= 1, got {step!r}")
-    base = strided(d["block_size"], d["local_blocks"], d["vert_stride"], d["homo_head"])
-    # strided() derives the per-head shift from num_heads; the dict stores the shift itself.
-    return dataclasses.replace(base, head_sliding_step=step)
 
 
 def get_settings(config) -> dict | None:
@@ -122,7 +85,9 @@ def make_settings(config, full_layers: list[int], pattern: Pattern, mode: str = 
     """
     num_layers = config.num_hidden_layers
     full = check_full_layers(full_layers, num_layers)
-    spec = pattern_to_dict(pattern)  # raises TypeError for non-patterns
+    if not isinstance(pattern, Pattern):
+        raise TypeError(f"pattern must be a longgen_core.patterns.Pattern (from sink_window(), strided(), "
+                        f"...), got {type(pattern).__name__}")
     if pattern.kind == "full":
         raise ValueError("pattern must be sparse (sink_window, sliding_window or strided); full attention "
                          "is what the layers in full_layers get")
@@ -149,24 +114,22 @@ def make_settings(config, full_layers: list[int], pattern: Pattern, mode: str = 
         if rope_type in ("dynamic", "longrope"):
             raise ValueError(f"positions='reindex' needs a RoPE whose frequencies do not depend on the "
                              f"length; rope_type {rope_type!r} does")
-    return {"version": _VERSION, "mode": mode, "full_layers": full, "pattern": spec, "positions": positions}
+    return {"version": _VERSION, "mode": mode, "full_layers": full, "pattern": pattern.to_dict(),
+            "positions": positions}
 
 
 def layer_patterns(config) -> list[Pattern]:
-    """One pattern per decoder layer: ``full_causal()`` for full layers (and unconverted models)."""
+    """One pattern per decoder layer: ``full_causal()`` for full layers (and unconverted models).
+
+    Validates the stored settings; called once per conversion, load or cache, not per forward.
+    """
     settings = get_settings(config)
+    num_layers = config.num_hidden_layers
     if settings is None:
-        return [full_causal()] * config.num_hidden_layers
-    return list(_parse(json.dumps(settings, sort_keys=True), config.num_hidden_layers))
-
-
-@lru_cache(maxsize=64)
-def _parse(settings_json: str, num_layers: int) -> tuple[Pattern, ...]:
-    # Called once per attention layer per forward: parse each distinct settings dict only once.
-    settings = json.loads(settings_json)
+        return [full_causal()] * num_layers
     if settings.get("version") != _VERSION:
         raise ValueError(f"config.longgen has version {settings.get('version')!r}; this code reads "
                          f"version {_VERSION}")
     full = set(check_full_layers(settings["full_layers"], num_layers))
-    sparse = pattern_from_dict(settings["pattern"])
-    return tuple(full_causal() if i in full else sparse for i in range(num_layers))
+    sparse = Pattern.from_dict(settings["pattern"])
+    return [full_causal() if i in full else sparse for i in range(num_layers)]

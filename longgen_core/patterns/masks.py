@@ -36,8 +36,9 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -75,7 +76,60 @@ class Pattern:
     vert_stride: int = 0
     homo_head: bool = True
     head_sliding_step: int = 1
-    name: str = field(default="", compare=False)
+
+    # ------------------------------------------------------------------ serialisation
+    @property
+    def name(self) -> str:
+        """The factory call, flattened: ``sink_window_64_4096``, ``strided_64_16_8_hetero``, ...
+
+        The strided head shift is not spelled: :meth:`from_name` derives it from ``num_heads``.
+        """
+        if self.kind == "full":
+            return "full_causal"
+        return "_".join([self.kind, *(_spell(getattr(self, f)) for f in _NAME_FIELDS[self.kind])])
+
+    def to_dict(self) -> dict:
+        """The factory arguments as a JSON-able dict (inverse of :meth:`from_dict`).
+
+        Example: ``sink_window(4, 32).to_dict()`` -> ``{'kind': 'sink_window', 'sink_tokens': 4,
+        'window_tokens': 32}``.
+        """
+        return {"kind": self.kind, **{f: getattr(self, f) for f in _DICT_FIELDS[self.kind]}}
+
+    @staticmethod
+    def from_dict(d: dict) -> "Pattern":
+        """Rebuild a pattern from :meth:`to_dict` through its factory (parameters validated again)."""
+        if not isinstance(d, dict) or d.get("kind") not in _DICT_FIELDS:
+            raise ValueError(f"pattern must be a dict with 'kind' in {sorted(_DICT_FIELDS)}, got {d!r}")
+        kind, fields = d["kind"], _DICT_FIELDS[d["kind"]]
+        if set(d) != {"kind", *fields}:
+            raise ValueError(f"pattern of kind {kind!r} takes exactly the keys {list(fields)}, got {sorted(d)}")
+        if kind != "strided":
+            return _FACTORIES[kind](*(d[f] for f in fields))
+        _check_int("head_sliding_step", d["head_sliding_step"], 1)
+        base = strided(*(d[f] for f in _NAME_FIELDS[kind]))
+        # strided() derives the per-head shift from num_heads; the dict stores the shift itself.
+        return dataclasses.replace(base, head_sliding_step=d["head_sliding_step"])
+
+    @staticmethod
+    def from_name(name: str, num_heads: int | None = None) -> "Pattern":
+        """The pattern whose :attr:`name` is ``name``; ``num_heads`` sets a strided head shift.
+
+        Example: ``Pattern.from_name("sink_window_64_4096") == sink_window(64, 4096)``.
+        """
+        for kind, fields in _NAME_FIELDS.items():
+            prefix = "full_causal" if kind == "full" else kind
+            words = str(name).split("_")[prefix.count("_") + 1:]
+            if "_".join([prefix, *words]) != str(name) or len(words) != len(fields):
+                continue
+            values = [_unspell(f, w) for f, w in zip(fields, words)]
+            if None in values:
+                continue
+            if kind == "strided":
+                return strided(*values, num_heads=num_heads)
+            return _FACTORIES[kind](*values)
+        raise ValueError(f"unknown pattern name {name!r}: expected sink_window_S_W, sliding_window_W, "
+                         "strided_B_L_V_homo|hetero or full_causal")
 
     # ------------------------------------------------------------------ token level
     @property
@@ -91,12 +145,17 @@ class Pattern:
         """
 
         def mask_mod(b, h, q_idx, kv_idx):
-            return self._keep(h, q_idx, kv_idx)
+            return self.keep(h, q_idx, kv_idx)
 
         mask_mod.__name__ = self.name
         return mask_mod
 
-    def _keep(self, h, q_idx, kv_idx):
+    def keep(self, h, q_idx, kv_idx):
+        """The token predicate: may query ``q_idx`` of head ``h`` attend key ``kv_idx``?
+
+        Integer tensors (or ints) that broadcast. Every other Python check of this package calls
+        it (or :meth:`block_keep`); ``kernels.common.pattern_keep`` is its Triton twin.
+        """
         causal = q_idx >= kv_idx
         if self.kind == "full":
             return causal
@@ -105,11 +164,22 @@ class Pattern:
         if self.kind == "sink_window":
             return causal & ((kv_idx < self.sink_tokens) | (q_idx - kv_idx < self.window_tokens))
         # strided: decided per block of block_size tokens, causal inside the diagonal block
-        q_blk, kv_blk = q_idx // self.block_size, kv_idx // self.block_size
+        return causal & self.block_keep(h, q_idx // self.block_size, kv_idx // self.block_size)
+
+    def block_keep(self, h, q_blk, kv_blk):
+        """The strided block predicate, causality aside: may query block ``q_blk`` of head ``h``
+        attend key block ``kv_blk`` (``kv_blk <= q_blk``)? The local band or a vertical stripe."""
         offset = 0 if self.homo_head else h * self.head_sliding_step
-        local = q_blk - kv_blk < self.local_blocks
-        vertical = (kv_blk + offset) % self.vert_stride == 0
-        return causal & (local | vertical)
+        return (q_blk - kv_blk < self.local_blocks) | ((kv_blk + offset) % self.vert_stride == 0)
+
+    def slot_mask(self, q_pos, k_pos: torch.Tensor, num_heads: int = 1) -> torch.Tensor:
+        """Bool ``(H or 1, Nq, Nk)``: query ``q_pos[i]`` sees the key at ``k_pos[j]`` (``-1``: an
+        empty cache slot, never seen). ``q_pos``: ``(Nq,)`` int64 tensor or an int; ``k_pos``:
+        ``(Nk,)`` int64. ``H`` heads when the pattern differs per head, else 1 (broadcasts)."""
+        heads = num_heads if self.per_head else 1
+        h = torch.arange(heads, device=k_pos.device).view(-1, 1, 1)
+        q = torch.as_tensor(q_pos, device=k_pos.device).view(1, -1, 1)
+        return self.keep(h, q, k_pos.view(1, 1, -1)) & (k_pos >= 0).view(1, 1, -1)
 
     def dense_mask(self, n: int, num_heads: int = 1, n_queries: int | None = None) -> torch.Tensor:
         """Token mask as a bool tensor ``(heads, n_queries, n)``; for small ``n`` only.
@@ -126,10 +196,8 @@ class Pattern:
         if n_queries > n:
             raise ValueError(f"n_queries must be <= n ({n}), got {n_queries}")
         heads = num_heads if self.per_head else 1
-        h = torch.arange(heads).view(-1, 1, 1)
-        q = torch.arange(n - n_queries, n).view(1, -1, 1)
-        k = torch.arange(n).view(1, 1, -1)
-        return self._keep(h, q, k).expand(heads, n_queries, n).contiguous()
+        mask = self.slot_mask(torch.arange(n - n_queries, n), torch.arange(n), num_heads)
+        return mask.expand(heads, n_queries, n).contiguous()
 
     # ------------------------------------------------------------------ counts and budgets
     def row_counts(self, n: int, head: int = 0) -> torch.Tensor:
@@ -147,18 +215,27 @@ class Pattern:
             window_start = torch.clamp(q - self.window_tokens + 1, min=0)
             sinks_outside_window = torch.clamp(torch.clamp(window_start, max=self.sink_tokens), min=0)
             return q - window_start + 1 + sinks_outside_window
-        # strided: kept whole blocks before the diagonal block, plus the causal part of it
-        kept_before = self._kept_blocks_before(math.ceil(n / self.block_size), head)
-        q_blk = q // self.block_size
-        return kept_before[q_blk] * self.block_size + (q % self.block_size) + 1
+        return self._strided_counts(n, [head])
 
-    def _kept_blocks_before(self, num_blocks: int, head: int) -> torch.Tensor:
-        """For each query block i, how many key blocks j < i are kept. Shape ``(num_blocks,)``."""
-        i = torch.arange(num_blocks).view(-1, 1)
-        j = torch.arange(num_blocks).view(1, -1)
-        offset = 0 if self.homo_head else head * self.head_sliding_step
-        keep = (j < i) & ((i - j < self.local_blocks) | ((j + offset) % self.vert_stride == 0))
-        return keep.sum(1)
+    def row_counts_any_head(self, n: int, num_heads: int = 1) -> torch.Tensor:
+        """``(n,)`` int64: keys each query attends for at least one of ``num_heads`` heads (the
+        slots an evicting cache must keep for it); :meth:`row_counts` unless strided per head."""
+        _check_int("n", n, 1)
+        if not self.per_head:
+            return self.row_counts(n)
+        return self._strided_counts(n, range(num_heads))
+
+    def _strided_counts(self, n: int, heads) -> torch.Tensor:
+        """Strided: kept whole blocks before the diagonal block (for any of ``heads``), plus the
+        causal part of the diagonal block. Shape ``(n,)``."""
+        b = self.block_size
+        i, j = torch.arange(math.ceil(n / b)).view(-1, 1), torch.arange(math.ceil(n / b)).view(1, -1)
+        kept = torch.zeros(i.shape[0], j.shape[1], dtype=torch.bool)
+        for h in heads:
+            kept |= self.block_keep(h, i, j)
+        kept_before = ((j < i) & kept).sum(1)
+        q = torch.arange(n, dtype=torch.int64)
+        return kept_before[q // b] * b + (q % b) + 1
 
     def density(self, n: int, num_heads: int = 1) -> float:
         """Kept (query, key) pairs over those of full causal attention, averaged over heads."""
@@ -228,17 +305,15 @@ class Pattern:
     def _strided_tiles(self, n, nb, t, head, any_causal, all_causal):
         """Tile any/all for the strided pattern from its block mask (tile and block: powers of 2)."""
         b = self.block_size
-        offset = 0 if self.homo_head else head * self.head_sliding_step
         if t <= b:  # each tile lies inside one pattern block pair
             blk = torch.arange(nb) * t // b
             i, j = blk.view(-1, 1), blk.view(1, -1)
-            keep = (j <= i) & ((i - j < self.local_blocks) | ((j + offset) % self.vert_stride == 0))
+            keep = (j <= i) & self.block_keep(head, i, j)
             return keep & any_causal, keep & all_causal
         r = t // b  # each tile holds r x r pattern blocks
         nbp, valid = nb * r, math.ceil(n / b)  # pattern blocks past n hold no token
         i, j = torch.arange(nbp).view(-1, 1), torch.arange(nbp).view(1, -1)
-        keep = (j <= i) & ((i - j < self.local_blocks) | ((j + offset) % self.vert_stride == 0))
-        keep &= (i < valid) & (j < valid)
+        keep = (j <= i) & self.block_keep(head, i, j) & (i < valid) & (j < valid)
         keep_tiles = keep.view(nb, r, nb, r)
         # j <= i already encodes block-level causality; the token-level part is any/all_causal
         return keep_tiles.any(3).any(1) & any_causal, keep_tiles.all(3).all(1) & all_causal
@@ -247,14 +322,13 @@ class Pattern:
 # ---------------------------------------------------------------------- factories
 def full_causal() -> Pattern:
     """Dense causal attention: every query sees every earlier key (the full layers)."""
-    return Pattern(kind="full", name="full_causal")
+    return Pattern(kind="full")
 
 
 def sliding_window(window_tokens: int) -> Pattern:
     """Causal sliding window of ``window_tokens`` keys, the query included."""
     _check_int("window_tokens", window_tokens, 1)
-    return Pattern(kind="sliding_window", window_tokens=window_tokens,
-                   name=f"sliding_window_{window_tokens}")
+    return Pattern(kind="sliding_window", window_tokens=window_tokens)
 
 
 def sink_window(sink_tokens: int = 64, window_tokens: int = 4096) -> Pattern:
@@ -264,8 +338,7 @@ def sink_window(sink_tokens: int = 64, window_tokens: int = 4096) -> Pattern:
     """
     _check_int("sink_tokens", sink_tokens, 0)
     _check_int("window_tokens", window_tokens, 1)
-    return Pattern(kind="sink_window", sink_tokens=sink_tokens, window_tokens=window_tokens,
-                   name=f"sink_window_{sink_tokens}_{window_tokens}")
+    return Pattern(kind="sink_window", sink_tokens=sink_tokens, window_tokens=window_tokens)
 
 
 def strided(block_size: int = 64, local_blocks: int = 16, vert_stride: int = 8,
@@ -288,9 +361,32 @@ def strided(block_size: int = 64, local_blocks: int = 16, vert_stride: int = 8,
         _check_int("num_heads", num_heads, 1)
     step = max(1, vert_stride // num_heads) if num_heads else 1
     return Pattern(kind="strided", block_size=block_size, local_blocks=local_blocks,
-                   vert_stride=vert_stride, homo_head=homo_head, head_sliding_step=step,
-                   name=f"strided_{block_size}_{local_blocks}_{vert_stride}"
-                        f"_{'homo' if homo_head else 'hetero'}")
+                   vert_stride=vert_stride, homo_head=homo_head, head_sliding_step=step)
+
+
+# kind -> the factory arguments its name spells, in order; its dict adds the strided head shift.
+_NAME_FIELDS = {
+    "full": (),
+    "sliding_window": ("window_tokens",),
+    "sink_window": ("sink_tokens", "window_tokens"),
+    "strided": ("block_size", "local_blocks", "vert_stride", "homo_head"),
+}
+_DICT_FIELDS = {**_NAME_FIELDS, "strided": (*_NAME_FIELDS["strided"], "head_sliding_step")}
+_FACTORIES = {"full": full_causal, "sliding_window": sliding_window, "sink_window": sink_window}
+
+
+def _spell(value) -> str:
+    """One word of a pattern's name: an int, or ``homo``/``hetero`` for ``homo_head``."""
+    if isinstance(value, bool):
+        return "homo" if value else "hetero"
+    return str(value)
+
+
+def _unspell(field_name: str, word: str):
+    """The value :func:`_spell` wrote for ``field_name``, or ``None`` if ``word`` cannot be one."""
+    if field_name == "homo_head":
+        return {"homo": True, "hetero": False}.get(word)
+    return int(word) if word.isdigit() and word.isascii() else None
 
 
 def default_full_layers(num_layers: int) -> list[int]:
