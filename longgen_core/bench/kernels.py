@@ -37,7 +37,8 @@ import sys
 import time
 from pathlib import Path
 
-from .results import load_results, software_versions, write_results
+from ..jsonio import read_json as load_results  # noqa: F401 -- the names notebooks 02 and 06 import
+from ..jsonio import write_json_atomic as write_results
 
 __all__ = ["results_table", "plot_results", "save_plot",
            "kernel_patterns"]

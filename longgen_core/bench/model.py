@@ -351,7 +351,7 @@ def run_cli(args) -> int:
     import sys
     from pathlib import Path
 
-    from .results import write_results
+    from ..jsonio import write_json_atomic as write_results
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
