@@ -38,6 +38,9 @@ import torch
 from ..patterns import Pattern, attention_flops, full_causal, sink_window, sliding_window, strided
 from .targets import PAPER_N
 
+# longgen_core.models (which loads transformers) and plots (matplotlib) are imported inside the
+# functions that use them: report.py imports this module for MISSING without either.
+
 __all__ = ["PHASES", "PARTS", "layer_params", "layer_costs", "model_cost", "amdahl", "pattern_from_name",
            "bench_config", "decode_floor_ms", "measured_vs_model", "comparison_text", "decode_rows",
            "plot_cost_breakdown", "plot_measured", "plot_decode"]
