@@ -16,11 +16,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import sys
 import time
 from pathlib import Path
+
+from .cli_values import parse_value  # the -p VALUE rule (tests use runner.parse_value)
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
@@ -39,14 +40,6 @@ def parameters_for(notebook: Path, preset: str | None, overrides: dict) -> dict:
     if preset is not None:
         wanted["PRESET"] = preset
     return {k: v for k, v in wanted.items() if k in declared}
-
-
-def parse_value(text: str):
-    """``-p`` values as Python literals when they parse (``8``, ``True``, ``1e6``), else strings."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def run_notebooks(notebooks: list[Path], out: Path | None, preset: str | None = None,
@@ -132,7 +125,8 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default=None, help="passed as PRESET to notebooks that declare it")
     parser.add_argument("--out", type=Path, default=None, help="folder for executed copies, logs, summary")
     parser.add_argument("--in-place", action="store_true", help="overwrite the notebooks themselves")
-    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="a notebook parameter; VALUE as JSON or a Python literal, else the text")
     parser.add_argument("--timeout", type=int, default=None, help="per-cell timeout in seconds")
     args = parser.parse_args(argv)
     if (args.out is None) == (not args.in_place):

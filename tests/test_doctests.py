@@ -12,9 +12,13 @@ import longgen_core.models.convert
 import longgen_core.patterns.masks
 import longgen_core.plots
 import longgen_core.train.options
+import longgen_core.bench.targets
+import longgen_core.cli_values
+import longgen_core.jsonio
 
 MODULES = [longgen_core.patterns.masks, longgen_core.kernels.reference, longgen_core.plots, longgen_core.data.corpora,
-           longgen_core.models.convert, longgen_core.models.fused, longgen_core, longgen_core.train.options]
+           longgen_core.models.convert, longgen_core.models.fused, longgen_core, longgen_core.train.options,
+           longgen_core.bench.targets, longgen_core.cli_values, longgen_core.jsonio]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

@@ -54,6 +54,19 @@ def test_parse_value(text, value):
     assert runner.parse_value(text) == value
 
 
+@pytest.mark.parametrize("text,value", [
+    ("true", True), ("True", True), ("null", None), ("None", None), ("1e-4", 1e-4), ("-3", -3),
+    ("[1, 2]", [1, 2]), ("(1, 2)", (1, 2)), ('{"kind": "sink_window"}', {"kind": "sink_window"}),
+    ("{'kind': 'full'}", {"kind": "full"}), ('"8"', "8"), ("'8'", "8"),
+    ("kjv", "kjv"), ("runs/x", "runs/x"), ("gpu-small", "gpu-small"), ("", ""), ("a b", "a b")])
+def test_one_value_rule_for_every_command_line(text, value):
+    """JSON first, then a Python literal, else the text: -p and --set read VALUE alike."""
+    from longgen_core.train import options
+
+    assert runner.parse_value(text) == options.parse_value(text) == value
+    assert type(runner.parse_value(text)) is type(value)
+
+
 @pytest.mark.parametrize("notebook", runner.numbered_notebooks(), ids=lambda p: p.name)
 def test_papermill_reads_every_name_of_the_parameters_cell(notebook):
     """A parameter papermill cannot parse (e.g. a comment holding '=') is silently never overridden."""

@@ -34,6 +34,10 @@ from __future__ import annotations
 import torch
 
 from ..patterns import Pattern, attention_flops, full_causal
+from .targets import PAPER_N
+
+# longgen_core.models (which loads transformers) and plots (matplotlib) are imported inside the
+# functions that use them: report.py imports this module for MISSING without either.
 
 __all__ = ["PHASES", "PARTS", "layer_params", "layer_costs", "model_cost", "amdahl", "pattern_from_name",
            "bench_config", "decode_floor_ms", "measured_vs_model", "comparison_text", "decode_rows",
@@ -233,7 +237,7 @@ def measured_vs_model(results: dict) -> list[dict]:
     return out
 
 
-def comparison_text(rows: list[dict], paper: dict, targets: dict, paper_n: int = 131072) -> str:
+def comparison_text(rows: list[dict], paper: dict, targets: dict, paper_n: int = PAPER_N) -> str:
     """Text table of :func:`measured_vs_model` rows beside the paper's numbers and the targets
     (on the ``paper_n`` rows). KV as a reduction (``1 - hybrid / full``), times as full / hybrid."""
     flagged = False
@@ -324,7 +328,7 @@ def plot_cost_breakdown(config, lengths, phase: str = "prefill", batch: int = 1,
 
 
 def plot_measured(rows: list[dict], paper: dict | None = None, targets: dict | None = None,
-                  paper_n: int = 131072):
+                  paper_n: int = PAPER_N):
     """One panel per metric of :func:`measured_vs_model`: measured full / hybrid against the cost
     model and Amdahl's bound over N; the paper and the target at ``paper_n`` when the rows reach it
     (KV as full / hybrid bytes, so a 62% saving is drawn at 1 / 0.38)."""

@@ -29,16 +29,18 @@ alone (no GPU): notebook 02 uses them.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import functools
-import json
-import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .results import load_results, software_versions, write_results
+from ..jsonio import read_json as load_results  # noqa: F401 -- the names notebooks 02 and 06 import
+from ..jsonio import write_json_atomic as write_results
+
+# torch and triton are imported inside the functions that time things: the table and figure
+# helpers need only the JSON (notebook 02 on a laptop).
 
 __all__ = ["results_table", "plot_results", "save_plot",
            "kernel_patterns"]
@@ -309,26 +311,40 @@ def _evicted_cache(k, v, pattern, n):
     return k[:, :, pos].contiguous(), v[:, :, pos].contiguous(), pos
 
 
-def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch, deadline, log=print,
-              tuned: dict | None = None):
-    """Time every (N, pattern, pass, impl); returns the rows (skipped rows have ms=None).
-    ``tuned``: the configs of :func:`tune`, used where they apply."""
-    import torch
-    import torch.nn.functional as F
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+@dataclass
+class _Sweep:
+    """What :func:`time_rows` times, and the rows it has timed so far.
 
-    from ..kernels import sparse_attention, sparse_decode
-    from ..kernels.api import DecodePlan
-    from ..patterns import attention_flops, full_causal
+    ``patterns``: ``[(name, Pattern)]`` in the order asked for; ``passes`` and ``impls`` as
+    :func:`time_rows` takes them; rows after ``deadline`` (``time.time()``) are skipped.
+    """
 
-    patterns = kernel_patterns(heads)
-    rows = []
+    patterns: list
+    passes: list
+    impls: list
+    heads: int
+    kv_heads: int
+    head_dim: int
+    decode_batch: int
+    deadline: float
+    log: object = print
+    tuned: dict | None = None  # the configs of :func:`tune`, used where they apply
+    rows: list = field(default_factory=list)
 
-    def add(impl, pattern_name, n, pass_, fn, flops=None, nbytes=None, **extra):
+    def config(self, pattern):
+        import torch
+
+        return _tuned(self.tuned, pattern, self.head_dim, torch.bfloat16)
+
+    def time(self, impl, pattern_name, n, pass_, fn, flops=None, nbytes=None, **extra) -> None:
+        """Append the row of ``fn`` (median ms after a warm-up; TFLOP/s and GB/s from ``flops``
+        and ``nbytes``); a failure or the deadline gives ``ms: None`` and a reason."""
+        import torch
+
         row = {"impl": impl, "pattern": pattern_name, "n": n, "pass": pass_, "ms": None, "tflops": None,
                "gbps": None, **extra}
-        rows.append(row)
-        if time.time() > deadline:
+        self.rows.append(row)
+        if time.time() > self.deadline:
             row["skipped"] = "time budget"
             return
         try:
@@ -337,93 +353,132 @@ def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch,
             row["ms"] = _ms(fn)
         except Exception as e:  # noqa: BLE001 -- record and go on: one failure must not lose the run
             row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-            log(f"FAILED {impl} {pattern_name} {n} {pass_}: {row['error']}")
+            self.log(f"FAILED {impl} {pattern_name} {n} {pass_}: {row['error']}")
             torch.cuda.empty_cache()
             return
         if flops:
             row["tflops"] = flops / row["ms"] / 1e9
         if nbytes:
             row["gbps"] = nbytes / row["ms"] / 1e6
-        log(f"{impl:9s} {pattern_name:26s} n={n:6d} {pass_:6s} {row['ms']:9.3f} ms"
-            + (f" {row['tflops']:6.1f} TFLOP/s" if row["tflops"] else "")
-            + (f" {row['gbps']:7.1f} GB/s" if row["gbps"] else ""))
+        self.log(f"{impl:9s} {pattern_name:26s} n={n:6d} {pass_:6s} {row['ms']:9.3f} ms"
+                 + (f" {row['tflops']:6.1f} TFLOP/s" if row["tflops"] else "")
+                 + (f" {row['gbps']:7.1f} GB/s" if row["gbps"] else ""))
 
-    dt = torch.bfloat16
+    def flex(self, pattern, name: str, n_kv: int, n_q: int, what: str):
+        """:func:`_flex` for ``pattern``, or ``None`` (logged) when its block mask cannot be built or
+        the deadline has passed."""
+        if "flex" not in self.impls or time.time() >= self.deadline:
+            return None
+        try:
+            return _flex(pattern, n_kv, n_q, self.heads, "cuda")
+        except Exception as e:  # noqa: BLE001
+            self.log(f"FAILED flex {what} {name} {n_kv}: {e}")
+            return None
+
+
+def _time_attention(sweep: _Sweep, n: int, gen) -> None:
+    """fwd and fwdbwd rows at length ``n``: longgen and FlexAttention per pattern, then full causal
+    SDPA (flash). Batch 1, bf16, ``q`` ``(1, heads, n, head_dim)``, ``k``/``v`` with ``kv_heads``."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ..kernels import sparse_attention  # triton: imported where a kernel runs
+    from ..patterns import attention_flops, full_causal
+
+    heads, kv_heads, head_dim, dt = sweep.heads, sweep.kv_heads, sweep.head_dim, torch.bfloat16
+    q = torch.randn(1, heads, n, head_dim, device="cuda", dtype=dt, generator=gen).requires_grad_()
+    k = torch.randn(1, kv_heads, n, head_dim, device="cuda", dtype=dt, generator=gen).requires_grad_()
+    v = torch.randn(1, kv_heads, n, head_dim, device="cuda", dtype=dt, generator=gen).requires_grad_()
+    do = torch.randn_like(q)
+    for name, p in sweep.patterns:
+        flops = {x: attention_flops(p, n, heads, head_dim, pass_=x) for x in ("fwd", "fwdbwd")}
+        fns = {}
+        if "longgen" in sweep.impls:
+            fns["longgen"] = lambda q, k, v, p=p: sparse_attention(q, k, v, p, config=sweep.config(p))
+        flex = sweep.flex(p, name, n, n, "block mask")
+        if flex is not None:
+            fns["flex"] = flex
+        for impl, f in fns.items():
+            if "fwd" in sweep.passes:
+                sweep.time(impl, p.name, n, "fwd", lambda f=f: f(q, k, v), flops["fwd"])
+            if "fwdbwd" in sweep.passes:
+                sweep.time(impl, p.name, n, "fwdbwd",
+                           lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do), flops["fwdbwd"])
+    if "sdpa_full" in sweep.impls:
+        fc = full_causal()
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            sdpa = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+            if "fwd" in sweep.passes:
+                sweep.time("sdpa_full", fc.name, n, "fwd", sdpa, attention_flops(fc, n, heads, head_dim))
+            if "fwdbwd" in sweep.passes:
+                sweep.time("sdpa_full", fc.name, n, "fwdbwd", lambda: torch.autograd.grad(sdpa(), (q, k, v), do),
+                           attention_flops(fc, n, heads, head_dim, pass_="fwdbwd"))
+    del q, k, v, do
+    torch.cuda.empty_cache()
+
+
+def _time_decode(sweep: _Sweep, n: int, gen) -> None:
+    """decode rows at context ``n``: one query per sequence at batch ``decode_batch`` on a full
+    cache of ``n`` positions (longgen skips the dropped chunks; flex; full SDPA) and, for
+    sink + window, longgen on the evicted cache the hybrid keeps."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from ..kernels import sparse_decode  # triton: imported where a kernel runs
+    from ..kernels.api import DecodePlan
+
+    heads, kv_heads, head_dim, b, dt = sweep.heads, sweep.kv_heads, sweep.head_dim, sweep.decode_batch, torch.bfloat16
+    qd = torch.randn(b, heads, 1, head_dim, device="cuda", dtype=dt, generator=gen)
+    kd = torch.randn(b, kv_heads, n, head_dim, device="cuda", dtype=dt, generator=gen)
+    vd = torch.randn(b, kv_heads, n, head_dim, device="cuda", dtype=dt, generator=gen)
+    pos = torch.arange(n, device="cuda")
+    for name, p in sweep.patterns:
+        visible, nbytes = _decode_bytes(p, n, b, kv_heads, head_dim, heads)
+        flops = 4.0 * b * heads * visible * head_dim
+        if "longgen" in sweep.impls:
+            # the cache does not change between calls: its visible-chunk plan is built once
+            sweep.time("longgen", p.name, n, "decode", lambda p=p, plan=DecodePlan(): sparse_decode(
+                qd, kd, vd, pos, p, config=sweep.config(p), plan=plan), flops, nbytes, cache="full", batch=b)
+            if p.kind == "sink_window":
+                kc, vc, pc = _evicted_cache(kd, vd, p, n)
+                sweep.time("longgen", p.name, n, "decode", lambda p=p, kc=kc, vc=vc, pc=pc:
+                           sparse_decode(qd, kc, vc, pc, p, config=sweep.config(p)), flops, nbytes, cache="evicted",
+                           batch=b)
+                del kc, vc
+        flex = sweep.flex(p, name, n, 1, "decode")
+        if flex is not None:
+            sweep.time("flex", p.name, n, "decode", lambda f=flex: f(qd, kd, vd), flops, nbytes, cache="full", batch=b)
+    if "sdpa_full" in sweep.impls:
+        full_bytes = 2 * b * kv_heads * n * head_dim * 2
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
+            sweep.time("sdpa_full", "full_causal", n, "decode",
+                       lambda: F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=kv_heads != heads),
+                       4.0 * b * heads * n * head_dim, full_bytes, cache="full", batch=b)
+    del qd, kd, vd
+    torch.cuda.empty_cache()
+
+
+def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch, deadline, log=print,
+              tuned: dict | None = None):
+    """Time every (N, pattern, pass, impl); returns the rows (skipped rows have ms=None).
+    ``tuned``: the configs of :func:`tune`, used where they apply.
+
+    Per N: :func:`_time_attention` (fwd, fwdbwd), then :func:`_time_decode` when ``"decode"`` is in
+    ``passes``; both draw their tensors from one generator seeded with N.
+    """
+    import torch
+
+    patterns = kernel_patterns(heads)
+    sweep = _Sweep([(name, patterns[name]) for name in names], passes, impls, heads, kv_heads, head_dim,
+                   decode_batch, deadline, log, tuned)
     for n in ns:
         gen = torch.Generator(device="cuda").manual_seed(n)
-        q = torch.randn(1, heads, n, head_dim, device="cuda", dtype=dt, generator=gen).requires_grad_()
-        k = torch.randn(1, kv_heads, n, head_dim, device="cuda", dtype=dt, generator=gen).requires_grad_()
-        v = torch.randn(1, kv_heads, n, head_dim, device="cuda", dtype=dt, generator=gen).requires_grad_()
-        do = torch.randn_like(q)
-        for name in names:
-            p = patterns[name]
-            flops = {x: attention_flops(p, n, heads, head_dim, pass_=x) for x in ("fwd", "fwdbwd")}
-            fns = {}
-            if "longgen" in impls:
-                fns["longgen"] = lambda q, k, v, p=p: sparse_attention(
-                    q, k, v, p, config=_tuned(tuned, p, head_dim, dt))
-            if "flex" in impls and time.time() < deadline:
-                try:
-                    fns["flex"] = _flex(p, n, n, heads, "cuda")
-                except Exception as e:  # noqa: BLE001
-                    log(f"FAILED flex block mask {name} {n}: {e}")
-            for impl, f in fns.items():
-                if "fwd" in passes:
-                    add(impl, p.name, n, "fwd", lambda f=f: f(q, k, v), flops["fwd"])
-                if "fwdbwd" in passes:
-                    add(impl, p.name, n, "fwdbwd",
-                        lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do), flops["fwdbwd"])
-        if "sdpa_full" in impls:
-            fc = full_causal()
-            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-                sdpa = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
-                if "fwd" in passes:
-                    add("sdpa_full", fc.name, n, "fwd", sdpa, attention_flops(fc, n, heads, head_dim))
-                if "fwdbwd" in passes:
-                    add("sdpa_full", fc.name, n, "fwdbwd",
-                        lambda: torch.autograd.grad(sdpa(), (q, k, v), do),
-                        attention_flops(fc, n, heads, head_dim, pass_="fwdbwd"))
-        del q, k, v, do
-        torch.cuda.empty_cache()
-        if "decode" not in passes:
-            continue
-        b = decode_batch
-        qd = torch.randn(b, heads, 1, head_dim, device="cuda", dtype=dt, generator=gen)
-        kd = torch.randn(b, kv_heads, n, head_dim, device="cuda", dtype=dt, generator=gen)
-        vd = torch.randn(b, kv_heads, n, head_dim, device="cuda", dtype=dt, generator=gen)
-        pos = torch.arange(n, device="cuda")
-        extra = {"batch": b}
-        for name in names:
-            p = patterns[name]
-            visible, nbytes = _decode_bytes(p, n, b, kv_heads, head_dim, heads)
-            flops = 4.0 * b * heads * visible * head_dim
-            if "longgen" in impls:
-                cfg = _tuned(tuned, p, head_dim, dt)
-                # the cache does not change between calls: its visible-chunk plan is built once
-                add("longgen", p.name, n, "decode", lambda p=p, cfg=cfg, plan=DecodePlan():
-                    sparse_decode(qd, kd, vd, pos, p, config=cfg, plan=plan), flops, nbytes, cache="full",
-                    **extra)
-                if p.kind == "sink_window":
-                    kc, vc, pc = _evicted_cache(kd, vd, p, n)
-                    add("longgen", p.name, n, "decode", lambda p=p, kc=kc, vc=vc, pc=pc, cfg=cfg:
-                        sparse_decode(qd, kc, vc, pc, p, config=cfg), flops, nbytes, cache="evicted", **extra)
-                    del kc, vc
-            if "flex" in impls and time.time() < deadline:
-                try:
-                    f = _flex(p, n, 1, heads, "cuda")
-                    add("flex", p.name, n, "decode", lambda f=f: f(qd, kd, vd), flops, nbytes, cache="full",
-                        **extra)
-                except Exception as e:  # noqa: BLE001
-                    log(f"FAILED flex decode {name} {n}: {e}")
-        if "sdpa_full" in impls:
-            full_bytes = 2 * b * kv_heads * n * head_dim * 2
-            with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
-                add("sdpa_full", "full_causal", n, "decode",
-                    lambda: F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=kv_heads != heads),
-                    4.0 * b * heads * n * head_dim, full_bytes, cache="full", **extra)
-        del qd, kd, vd
-        torch.cuda.empty_cache()
-    return rows
+        _time_attention(sweep, n, gen)
+        if "decode" in passes:
+            _time_decode(sweep, n, gen)
+    return sweep.rows
 
 
 def tune(n: int, heads: int, head_dim: int, log=print) -> dict:

@@ -21,6 +21,9 @@ with :class:`~longgen_core.models.cache.LongGenCache` (all full layers for the f
 Times are medians of ``--reps`` repeats after one warm-up (``torch.cuda.Event``; on CPU
 ``time.perf_counter``, for the tests only). A cell that runs out of memory gets ``value: null``
 and a note; cells after ``--time-budget`` are skipped the same way.
+
+One function per metric -- :func:`prefill_ms`, :func:`kv_bytes`, :func:`decode_ms`,
+:func:`train_step_ms` -- and :func:`run_model_bench`, which runs them for both models at every N.
 """
 
 from __future__ import annotations
@@ -29,11 +32,22 @@ import copy
 import datetime
 import math
 import statistics
+import sys
 import time
 import warnings
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from transformers import LlamaForCausalLM
 
+from ..jsonio import write_json_atomic
+from ..models.base import llama2_7b_config
+from ..models.cache import LongGenCache, kv_bytes_formula, kv_cache_bytes
+from ..models.convert import layer_map, to_longgen
+from ..patterns import sink_window
+from ..train.loss import CausalLMLoss
 from .results import software_versions
 
 METRICS = ("kv_bytes", "prefill_ms", "decode_ms_b1", "decode_ms_b8", "train_step_ms")
@@ -41,8 +55,6 @@ ATTENTIONS = ("full", "hybrid")
 
 
 def llama7b_shaped(layers: int, max_positions: int):
-    from ..models.base import llama2_7b_config
-
     config = llama2_7b_config(max_positions)
     config.num_hidden_layers = layers
     return config
@@ -50,10 +62,6 @@ def llama7b_shaped(layers: int, max_positions: int):
 
 def build_models(config, device, dtype, pattern=None, backend: str = "auto", seed: int = 0):
     """(full, hybrid): the same random weights, the hybrid converted in place on a deep copy."""
-    from transformers import LlamaForCausalLM
-
-    from ..models.convert import to_longgen
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with torch.device(device):
@@ -87,62 +95,201 @@ def _median_ms(fn, reps, timer):
     return statistics.median(timer(fn) for _ in range(reps))
 
 
-def _new_cache(model, attention):
-    """The same cache class for both models: full layers keep every token in a buffer that grows
-    in steps (one token written per decode step; ``DynamicCache`` copies the whole history with
-    ``torch.cat`` every step), sparse layers keep sink + window slots."""
-    from ..models.cache import LongGenCache
-
-    return LongGenCache(model.config)
-
-
 def _decode_attention_backends():
     """SDPA backends for decoding: flash / memory-efficient. cuDNN attention (SDPA's first choice on
     Hopper) builds an execution plan for every new key length, ~6 ms of host time per layer and
     token measured on an H100, which would make decoding measure plan building."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
-
-
-def _repeat_batch(cache, batch):
-    for layer in cache.layers:
-        if hasattr(layer, "_buffer"):
-            layer._buffer = None  # a full layer's batch-1 storage would outlive its keys
-        for name in ("keys", "values"):
-            t = getattr(layer, name, None)
-            if t is not None and t.dim() == 4:
-                setattr(layer, name, None)
-                setattr(layer, name, t.repeat(batch, 1, 1, 1))
-                del t
 
 
 def _is_oom(err):
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
-def run_model_bench(lengths, layers: int = 6, device: str = "cuda", dtype=torch.bfloat16, config=None,
-                    pattern=None, backend: str = "auto", reps: int = 3, decode_steps: int = 16,
-                    decode_batch: int = 8, chunk: int = 4096, metrics=METRICS, time_budget=None,
-                    log=print) -> dict:
-    """Measure every (attention, N, metric) cell; return the results dict (see the module doc)."""
-    from ..models.cache import kv_bytes_formula, kv_cache_bytes
-    from ..models.convert import layer_map
-    from ..train.loss import CausalLMLoss
-    from ..patterns import sink_window
+# ---------------------------------------------------------------------- one function per metric
+def prefill(model, ids: torch.Tensor) -> LongGenCache:
+    """One forward of ``ids`` ``(B, N)`` into a new cache (``logits_to_keep=1``); returns the cache.
 
-    start = time.time()
-    deadline = start + time_budget if time_budget else math.inf
-    pattern = pattern if pattern is not None else sink_window(64, 4096)
-    if config is None:
-        config = llama7b_shaped(layers, max(lengths) + decode_steps * 4 + 16)
+    Both models get :class:`LongGenCache`: full layers keep every token in a buffer that grows in
+    steps (one token written per decode step; ``DynamicCache`` copies the whole history with
+    ``torch.cat`` every step), sparse layers keep sink + window slots.
+    """
+    cache = LongGenCache(model.config)
+    with torch.inference_mode():
+        model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return cache
+
+
+def prefill_ms(model, ids: torch.Tensor, timer, reps: int) -> tuple[float, LongGenCache]:
+    """Median ms of :func:`prefill` over ``reps`` runs after a warm-up, and the last run's cache."""
+    last = {}
+
+    def run():
+        last["cache"] = prefill(model, ids)
+    return _median_ms(run, reps, timer), last["cache"]
+
+
+def kv_bytes(cache: LongGenCache) -> int:
+    """Bytes of K and V the cache holds, summed over layers."""
+    return sum(kv_cache_bytes(cache))
+
+
+def decode_ms(model, cache: LongGenCache, token: torch.Tensor, steps: int, timer, reps: int) -> float:
+    """Median ms per token of ``steps`` single-token forwards of ``token`` ``(B, 1)`` on ``cache``
+    (which grows by ``steps`` tokens per run, warm-up included)."""
+    def loop():
+        with torch.inference_mode(), _decode_attention_backends():
+            for _ in range(steps):
+                model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return _median_ms(loop, reps, timer) / steps
+
+
+def train_step_ms(model, ids: torch.Tensor, chunk: int, timer, reps: int) -> float:
+    """Median ms of forward + backward on ``ids`` ``(B, N)`` (gradient checkpointing, chunked loss
+    of ``chunk`` positions, no optimizer step); the model is left in eval mode without gradients."""
+    loss_fn = CausalLMLoss(model, chunk=chunk)
+    labels = ids.clone()
+
+    def step():
+        loss = loss_fn(ids, labels).sum()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    model.train()
+    with warnings.catch_warnings():  # renamed activation_checkpointing_* in v5
+        warnings.simplefilter("ignore", FutureWarning)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        return _median_ms(step, reps, timer)
+    finally:
+        model.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            model.gradient_checkpointing_disable()
+        model.eval()
+
+
+# ---------------------------------------------------------------------- the driver
+@dataclass
+class _Plan:
+    """The settings every cell shares (see :func:`run_model_bench`)."""
+
+    timer: object
+    reps: int
+    decode_steps: int
+    decode_batch: int
+    chunk: int
+    dtype: torch.dtype
+    metrics: tuple  # the metric names asked for
+    is_cuda: bool
+
+    def wants(self, metric: str) -> bool:
+        """``decode_ms_b8`` in ``metrics`` asks for the decode at ``decode_batch``, whatever it is."""
+        return metric in self.metrics or (metric == f"decode_ms_b{self.decode_batch}"
+                                          and "decode_ms_b8" in self.metrics)
+
+    def free(self) -> None:
+        if self.is_cuda:
+            torch.cuda.empty_cache()
+
+
+class _Recorder:
+    """Rows and notes of the results dict; runs each cell unless past the deadline, and records an
+    out-of-memory cell as ``value: None`` instead of raising."""
+
+    def __init__(self, results: dict, deadline: float, plan: _Plan, log):
+        self.results, self.deadline, self.plan, self.log = results, deadline, plan, log
+
+    def add(self, attention: str, n: int, metric: str, value, **extra) -> None:
+        self.results["rows"].append({"attention": attention, "n": n, "metric": metric, "value": value, **extra})
+        self.log(f"{attention:6s} N={n:7d} {metric:14s} {value}")
+
+    def cell(self, attention: str, n: int, metric: str, measure) -> None:
+        """Add the row of ``measure()``, which returns ``{"value": ..., **extra}``."""
+        if not self.plan.wants(metric):
+            return
+        if time.time() > self.deadline:
+            self.skip(attention, n, metric, "time budget", "skipped (time budget)")
+            return
+        try:
+            self.add(attention, n, metric, **measure())
+        except (torch.OutOfMemoryError, RuntimeError) as err:
+            if not _is_oom(err):
+                raise
+            self.skip(attention, n, metric, "out of memory", "out of memory")
+        finally:
+            self.plan.free()
+
+    def skip(self, attention: str, n: int, metric: str, why: str, note: str) -> None:
+        self.add(attention, n, metric, None, skipped=why)
+        self.results["notes"].append(f"{attention} N={n} {metric}: {note}")
+
+
+class _Cells:
+    """The cells of one model at one N, as ``{"value": ..., **extra}`` rows for :class:`_Recorder`.
+
+    The KV and decode cells share the cache of a prefill: the one ``prefill_ms`` left, else one
+    made on first use. ``ids``: ``(1, N)`` prompt tokens; ``token``: ``(1, 1)`` the decoded token.
+    """
+
+    def __init__(self, model, ids: torch.Tensor, token: torch.Tensor, plan: _Plan, formula: bool):
+        self.model, self.ids, self.token, self.plan, self.formula = model, ids, token, plan, formula
+        self.cache = None
+
+    def prefilled(self) -> LongGenCache:
+        if self.cache is None:
+            self.cache = prefill(self.model, self.ids)
+        return self.cache
+
+    def prefill_ms(self) -> dict:
+        ms, self.cache = prefill_ms(self.model, self.ids, self.plan.timer, self.plan.reps)
+        return {"value": ms}
+
+    def kv_bytes(self) -> dict:
+        row = {"value": kv_bytes(self.prefilled())}
+        if self.formula:
+            row["kv_bytes_formula"] = sum(kv_bytes_formula(self.model.config, self.ids.shape[1], self.plan.dtype))
+        return row
+
+    def decode_ms_b1(self) -> dict:
+        return {"value": self._decode(self.prefilled(), 1), "context": self.ids.shape[1]}
+
+    def decode_ms_at_batch(self) -> dict:
+        """Decode at ``decode_batch`` on the batch-1 prefill repeated along the batch: the bytes of
+        a batch prefill without paying for it. ``context``: tokens in the cache before the loop."""
+        cache, batch = self.prefilled(), self.plan.decode_batch
+        context = cache.get_seq_length()
+        cache.batch_repeat_interleave(batch)
+        return {"value": self._decode(cache, batch), "context": context, "batch": batch}
+
+    def train_step_ms(self) -> dict:
+        return {"value": train_step_ms(self.model, self.ids, self.plan.chunk, self.plan.timer, self.plan.reps)}
+
+    def _decode(self, cache: LongGenCache, batch: int) -> float:
+        token = self.token.expand(batch, 1).contiguous()
+        return decode_ms(self.model, cache, token, self.plan.decode_steps, self.plan.timer, self.plan.reps)
+
+
+def _measure(rec: _Recorder, attention: str, model, ids: torch.Tensor, token: torch.Tensor) -> None:
+    """Every wanted metric of ``model`` at ``N = ids.shape[1]``, in the order prefill, KV bytes,
+    decode at batch 1, decode at ``decode_batch``, training step (the KV cache freed before it)."""
+    n, plan = ids.shape[1], rec.plan
+    cells = _Cells(model, ids, token, plan, formula=attention == "hybrid")
+    rec.cell(attention, n, "prefill_ms", cells.prefill_ms)
+    rec.cell(attention, n, "kv_bytes", cells.kv_bytes)
+    rec.cell(attention, n, "decode_ms_b1", cells.decode_ms_b1)
+    rec.cell(attention, n, f"decode_ms_b{plan.decode_batch}", cells.decode_ms_at_batch)
+    cells.cache = None
+    plan.free()
+    rec.cell(attention, n, "train_step_ms", cells.train_step_ms)
+
+
+def _header(config, hybrid, pattern, dtype, device: str, reps: int, decode_steps: int, decode_batch: int,
+            chunk: int) -> dict:
+    """The results dict before any row: device, date, model shape and settings, versions, notes."""
     layers = config.num_hidden_layers
-    full, hybrid = build_models(config, device, dtype, pattern, backend)
-    models = {"full": full, "hybrid": hybrid}
-    timer = _timer(device)
-    is_cuda = torch.device(device).type == "cuda"
     results = {
-        "device": torch.cuda.get_device_name() if is_cuda else "cpu",
+        "device": torch.cuda.get_device_name() if torch.device(device).type == "cuda" else "cpu",
         "date": datetime.date.today().isoformat(), "layers": layers,
         "layer_map": layer_map(hybrid.config), "full_layers": hybrid.config.longgen["full_layers"],
         "pattern": pattern.name if hasattr(pattern, "name") else repr(pattern),
@@ -166,116 +313,39 @@ def run_model_bench(lengths, layers: int = 6, device: str = "cuda", dtype=torch.
                             "memory-efficient backends (cuDNN re-plans for every new key length).")
     results["notes"].append("times: median of reps after one warm-up; train_step_ms = forward + backward "
                             "(gradient checkpointing, chunked loss), no optimizer step.")
+    return results
+
+
+def run_model_bench(lengths, layers: int = 6, device: str = "cuda", dtype=torch.bfloat16, config=None,
+                    pattern=None, backend: str = "auto", reps: int = 3, decode_steps: int = 16,
+                    decode_batch: int = 8, chunk: int = 4096, metrics=METRICS, time_budget=None,
+                    log=print) -> dict:
+    """Measure every (attention, N, metric) cell; return the results dict (see the module doc).
+
+    Example (CPU, a tiny model; times mean nothing there)::
+
+        >>> res = run_model_bench([64], device="cpu", dtype=torch.float32, config=tiny_config,
+        ...                       pattern=sink_window(4, 16), reps=1, decode_steps=2)   # doctest: +SKIP
+        >>> sorted({r["metric"] for r in res["rows"]})                                 # doctest: +SKIP
+        ['decode_ms_b1', 'decode_ms_b8', 'kv_bytes', 'prefill_ms', 'train_step_ms']
+    """
+    start = time.time()
+    deadline = start + time_budget if time_budget else math.inf
+    pattern = pattern if pattern is not None else sink_window(64, 4096)
+    if config is None:
+        config = llama7b_shaped(layers, max(lengths) + decode_steps * 4 + 16)
+    full, hybrid = build_models(config, device, dtype, pattern, backend)
+    results = _header(config, hybrid, pattern, dtype, device, reps, decode_steps, decode_batch, chunk)
+    plan = _Plan(_timer(device), reps, decode_steps, decode_batch, chunk, dtype, metrics,
+                 torch.device(device).type == "cuda")
+    rec = _Recorder(results, deadline, plan, lambda s: log(f"[{time.time() - start:6.1f}s] {s}"))
     gen = torch.Generator().manual_seed(1)
-    log_t = lambda s: log(f"[{time.time() - start:6.1f}s] {s}")  # noqa: E731
-
-    def add(attention, n, metric, value, **extra):
-        row = {"attention": attention, "n": n, "metric": metric, "value": value, **extra}
-        results["rows"].append(row)
-        log_t(f"{attention:6s} N={n:7d} {metric:14s} {value}")
-
-    def cell(attention, n, metric, fn):
-        if time.time() > deadline:
-            add(attention, n, metric, None, skipped="time budget")
-            results["notes"].append(f"{attention} N={n} {metric}: skipped (time budget)")
-            return None
-        try:
-            return fn()
-        except (torch.OutOfMemoryError, RuntimeError) as err:
-            if not _is_oom(err):
-                raise
-            add(attention, n, metric, None, skipped="out of memory")
-            results["notes"].append(f"{attention} N={n} {metric}: out of memory")
-            return None
-        finally:
-            if is_cuda:
-                torch.cuda.empty_cache()
-
     for n in lengths:
         ids = torch.randint(0, config.vocab_size, (1, n), generator=gen).to(device)
-        step_ids = torch.randint(0, config.vocab_size, (1, 1), generator=gen).to(device)
-        for attention in ATTENTIONS:
-            model = models[attention]
-            state = {}
-
-            def prefill():
-                cache = _new_cache(model, attention)
-                with torch.inference_mode():
-                    model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                state["cache"] = cache
-
-            def decode(batch):
-                tok = step_ids.expand(batch, 1).contiguous()
-                cache = state["cache"]
-
-                def loop(steps=decode_steps):
-                    with torch.inference_mode(), _decode_attention_backends():
-                        for _ in range(steps):
-                            model(input_ids=tok, past_key_values=cache, use_cache=True, logits_to_keep=1)
-                return _median_ms(loop, reps, timer) / decode_steps
-
-            def do_prefill():
-                value = _median_ms(prefill, reps, timer)
-                add(attention, n, "prefill_ms", value)
-                return True
-
-            def do_kv():
-                if "cache" not in state:
-                    prefill()
-                total = sum(kv_cache_bytes(state["cache"]))
-                extra = {}
-                if attention == "hybrid":
-                    extra["kv_bytes_formula"] = sum(kv_bytes_formula(model.config, n, dtype))
-                add(attention, n, "kv_bytes", total, **extra)
-
-            def do_b1():
-                if "cache" not in state:
-                    prefill()
-                add(attention, n, "decode_ms_b1", decode(1), context=n)
-
-            def do_b8():
-                if "cache" not in state:
-                    prefill()
-                ctx = state["cache"].get_seq_length()
-                _repeat_batch(state["cache"], decode_batch)
-                add(attention, n, f"decode_ms_b{decode_batch}", decode(decode_batch), context=ctx,
-                    batch=decode_batch)
-
-            def do_train():
-                loss_fn = CausalLMLoss(model, chunk=chunk)
-                model.train()
-                with warnings.catch_warnings():  # renamed activation_checkpointing_* in v5
-                    warnings.simplefilter("ignore", FutureWarning)
-                    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-                labels = ids.clone()
-
-                def step():
-                    loss = loss_fn(ids, labels).sum()
-                    loss.backward()
-                    model.zero_grad(set_to_none=True)
-                try:
-                    add(attention, n, "train_step_ms", _median_ms(step, reps, timer))
-                finally:
-                    model.zero_grad(set_to_none=True)
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", FutureWarning)
-                        model.gradient_checkpointing_disable()
-                    model.eval()
-
-            todo = {"prefill_ms": do_prefill, "kv_bytes": do_kv, "decode_ms_b1": do_b1,
-                    f"decode_ms_b{decode_batch}": do_b8, "train_step_ms": do_train}
-            bkey = f"decode_ms_b{decode_batch}"
-            for metric, fn in todo.items():
-                wanted = metric in metrics or (metric == bkey and "decode_ms_b8" in metrics)
-                if metric == "train_step_ms":
-                    state.pop("cache", None)  # free the KV cache before training
-                    if is_cuda:
-                        torch.cuda.empty_cache()
-                if wanted:
-                    cell(attention, n, metric, fn)
-            state.clear()
-            if is_cuda:
-                torch.cuda.empty_cache()
+        token = torch.randint(0, config.vocab_size, (1, 1), generator=gen).to(device)
+        for attention, model in zip(ATTENTIONS, (full, hybrid)):
+            _measure(rec, attention, model, ids, token)
+            plan.free()
     results["ratios"] = ratios(results)
     results["wall_s"] = round(time.time() - start, 1)
     return results
@@ -323,7 +393,7 @@ def results_table(results: dict) -> str:
 
 def save_plot(results: dict, path) -> None:
     """PNG: full / hybrid per metric against N (speed-up for times, reduction factor for KV)."""
-    import matplotlib
+    import matplotlib  # optional on GPU nodes: imported where a figure is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -347,12 +417,7 @@ def save_plot(results: dict, path) -> None:
 
 
 def run_cli(args) -> int:
-    """The ``model`` subcommand of :mod:`longgen_core.bench.kernels`."""
-    import sys
-    from pathlib import Path
-
-    from .results import write_results
-
+    """The ``model`` subcommand of :mod:`longgen_core.bench.cli`."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         print("bench model: no CUDA GPU", file=sys.stderr)
@@ -362,7 +427,7 @@ def run_cli(args) -> int:
                               decode_steps=args.decode_steps, decode_batch=args.decode_batch,
                               chunk=args.loss_chunk, metrics=tuple(args.metrics.split(",")),
                               time_budget=args.time_budget, log=lambda s: print(s, flush=True))
-    write_results(args.out, results)
+    write_json_atomic(args.out, results)
     png = args.png or str(Path(args.out).with_suffix(".png"))
     try:
         save_plot(results, png)

@@ -5,8 +5,9 @@ trains the preset twice -- ``attention="full"`` (SDPA, flash backend) then ``"hy
 Triton kernels through ``backend="auto"``) -- with identical data, seeds and step counts, no
 checkpoints, and writes ``figures/train_gpu_small.json`` plus ``.png``. Timed: every step after
 the first ``untimed_steps`` (Triton compilation, allocator warm-up), wall clock per optimizer step
-(the loss's ``.item()`` synchronises the GPU). The target (issue 5): hybrid tokens/s >= 1.3x
-full at 32K on SmolLM2-135M; the paper reports 1.55x at 128K on Llama-2-7B.
+(the loss's ``.item()`` synchronises the GPU). The target
+(:data:`~longgen_core.bench.targets.TRAIN_TARGET_SPEEDUP`): hybrid tokens/s >= 1.3x full at 32K on
+SmolLM2-135M; the paper reports 1.55x at 128K on Llama-2-7B (:data:`~longgen_core.bench.targets.PAPER`).
 
 On a GPU node without the SmolLM2 weights, ``--random-init`` builds its architecture with random
 weights (speed does not depend on the values); the tokenizer is read from
@@ -30,22 +31,23 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import json
 import tempfile
 from pathlib import Path
 
 import torch
 
-from ..train.checkpoint import write_json_atomic
+from ..jsonio import read_json as load_results  # noqa: F401 -- notebook 04 imports it from here
+from ..jsonio import write_json_atomic
 from ..train.loop import train
 from ..train.options import common_arguments, preset_overrides
 from ..train.presets import get_preset
 from .results import software_versions
+from .targets import TRAIN_TARGET_SPEEDUP
 
 __all__ = ["TARGET_SPEEDUP", "FIGURES_DIR", "measure", "timed_summary", "load_results", "results_table",
            "plot_results", "main"]
 
-TARGET_SPEEDUP = 1.3
+TARGET_SPEEDUP = TRAIN_TARGET_SPEEDUP  # the name this module has always exported
 FIGURES_DIR = Path(__file__).resolve().parents[2] / "figures"
 GIB = 2**30
 
@@ -124,11 +126,6 @@ def measure(preset: str = "gpu-small", untimed_steps: int = 5, out: str | Path |
     except ImportError:  # matplotlib missing on the GPU node: plot later from the JSON
         pass
     return results
-
-
-def load_results(path: str | Path) -> dict:
-    """Read a results JSON written by :func:`measure`."""
-    return json.loads(Path(path).read_text())
 
 
 def results_table(results: dict) -> str:

@@ -52,7 +52,7 @@ from ..data.suite import HAYSTACKS, SUITE_TASKS
 from ..evaluate.retrieval import outside_window_score, perplexity_by_length, retrieval_grid
 from ..models.convert import layer_map, load_longgen, to_posthoc_streaming
 from ..models.rope import rope_theta_of
-from ..train.checkpoint import write_json_atomic
+from ..jsonio import write_json_atomic
 from ..train.loop import base_model, load_tokenizer, read_log, train
 from ..train.presets import get_preset
 
@@ -486,7 +486,7 @@ def summary_text(result: dict) -> str:
 
 def main_extension(args) -> int:
     """The ``extension`` subcommand (see the module docstring)."""
-    from ..train.options import parse_value
+    from ..cli_values import parse_value
 
     plan = PLANS[args.plan]
     if args.set:

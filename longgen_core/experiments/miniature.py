@@ -46,12 +46,22 @@ from __future__ import annotations
 import copy
 import datetime
 import gc
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+
+from ..bench.results import software_versions
+from ..bench.targets import MINIATURE_PAPER, MINIATURE_TARGETS
+from ..cli_values import parse_value
+from ..evaluate.retrieval import outside_window_score, perplexity_by_length, plot_grid, retrieval_grid
+from ..jsonio import read_json as load_results  # noqa: F401 -- notebook 05 imports it from here
+from ..jsonio import write_json_atomic
+from ..models.convert import layer_map, to_posthoc_streaming
+from ..models.rope import rope_theta_of
+from ..train.loop import RUNS_DIR, base_model, load_tokenizer, train
+from ..train.presets import get_preset
 
 VARIANTS = ("original", "full", "hybrid", "streaming", "posthoc_hybrid")
 DESCRIPTIONS = {
@@ -61,11 +71,8 @@ DESCRIPTIONS = {
     "streaming": "post hoc on 'full': sink + window in every layer (StreamingLLM-style)",
     "posthoc_hybrid": "post hoc on 'full': the hybrid's layer mix, sparse layers not trained",
 }
-# The issue's targets at the longest length: hybrid >= 0.9 and within 0.05 of full; the evicting
-# baseline <= 0.3 on needles outside its window. The paper's figure: Llama-2-7B at 128K.
-TARGETS = {"hybrid_min": 0.9, "hybrid_gap_max": 0.05, "streaming_outside_max": 0.3}
-PAPER = ("LongGen (Llama-2-7B, 128K): needle retrieval of the hybrid close to full attention at "
-         "every length; AttnSink / StreamingLLM post hoc fails on needles outside its window.")
+# The targets at the longest length and the paper's finding (notebook 05 imports TARGETS from here).
+TARGETS, PAPER = MINIATURE_TARGETS, MINIATURE_PAPER
 
 
 @dataclass(frozen=True)
@@ -114,10 +121,6 @@ def _for_eval(model, device):
 
 
 def _evaluate(name, model, tokenizer, plan, preset, device, progress) -> dict:
-    from ..evaluate.retrieval import outside_window_score, perplexity_by_length, retrieval_grid
-    from ..models.convert import layer_map
-    from ..models.rope import rope_theta_of
-
     model = _for_eval(model, device)
     grid = retrieval_grid(model, tokenizer, plan.task, lengths=plan.lengths, depths=plan.depths,
                           samples=plan.samples, batch_size=plan.batch_size, progress=progress)
@@ -173,13 +176,6 @@ def run_miniature(preset: str = "cpu-tiny", out: str | Path | None = None, runs_
     ``corpus="path/to/txt_folder"``); ``heldout`` is the perplexity text when the corpus is a local
     folder (whose documents have no held-out split).
     """
-    from transformers import AutoTokenizer  # noqa: F401  (fail early if transformers is missing)
-
-    from ..bench.results import software_versions
-    from ..models.convert import to_posthoc_streaming
-    from ..train.presets import get_preset
-    from ..train.loop import RUNS_DIR, base_model, load_tokenizer, train
-
     if plan is None:
         if preset not in PLANS:
             raise ValueError(f"no miniature plan for preset {preset!r}; plans exist for {sorted(PLANS)}")
@@ -243,8 +239,6 @@ def run_miniature(preset: str = "cpu-tiny", out: str | Path | None = None, runs_
 # ---------------------------------------------------------------------- outputs
 def write_results(result: dict, out: str | Path) -> Path:
     """``out/miniature.json`` (+ the two PNGs when matplotlib is present); returns the JSON path."""
-    from ..train.checkpoint import write_json_atomic
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "miniature.json"
@@ -260,17 +254,11 @@ def write_results(result: dict, out: str | Path) -> Path:
     return path
 
 
-def load_results(path: str | Path) -> dict:
-    """A ``miniature.json`` written by :func:`run_miniature`."""
-    return json.loads(Path(path).read_text())
-
-
 def plot_grids(result: dict):
     """One paper-style heatmap per variant (depth x length), then mean score vs length."""
     import matplotlib.pyplot as plt
 
-    from ..evaluate.retrieval import plot_grid
-    from ..plots import format_tokens
+    from ..plots import format_tokens  # with matplotlib: optional on GPU nodes
 
     names = list(result["variants"])
     fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.0 * (len(names) + 1), 3.0),
@@ -317,7 +305,7 @@ def plot_training(result: dict):
 
 def summary_text(result: dict) -> str:
     """Text twin of the figures: mean score per length and perplexity per variant, then the targets."""
-    from ..plots import format_table
+    from ..plots import format_table  # plots imports matplotlib, optional on GPU nodes
 
     lengths = result["plan"]["lengths"]
     rows = []
@@ -338,9 +326,6 @@ def summary_text(result: dict) -> str:
 # ---------------------------------------------------------------------- command line
 def main_miniature(args) -> int:
     """The ``miniature`` subcommand."""
-    from ..train.loop import RUNS_DIR
-    from ..train.options import parse_value
-
     out = Path(args.out) if args.out else RUNS_DIR / f"miniature-{args.preset}"
     overrides = {k: parse_value(v) for k, v in args.set}
     result = run_miniature(args.preset, out=out, progress=not args.no_progress, heldout=args.heldout, **overrides)

@@ -192,6 +192,13 @@ class EvictingLayer(DynamicLayer):
         self.positions = self.query_positions = self.returned_positions = None
         self._buffer = self._arange = None
 
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        """Repeat the held slots ``repeats`` times along the batch (transformers' cache API). A full
+        layer's growth buffer is dropped: it would keep the batch-1 storage alive; the next
+        append makes a new one at the new batch size."""
+        self._buffer = None
+        super().batch_repeat_interleave(repeats)
+
     def crop(self, tokens_to_remove: int) -> None:
         # Evicted tokens cannot be restored, so rolling back (assisted decoding) is not possible.
         if tokens_to_remove != 0:

@@ -25,13 +25,14 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
+from ..jsonio import read_json, write_json_atomic
+
 __all__ = ["STATE_FILE", "checkpoint_name", "list_checkpoints", "latest_checkpoint", "save_checkpoint",
-           "load_checkpoint", "write_json_atomic"]
+           "load_checkpoint"]
 
 STATE_FILE = "trainer_state.json"
 _PREFIX, _TMP = "step-", ".tmp-"
@@ -40,19 +41,6 @@ _PREFIX, _TMP = "step-", ".tmp-"
 def checkpoint_name(step: int) -> str:
     """``step-0000020`` for step 20 (zero-padded so names sort by step)."""
     return f"{_PREFIX}{step:07d}"
-
-
-def write_json_atomic(path: str | Path, obj) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` via a temporary file, fsync and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps(obj, indent=1) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:
@@ -106,4 +94,4 @@ def load_checkpoint(accelerator, path: str | Path) -> dict:
     if not (path / STATE_FILE).is_file():
         raise ValueError(f"{path} is not a complete checkpoint (no {STATE_FILE})")
     accelerator.load_state(str(path))
-    return json.loads((path / STATE_FILE).read_text())
+    return read_json(path / STATE_FILE)

@@ -16,7 +16,7 @@ or from a shell (GPU nodes, no papermill needed; multi-GPU with ``accelerate lau
 
 Several GPUs: the same module under ``accelerate launch``; DDP or FSDP is the launcher's
 configuration (``accelerate config`` or flags), the loop only uses accelerate's API
-(``prepare``, ``no_sync``, ``backward``, ``clip_grad_norm_``, ``gather``, ``save_state``)::
+(``prepare``, ``accumulate``, ``backward``, ``clip_grad_norm_``, ``gather``, ``save_state``)::
 
     accelerate launch --multi_gpu --num_processes 8 -m longgen_core.train --preset gpu-small
     accelerate launch --use_fsdp --num_processes 8 --fsdp_auto_wrap_policy TRANSFORMER_BASED_WRAP \
@@ -57,27 +57,31 @@ that step dropped -- and gives the same loss sequence as an uninterrupted run (t
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import hashlib
 import json
 import math
 import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..bench.results import software_versions
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_json_atomic
 from ..data.corpora import Prefetcher, TrainingStream
+from ..jsonio import read_json, write_json_atomic
+from ..models.base import load_model, setup_smollm2, smollm2_dir
+from ..models.convert import layer_map, to_longgen
 from ..models.fused import fuse_rms_norms
+from ..models.rope import rope_theta_of, set_rope
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .loss import CausalLMLoss
 from .presets import DEFAULT_PRESET, PRESETS, Preset, base_config, get_preset
-from ..models.rope import rope_theta_of, set_rope
 
 __all__ = ["ATTENTIONS", "RUNS_DIR", "TrainResult", "train", "build_model", "load_tokenizer", "set_trainable",
            "compute_in_autocast_dtype", "base_model", "truncate_layers", "warmup_cosine", "read_log", "plot_loss", "loss_summary"]
@@ -95,10 +99,6 @@ def load_tokenizer(preset: Preset):
     weights, so a GPU node with only ``tokenizer.json`` + ``tokenizer_config.json`` copied into
     ``data/models/smollm2-135m-instruct/`` can train with ``random_init``.
     """
-    from transformers import AutoTokenizer
-
-    from ..models.base import setup_smollm2, smollm2_dir
-
     source = preset.tokenizer or preset.model
     if source == "smollm2":
         path = smollm2_dir()
@@ -128,10 +128,6 @@ def truncate_layers(model, num_layers: int) -> None:
 def base_model(preset: Preset):
     """The preset's model before any change: loaded (or built with seeded random weights for
     ``random_init``), cut to ``num_layers``; float32 on the CPU."""
-    from transformers import AutoModelForCausalLM
-
-    from ..models.base import load_model
-
     if preset.random_init:
         config = base_config(preset.model)
         for key, value in preset.model_overrides:
@@ -154,8 +150,6 @@ def build_model(preset: Preset, attention: str = "hybrid"):
     ``layer_map`` (``F`` full, ``s`` sparse), ``full_layers``, ``parameters``. The model is
     float32 on the CPU in train mode (accelerate moves it and handles precision).
     """
-    from ..models.convert import layer_map, to_longgen
-
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     model = base_model(preset)
@@ -283,7 +277,7 @@ def _truncate_log(path: Path, step: int) -> None:
 def _check_run_config(run_dir: Path, record: dict) -> None:
     existing = run_dir / CONFIG_FILE
     if existing.exists():
-        old = json.loads(existing.read_text())
+        old = read_json(existing)
         if (old.get("preset"), old.get("attention")) != (record["preset"], record["attention"]):
             raise ValueError(f"{run_dir} holds a run with another configuration ({existing}); resume it "
                              f"with the same preset and attention, use another run_dir, or pass resume=False")
@@ -313,19 +307,103 @@ def train(preset: str | Preset = DEFAULT_PRESET, attention: str = "hybrid", run_
     Returns a :class:`TrainResult`. Raises ValueError for an unknown preset or attention, a
     ``seq_len`` beyond the RoPE-extended range, or a corpus too small for one sequence.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from tqdm import tqdm
-
     began = time.perf_counter()
     preset = get_preset(preset, **overrides)
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     run_dir = Path(run_dir) if run_dir is not None else RUNS_DIR / f"{preset.name}-{attention}"
-    accelerator = Accelerator(mixed_precision=_mixed_precision(preset))
-    world, rank = accelerator.num_processes, accelerator.process_index
-    set_seed(preset.seed)
+    run = _setup(preset, attention, run_dir, resume)
+    start = run.step
+    end = preset.steps if stop_after is None else min(preset.steps, stop_after)
+    bar = tqdm(total=preset.steps, initial=start, desc=f"{preset.name} {attention}", unit="step",
+               disable=not progress or not run.accelerator.is_main_process, dynamic_ncols=True, mininterval=1.0)
+    # The next batch is tokenised and packed on a background thread while the GPU runs this step,
+    # and a step's numbers are read back (a GPU synchronisation) only once the next step's work is
+    # queued, so the GPU never waits for the host between steps.
+    batches = Prefetcher(run.stream, run.sequences_per_step)
+    pending = None  # the last step, its loss and gradient norm still on the device
+    try:
+        for step in range(start + 1, end + 1):
+            began_step = time.perf_counter()
+            batch = batches.next()  # every process reads the same items and keeps its own
+            record = _train_step(run, batch, step, began_step)
+            if pending is not None:  # this step is queued: now read the previous one back
+                _log_step(run, pending, bar, ended=began_step)
+            pending = record
+            due = preset.checkpoint_every and step % preset.checkpoint_every == 0
+            out_of_time = time_budget_s is not None and time.perf_counter() - began >= time_budget_s
+            if checkpoints and (due or step == preset.steps or out_of_time):
+                _log_step(run, pending, bar)  # the log holds every step a checkpoint holds
+                pending = None
+                _save(run, batch["position"])
+            if out_of_time:
+                end = step
+                break
+        if pending is not None:
+            _log_step(run, pending, bar)
+    finally:
+        batches.close()
+    bar.close()
+    return _finish(run, start, finished=end == preset.steps, save_final=save_final)
 
+
+@dataclass
+class _Run:
+    """What :func:`_setup` builds and every step of one :func:`train` call uses.
+
+    ``step``, ``tokens`` and ``elapsed_s`` count the steps done so far (restored on resume):
+    ``tokens`` as each step is queued, ``elapsed_s`` as each is logged.
+    """
+
+    preset: Preset
+    attention: str
+    run_dir: Path
+    accelerator: Accelerator
+    wrapped: torch.nn.Module  # CausalLMLoss(model) as accelerate prepared it (DDP/FSDP wrapper or itself)
+    optimizer: torch.optim.Optimizer  # prepared
+    scheduler: torch.optim.lr_scheduler.LRScheduler  # not prepared: stepped once per optimizer step
+    stream: TrainingStream
+    tokenizer: object  # None for corpus="random" without a tokenizer
+    info: dict
+    step: int = 0
+    tokens: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / LOG_FILE
+
+    @property
+    def sequences_per_step(self) -> int:
+        """Sequences of one optimizer step over all processes: batch_size x grad_accum x processes."""
+        return self.preset.batch_size * self.preset.grad_accum * self.accelerator.num_processes
+
+
+@dataclass
+class StepRecord:
+    """One optimizer step as :func:`_train_step` queued it; :func:`_log_step` reads it back.
+
+    ``losses``: ``(sequences_per_step,)`` per-sequence mean token losses of every process
+    (rank-major), still on the device; ``kinds``: each sequence's kind (``"corpus"``,
+    ``"passkey"``...); ``grad_norm``: the norm before clipping, on the device; ``tokens``: tokens
+    trained after this step; ``began``: ``time.perf_counter()`` at the step's start.
+    """
+
+    step: int
+    losses: torch.Tensor
+    kinds: list
+    lr: float
+    grad_norm: torch.Tensor
+    tokens: int
+    began: float
+
+
+def _setup(preset: Preset, attention: str, run_dir: Path, resume: bool) -> _Run:
+    """Accelerator, data, model, optimizer and the run folder; on ``resume`` the newest checkpoint
+    restored into them (its step, tokens and time in the returned :class:`_Run`)."""
+    accelerator = Accelerator(mixed_precision=_mixed_precision(preset),
+                              gradient_accumulation_steps=preset.grad_accum)
+    set_seed(preset.seed)
     # Data first: a bad corpus fails before the model is loaded.
     tokenizer = load_tokenizer(preset)
     vocab_size = None
@@ -357,134 +435,129 @@ def train(preset: str | Preset = DEFAULT_PRESET, attention: str = "hybrid", run_
     wrapped, optimizer = accelerator.prepare(CausalLMLoss(model, preset.loss_chunk), optimizer)
     accelerator.register_for_checkpointing(scheduler)
     info.update(precision="bf16 autocast" if accelerator.mixed_precision == "bf16" else "fp32",
-                device=str(accelerator.device), processes=world,
+                device=str(accelerator.device), processes=accelerator.num_processes,
                 distributed=accelerator.distributed_type.value,  # NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
-                tokens_per_step=preset.tokens_per_step(world), versions=software_versions())
+                tokens_per_step=preset.tokens_per_step(accelerator.num_processes), versions=software_versions())
+    run = _Run(preset, attention, run_dir, accelerator, wrapped, optimizer, scheduler, stream, tokenizer, info)
+    _open_run_dir(run, resume)
+    return run
 
-    record = {"preset": preset.to_dict(), "attention": attention, "info": info}
-    ckpt_root, log_path = run_dir / CKPT_DIR, run_dir / LOG_FILE
+
+def _open_run_dir(run: _Run, resume: bool) -> None:
+    """Write ``config.json`` (a fresh start first clears the folder) and, on ``resume``, restore
+    the newest checkpoint; drop log lines after its step."""
+    accelerator, run_dir = run.accelerator, run.run_dir
+    record = {"preset": run.preset.to_dict(), "attention": run.attention, "info": run.info}
     if accelerator.is_main_process:
         if not resume and run_dir.exists():
-            shutil.rmtree(ckpt_root, ignore_errors=True)
+            shutil.rmtree(run_dir / CKPT_DIR, ignore_errors=True)
             shutil.rmtree(run_dir / FINAL_DIR, ignore_errors=True)
-            log_path.unlink(missing_ok=True)
+            run.log_path.unlink(missing_ok=True)
             (run_dir / CONFIG_FILE).unlink(missing_ok=True)
         _check_run_config(run_dir, record)
         write_json_atomic(run_dir / CONFIG_FILE, record)
     accelerator.wait_for_everyone()
-
-    start, tokens, elapsed = 0, 0, 0.0
-    latest = latest_checkpoint(ckpt_root) if resume else None
+    latest = latest_checkpoint(run_dir / CKPT_DIR) if resume else None
     if latest is not None:
         state = load_checkpoint(accelerator, latest)
         # The fingerprint is the main process's; other ranks restore their own files.
         if accelerator.is_main_process and state["rng"] != _rng_fingerprint():
             raise RuntimeError(f"RNG states were not restored from {latest}")
-        start, tokens, elapsed = state["step"], state["tokens"], state["elapsed_s"]
-        stream.seek(state["data_position"])
+        run.step, run.tokens, run.elapsed_s = state["step"], state["tokens"], state["elapsed_s"]
+        run.stream.seek(state["data_position"])
     if accelerator.is_main_process:
-        log_path.touch()
-        _truncate_log(log_path, start)
+        run.log_path.touch()
+        _truncate_log(run.log_path, run.step)
     accelerator.wait_for_everyone()
 
-    per_micro = preset.batch_size
-    per_step = per_micro * preset.grad_accum * world
-    end = preset.steps if stop_after is None else min(preset.steps, stop_after)
-    bar = tqdm(total=preset.steps, initial=start, desc=f"{preset.name} {attention}", unit="step",
-               disable=not progress or not accelerator.is_main_process, dynamic_ncols=True, mininterval=1.0)
-    # The next batch is tokenised and packed on a background thread while the GPU runs this step,
-    # and a step's numbers are read back (a GPU synchronisation) only once the next step's work is
-    # queued, so the GPU never waits for the host between steps.
-    batches = Prefetcher(stream, per_step)
-    pending = None  # the last step's record, its loss and gradient norm still on the device
 
-    def flush(step_record, clock):
-        """Log a finished step. ``clock()`` is read after ``.cpu()`` has waited for the step's
-        kernels: step_s is the time from one step's start to the next's (to the GPU's completion
-        at checkpoints and at the end)."""
-        nonlocal elapsed
-        step, losses, kinds, lr, grad_norm, step_tokens, t0 = step_record
-        losses = losses.cpu()  # waits for that step's kernels
-        step_s = clock() - t0
-        elapsed += step_s
-        entry = _log_entry(step, losses, kinds, lr, grad_norm, step_tokens, per_step * preset.seq_len, step_s,
-                           elapsed)
-        if accelerator.is_main_process:
-            with open(log_path, "a") as f:
-                f.write(json.dumps(entry) + "\n")
-        bar.update(1)
-        bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{entry['tokens_per_s']:,.0f}")
+def _train_step(run: _Run, batch: dict, step: int, began: float) -> StepRecord:
+    """Queue optimizer step ``step`` on ``batch`` (the items of every process); nothing is read back.
 
-    try:
-        for step in range(start + 1, end + 1):
-            t0 = time.perf_counter()
-            batch = batches.next()  # every process reads the same items and keeps its own
-            seq_losses = []
-            for micro in range(preset.grad_accum):
-                first = (micro * world + rank) * per_micro
-                ids = batch["input_ids"][first:first + per_micro].to(accelerator.device)
-                labels = batch["labels"][first:first + per_micro].to(accelerator.device)
-                sync = micro == preset.grad_accum - 1  # all-reduce gradients on the last micro-step only
-                with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped):
-                    per_seq = wrapped(ids, labels)  # (per_micro,)
-                    accelerator.backward(per_seq.mean() / preset.grad_accum)
-                seq_losses.append(per_seq.detach().float())
-            lr = optimizer.param_groups[0]["lr"]
-            # All parameters of the prepared module (FSDP needs exactly those); frozen ones have no grad.
-            grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), preset.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses = accelerator.gather(torch.cat(seq_losses))  # (per_step,), rank-major order, on device
-            kinds = [batch["kinds"][(m * world + r) * per_micro + b]
-                     for r in range(world) for m in range(preset.grad_accum) for b in range(per_micro)]
-            if pending is not None:  # this step is queued: now read the previous one back
-                flush(pending, lambda t=t0: t)
-            tokens += per_step * preset.seq_len
-            pending = (step, losses, kinds, lr, grad_norm, tokens, t0)
-            due = preset.checkpoint_every and step % preset.checkpoint_every == 0
-            out_of_time = time_budget_s is not None and time.perf_counter() - began >= time_budget_s
-            if checkpoints and (due or step == preset.steps or out_of_time):
-                flush(pending, time.perf_counter)  # the log holds every step a checkpoint holds
-                pending = None
-                save_checkpoint(accelerator, ckpt_root, step, {
-                    "data_position": batch["position"], "tokens": tokens, "elapsed_s": elapsed,
-                    "rng": _rng_fingerprint()}, keep=preset.keep_checkpoints)
-            if out_of_time:
-                end = step
-                break
-        if pending is not None:
-            flush(pending, time.perf_counter)
-    finally:
-        batches.close()
-    bar.close()
-
-    finished = end == preset.steps
-    unwrapped = accelerator.unwrap_model(wrapped).lm
-    if finished and save_final:
-        _save_final(accelerator, wrapped, unwrapped, tokenizer, run_dir / FINAL_DIR)
-    if accelerator.is_main_process:
-        try:
-            import matplotlib.pyplot as plt
-
-            fig = plot_loss(read_log(log_path), title=f"{preset.name}, {attention}")
-            fig.savefig(run_dir / "loss.png", dpi=120)
-            plt.close(fig)  # a file, not a notebook output
-        except ImportError:  # no matplotlib on this node: the log has the numbers
-            pass
-    return TrainResult(run_dir=run_dir, preset=preset, attention=attention, log=read_log(log_path), info=info,
-                       resumed_from=start, finished=finished, model=unwrapped)
+    Each process takes its ``batch_size`` sequences of each of the ``grad_accum`` micro-steps
+    (micro-step ``m``, rank ``r``: rows ``(m * processes + r) * batch_size`` onwards).
+    ``accelerator.accumulate`` all-reduces the gradients on the last micro-step only and
+    ``accelerator.backward`` divides each micro-step's loss by ``grad_accum``.
+    """
+    preset, accelerator, wrapped = run.preset, run.accelerator, run.wrapped
+    per_micro, world, rank = preset.batch_size, accelerator.num_processes, accelerator.process_index
+    seq_losses = []
+    for micro in range(preset.grad_accum):
+        first = (micro * world + rank) * per_micro
+        ids = batch["input_ids"][first:first + per_micro].to(accelerator.device)
+        labels = batch["labels"][first:first + per_micro].to(accelerator.device)
+        with accelerator.accumulate(wrapped):
+            per_seq = wrapped(ids, labels)  # (per_micro,)
+            accelerator.backward(per_seq.mean())
+        seq_losses.append(per_seq.detach().float())
+    lr = run.optimizer.param_groups[0]["lr"]
+    # All parameters of the prepared module (FSDP needs exactly those); frozen ones have no grad.
+    grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), preset.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    losses = accelerator.gather(torch.cat(seq_losses))  # (sequences_per_step,), rank-major, on device
+    kinds = [batch["kinds"][(m * world + r) * per_micro + b]
+             for r in range(world) for m in range(preset.grad_accum) for b in range(per_micro)]
+    run.step, run.tokens = step, run.tokens + run.sequences_per_step * preset.seq_len
+    return StepRecord(step, losses, kinds, lr, grad_norm, run.tokens, began)
 
 
-def _log_entry(step, losses, kinds, lr, grad_norm, tokens, step_tokens, step_s, elapsed) -> dict:
+def _log_step(run: _Run, record: StepRecord, bar, ended: float | None = None) -> dict:
+    """Read ``record`` back (waits for its kernels), append its line to ``log.jsonl`` and move the
+    progress bar; return the line.
+
+    ``step_s`` runs from the step's start to ``ended`` -- the next step's start -- or, without
+    it, to now, once the device has finished the step (at checkpoints and at the end).
+    """
+    losses = record.losses.cpu()  # waits for that step's kernels
+    step_s = (time.perf_counter() if ended is None else ended) - record.began
+    run.elapsed_s += step_s
+    entry = _log_entry(record, losses, run.sequences_per_step * run.preset.seq_len, step_s, run.elapsed_s)
+    if run.accelerator.is_main_process:
+        with open(run.log_path, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+    bar.update(1)
+    bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{entry['tokens_per_s']:,.0f}")
+    return entry
+
+
+def _log_entry(record: StepRecord, losses: torch.Tensor, step_tokens: int, step_s: float, elapsed_s: float) -> dict:
+    """The ``log.jsonl`` line of a step; ``losses`` is ``record.losses`` on the host."""
     def mean(values):
         return float(torch.stack(values).mean()) if values else None
 
-    text = [loss for loss, kind in zip(losses, kinds) if kind in ("corpus", "random")]
-    task = [loss for loss, kind in zip(losses, kinds) if kind not in ("corpus", "random")]
-    return {"step": step, "loss": float(losses.mean()), "lm_loss": mean(text), "task_loss": mean(task),
-            "synthetic": len(task), "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens,
-            "tokens_per_s": step_tokens / step_s, "step_s": step_s, "elapsed_s": elapsed}
+    text = [loss for loss, kind in zip(losses, record.kinds) if kind in ("corpus", "random")]
+    task = [loss for loss, kind in zip(losses, record.kinds) if kind not in ("corpus", "random")]
+    return {"step": record.step, "loss": float(losses.mean()), "lm_loss": mean(text), "task_loss": mean(task),
+            "synthetic": len(task), "lr": record.lr, "grad_norm": float(record.grad_norm), "tokens": record.tokens,
+            "tokens_per_s": step_tokens / step_s, "step_s": step_s, "elapsed_s": elapsed_s}
+
+
+def _save(run: _Run, data_position) -> None:
+    """Checkpoint the run after its step ``run.step``; ``data_position`` resumes the data after it."""
+    save_checkpoint(run.accelerator, run.run_dir / CKPT_DIR, run.step, {
+        "data_position": data_position, "tokens": run.tokens, "elapsed_s": run.elapsed_s,
+        "rng": _rng_fingerprint()}, keep=run.preset.keep_checkpoints)
+
+
+def _finish(run: _Run, start: int, finished: bool, save_final: bool) -> TrainResult:
+    """``final/`` (when ``finished`` and ``save_final``), ``loss.png``, and the result."""
+    accelerator = run.accelerator
+    unwrapped = accelerator.unwrap_model(run.wrapped).lm
+    if finished and save_final:
+        _save_final(accelerator, run.wrapped, unwrapped, run.tokenizer, run.run_dir / FINAL_DIR)
+    if accelerator.is_main_process:
+        try:  # matplotlib is optional on training nodes: imported here, where it is drawn
+            import matplotlib.pyplot as plt
+
+            fig = plot_loss(read_log(run.log_path), title=f"{run.preset.name}, {run.attention}")
+            fig.savefig(run.run_dir / "loss.png", dpi=120)
+            plt.close(fig)  # a file, not a notebook output
+        except ImportError:  # no matplotlib on this node: the log has the numbers
+            pass
+    return TrainResult(run_dir=run.run_dir, preset=run.preset, attention=run.attention, log=read_log(run.log_path),
+                       info=run.info, resumed_from=start, finished=finished, model=unwrapped)
 
 
 def _save_final(accelerator, wrapped, model, tokenizer, target: Path) -> None:

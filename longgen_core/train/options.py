@@ -1,5 +1,6 @@
 """Command-line options that set preset fields, shared by every command that trains
-(``train``, ``train measure``, ``experiments``): one parser for ``--set FIELD VALUE``.
+(``train``, ``train measure``, ``experiments``): one parser for ``--set FIELD VALUE``, its VALUE
+read by :func:`longgen_core.cli_values.parse_value` (JSON, else a Python literal, else the text).
 
 Example::
 
@@ -10,18 +11,11 @@ Example::
 from __future__ import annotations
 
 import argparse
-import json
 
+from ..cli_values import parse_value
 from .presets import DEFAULT_PRESET, PRESETS
 
 __all__ = ["parse_value", "common_arguments", "preset_overrides"]
-
-
-def parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +28,7 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="optimizer steps")
     parser.add_argument("--seq-len", type=int, help="training sequence length (<= target length)")
     parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),
-                        help="any other preset field, VALUE as JSON (e.g. --set lr 1e-4)")
+                        help="any other preset field, VALUE as JSON or a Python literal (e.g. --set lr 1e-4)")
 
 
 def preset_overrides(args) -> dict:
