@@ -2,7 +2,8 @@
 
 Starts JupyterLab on 127.0.0.1 with a token, drives Debian's Chromium through Playwright, opens
 each notebook listed below, runs all cells through the Run menu, and checks that no cell shows
-a traceback and that a figure rendered; saves a screenshot to figures/ for the README.
+a traceback and that a figure rendered; saves a screenshot to runs/screenshots/ (git-ignored, so
+`make test` leaves the checkout clean; set LONGGEN_SCREENSHOT_DIR=figures to refresh the README's).
 
 Skipped when /usr/bin/chromium or the ``playwright`` package is missing (``apt-get install
 chromium`` provides the browser; Playwright's own browser download is never used).
@@ -24,6 +25,7 @@ import pytest
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent
+SHOTS = Path(os.environ.get("LONGGEN_SCREENSHOT_DIR") or ROOT / "runs" / "screenshots")
 NOTEBOOKS = ["01_attention_patterns.ipynb", "03_hybrid_conversion.ipynb", "06_efficiency.ipynb"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -129,6 +131,7 @@ def run_all_cells(page) -> None:
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
 def test_notebook_runs_in_jupyterlab(jupyterlab, notebook):
     sync_api = pytest.importorskip("playwright.sync_api")
+    SHOTS.mkdir(parents=True, exist_ok=True)
     base, token = jupyterlab
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
@@ -148,7 +151,7 @@ def test_notebook_runs_in_jupyterlab(jupyterlab, notebook):
         finished = wait_for(lambda: all(is_numbered(t) for t in prompts.all_inner_texts())
                             and page.locator(idle).count() > 0, 240)
         if not finished:
-            page.screenshot(path=str(ROOT / "figures" / "jupyterlab_failure.png"))
+            page.screenshot(path=str(SHOTS / "jupyterlab_failure.png"))
             pytest.fail(f"cells did not all finish: prompts {prompts.all_inner_texts()}")
         stderr = page.locator('[data-mime-type="application/vnd.jupyter.stderr"]').all_inner_texts()
         tracebacks = [t for t in stderr if "Traceback" in t or "Error" in (t.splitlines() or [""])[0]]
@@ -156,5 +159,5 @@ def test_notebook_runs_in_jupyterlab(jupyterlab, notebook):
         images = page.locator(".jp-RenderedImage img")
         assert images.count() >= 1, "no figure rendered"
         images.nth(min(2, images.count() - 1)).scroll_into_view_if_needed()
-        page.screenshot(path=str(ROOT / "figures" / f"jupyterlab_{Path(notebook).stem}.png"))
+        page.screenshot(path=str(SHOTS / f"jupyterlab_{Path(notebook).stem}.png"))
         browser.close()
