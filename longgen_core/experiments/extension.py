@@ -55,6 +55,7 @@ from ..models.rope import rope_theta_of
 from ..jsonio import write_json_atomic
 from ..train.loop import base_model, load_tokenizer, read_log, train
 from ..train.presets import get_preset
+from . import miniature
 
 VARIANTS = ("original", "full", "hybrid", "all_sparse", "streaming", "posthoc_hybrid")
 UNITS = {"hybrid": ("hybrid",), "all_sparse": ("all_sparse",), "full": ("full", "streaming", "posthoc_hybrid"),
@@ -441,23 +442,8 @@ def plot_grids(result: dict):
 
 
 def plot_training(result: dict):
-    """Loss per step of each arm, on corpus text (LM) and on task answers."""
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, key, label in zip(axes, ("lm_loss", "task_loss"), ("corpus text", "task answers")):
-        for arm, record in result["training"].items():
-            points = [(r["step"], r[key]) for r in record["log"] if r[key] is not None]
-            if points:
-                ax.plot(*zip(*points), marker=".", lw=1, label=f"{arm} ({record['tokens_per_s']:,.0f} tok/s)")
-        ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        ax.set_title(label, fontsize=10)
-        ax.grid(alpha=0.3)
-        if ax.get_lines():
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig
+    """Loss per step of each arm, on corpus text (LM) and on the suite's task answers."""
+    return miniature.plot_training(result, task_label="task answers")
 
 
 def summary_text(result: dict) -> str:

@@ -283,12 +283,13 @@ def plot_grids(result: dict):
     return fig
 
 
-def plot_training(result: dict):
-    """Loss per step of both arms: corpus text (LM) and retrieval answers (task), where present."""
+def plot_training(result: dict, task_label: str = "pass-key answers"):
+    """Loss per step of every arm in ``result["training"]``: corpus text (LM) and retrieval answers
+    (task, titled ``task_label``), where present. The extension experiment draws its arms with it too."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for ax, key, label in zip(axes, ("lm_loss", "task_loss"), ("corpus text", "pass-key answers")):
+    for ax, key, label in zip(axes, ("lm_loss", "task_loss"), ("corpus text", task_label)):
         for arm, record in result["training"].items():
             points = [(r["step"], r[key]) for r in record["log"] if r[key] is not None]
             if points:
