@@ -183,6 +183,37 @@ def _miniature_table(mini: dict) -> list[str]:
     return lines
 
 
+def _extension_table(ext: dict) -> list[str]:
+    """Exact match per variant and task at the longest length, needles outside the window, speed."""
+    summary, plan, tasks = ext["summary"], ext["plan"], list(ext["plan"]["tasks"])
+    longest = summary["longest"]
+    unit = next(iter(ext["units"].values()))
+    train = plan["train"]
+    lines = [f"**Extension to {format_tokens(longest)}** ({unit['device']}, torch {unit['versions']['torch']}, "
+             f"{max(u['date'] for u in ext['units'].values())[:10]}; {ext['preset']['model']}, "
+             f"{train['steps']} steps of {format_tokens(train['seq_len'])} tokens per arm; held-out templates and "
+             f"text, {len(plan['depths'])} depths x {plan['samples']} samples; exact match at "
+             f"{format_tokens(longest)}, and on needles outside sink + window at every length in brackets; "
+             "`python -m longgen_core.experiments extension --plan gpu-128k`)", "",
+             "| variant | " + " | ".join(tasks) + f" | mean | ppl @{format_tokens(longest)} | train tokens/s |",
+             "|---|" + "---|" * (len(tasks) + 3)]
+    for variant, scores in summary["at_longest"].items():
+        outside = summary["outside_window"][variant]
+        cells = [f"{scores[t]:.2f}" + ("" if outside[t] is None else f" ({outside[t]:.2f})") for t in tasks]
+        ppl = ext["variants"][variant]["perplexity"].get(str(longest))
+        tps = summary["tokens_per_s"].get(variant)
+        lines.append(f"| {variant} | " + " | ".join(cells) + f" | {summary['mean_at_longest'][variant]:.2f} | "
+                     + (MISSING if ppl is None else f"{ppl:.1f}") + " | "
+                     + (MISSING if tps is None else f"{tps:,.0f}") + " |")
+    words = {True: "met", False: "missed"}
+    met = [f"{key.replace('_', ' ')} — {words[ok]}" for key, ok in summary["met"].items()]
+    lines += ["", "Targets: " + ("; ".join(met) if met else "none computable yet") + "."]
+    if ext.get("missing_units"):
+        lines.append(f"Not run yet: {', '.join(ext['missing_units'])} (its variants and the targets that need them "
+                     "are absent).")
+    return lines
+
+
 def _layer_counts(layer_map: str) -> str:
     """``'ssFFss'`` -> ``'2 full / 4 sparse'``."""
     full = layer_map.count("F")
@@ -198,7 +229,8 @@ def render(figures: Path | None = None) -> str:
              "`python -m longgen_core.report`:", ""]
     found = False
     for name, table in (("bench_kernels.json", _kernel_table), ("bench_model.json", _model_table),
-                        ("train_gpu_small.json", _train_table), ("miniature.json", _miniature_table)):
+                        ("train_gpu_small.json", _train_table), ("miniature.json", _miniature_table),
+                        ("experiment_128k.json", _extension_table)):
         results = _load(name, figures)
         if results:
             parts += table(results) + [""]

@@ -4,6 +4,7 @@ cell by cell within a time budget."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,20 @@ def test_merge_of_the_parts_gives_the_same_result(complete, tmp_path):
     merged = ext.merge(PLAN, work / "parts", out=None)
     assert merged["summary"] == result["summary"]
     assert sorted(p.stem for p in (work / "parts").glob("*.json")) == sorted(ext.UNITS)
+    assert merged["missing_units"] == []
+
+
+def test_a_partial_merge_names_the_missing_units(complete, tmp_path):
+    result, work = complete
+    (tmp_path / "parts").mkdir()
+    for unit in ("hybrid", "original"):
+        shutil.copy(work / "parts" / f"{unit}.json", tmp_path / "parts")
+    merged = ext.merge(PLAN, tmp_path / "parts", out=None)
+    assert merged["missing_units"] == ["all_sparse", "full"]
+    assert sorted(merged["variants"]) == ["hybrid", "original"]
+    assert "hybrid_within_gap_of_full" not in merged["summary"]["met"]
+    assert merged["summary"]["at_longest"]["hybrid"] == result["summary"]["at_longest"]["hybrid"]
+    assert "not run yet (their variants and targets are absent): all_sparse, full" in ext.summary_text(merged)
 
 
 class CellBudget:

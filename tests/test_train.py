@@ -256,3 +256,15 @@ def test_bf16_autocast_reaches_the_sparse_attention_in_bf16(monkeypatch):
         per_seq = loss(ids, ids)
     assert set(seen) == {torch.bfloat16} and len(seen) == 3  # the three sparse layers
     assert per_seq.dtype == torch.float32 and torch.isfinite(per_seq).all()
+
+
+def test_only_the_tied_head_note_of_accelerate_is_dropped(caplog):
+    import logging
+
+    import longgen_core.train.checkpoint  # noqa: F401 -- installs the filter
+
+    log = logging.getLogger("accelerate.utils.other")
+    with caplog.at_level(logging.WARNING, logger="accelerate.utils.other"):
+        log.warning("Removed shared tensor {'lm_head.weight'} while saving. This should be OK")
+        log.warning("Removed shared tensor {'encoder.weight'} while saving")
+    assert [r.getMessage() for r in caplog.records] == ["Removed shared tensor {'encoder.weight'} while saving"]

@@ -377,7 +377,8 @@ def merge(plan: ExtensionPlan, parts: Path, out: Path | None) -> dict:
                        "haystacks": {k: list(v) for k, v in HAYSTACKS.items()},
                        "heldout_corpus": plan.heldout_corpus, "provenance": provenance},
               "training": {arm: found[arm]["training"] for arm in TRAINED if arm in found},
-              "variants": variants}
+              "variants": variants,
+              "missing_units": [u for u in UNITS if u not in found]}  # a partial merge says so
     result["summary"] = summarize(result)
     if out is not None:
         write_results(result, out)
@@ -435,7 +436,8 @@ def plot_grids(result: dict):
             ax.set_xlabel("")
             for text in ax.texts:
                 text.set_fontsize(5)
-    fig.suptitle(f"LongGen extension to {result['summary']['longest']:,} tokens ({result['preset']['name']}): "
+    fig.suptitle(f"LongGen extension to {result['summary']['longest']:,} tokens ({result['plan']['name']} plan, "
+                 f"{result['preset']['name']} preset): "
                  f"exact match on held-out templates and text", fontsize=10)
     fig.tight_layout()
     return fig
@@ -467,6 +469,8 @@ def summary_text(result: dict) -> str:
         lines.append(f"training {arm}: {tps:,.0f} tokens/s")
     for key, ok in summary["met"].items():
         lines.append(f"target {key}: {'met' if ok else 'missed'}")
+    if result.get("missing_units"):
+        lines.append(f"not run yet (their variants and targets are absent): {', '.join(result['missing_units'])}")
     return "\n".join(lines)
 
 

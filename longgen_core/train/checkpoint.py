@@ -25,11 +25,25 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
 
 from ..jsonio import read_json, write_json_atomic
+
+
+class _TiedHeadNote(logging.Filter):
+    """Drops accelerate's "Removed shared tensor {'lm_head.weight'}" note: models that tie the
+    output head to the embedding (SmolLM2) store it once by design, and the exact reload is
+    tested (tests/test_train.py), so the note would only add a warning to every run's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Removed shared tensor" in message and "lm_head.weight" in message)
+
+
+logging.getLogger("accelerate.utils.other").addFilter(_TiedHeadNote())
 
 __all__ = ["STATE_FILE", "checkpoint_name", "list_checkpoints", "latest_checkpoint", "save_checkpoint",
            "load_checkpoint"]
