@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -31,8 +32,12 @@ TILE_CHARS = {TILE_EMPTY: ".", TILE_PARTIAL: "+", TILE_FULL: "#"}
 
 
 def save_figure(fig: plt.Figure, name: str, directory: str | Path | None = None) -> Path:
-    """Save ``fig`` as ``<directory or figures/>/<name>.png`` (150 dpi) and return the path."""
-    directory = Path(directory) if directory is not None else FIGURES_DIR
+    """Save ``fig`` as ``<directory>/<name>.png`` (150 dpi) and return the path.
+
+    ``directory`` defaults to ``$LONGGEN_FIGURE_DIR`` if set (the tests point it at ``runs/``, so
+    that executing the notebooks under ``make test`` leaves the committed figures alone), else
+    ``figures/``. Example: ``save_figure(fig, "04_loss")`` -> ``figures/04_loss.png``."""
+    directory = Path(directory or os.environ.get("LONGGEN_FIGURE_DIR") or FIGURES_DIR)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{name}.png"
     fig.savefig(path, dpi=150, bbox_inches="tight")

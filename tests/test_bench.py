@@ -69,3 +69,16 @@ def test_command_line_has_the_kernels_subcommand(capsys):
 def test_kernels_needs_a_gpu(tmp_path):
     assert bench_cli.main(["kernels", "--out", str(tmp_path / "x.json")]) == 2
     assert not (tmp_path / "x.json").exists()
+
+
+def test_save_figure_goes_where_the_environment_says(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from longgen_core import plots
+
+    fig, _ = plt.subplots()
+    monkeypatch.setenv("LONGGEN_FIGURE_DIR", str(tmp_path / "env"))
+    assert plots.save_figure(fig, "probe") == tmp_path / "env" / "probe.png"
+    assert plots.save_figure(fig, "probe", tmp_path / "given") == tmp_path / "given" / "probe.png"
+    assert (tmp_path / "env" / "probe.png").stat().st_size > 0 and (tmp_path / "given" / "probe.png").exists()
+    plt.close(fig)
