@@ -18,6 +18,7 @@ from .plots import format_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+TARGET_WORDS = {True: "met", False: "missed", None: "n/a"}  # a target's entry in summary["met"]
 
 
 
@@ -174,11 +175,10 @@ def _miniature_table(mini: dict) -> list[str]:
                      + f" | {var['perplexity'][str(lengths[-1])]:.1f} | "
                      + (MISSING if outside is None else f"{outside:.2f}") + " |")
     met = summary.get("met", {})
-    words = {True: "met", False: "missed", None: "n/a"}
     lines += ["", f"Targets at {format_tokens(summary['longest'])}: hybrid ≥ {summary['targets']['hybrid_min']} — "
-              f"{words[met.get('hybrid_min')]}; within {summary['targets']['hybrid_gap_max']} of full — "
-              f"{words[met.get('hybrid_gap')]}; StreamingLLM ≤ {summary['targets']['streaming_outside_max']} on "
-              f"needles outside its window — {words[met.get('streaming_outside')]}. Paper: the hybrid keeps NIAH "
+              f"{TARGET_WORDS[met.get('hybrid_min')]}; within {summary['targets']['hybrid_gap_max']} of full — "
+              f"{TARGET_WORDS[met.get('hybrid_gap')]}; StreamingLLM ≤ {summary['targets']['streaming_outside_max']} on "
+              f"needles outside its window — {TARGET_WORDS[met.get('streaming_outside')]}. Paper: the hybrid keeps NIAH "
               "close to full attention at 128K; post-hoc eviction fails outside its window."]
     return lines
 
@@ -205,8 +205,7 @@ def _extension_table(ext: dict) -> list[str]:
         lines.append(f"| {variant} | " + " | ".join(cells) + f" | {summary['mean_at_longest'][variant]:.2f} | "
                      + (MISSING if ppl is None else f"{ppl:.1f}") + " | "
                      + (MISSING if tps is None else f"{tps:,.0f}") + " |")
-    words = {True: "met", False: "missed"}
-    met = [f"{key.replace('_', ' ')} — {words[ok]}" for key, ok in summary["met"].items()]
+    met = [f"{key.replace('_', ' ')} — {TARGET_WORDS[ok]}" for key, ok in summary["met"].items()]
     lines += ["", "Targets: " + ("; ".join(met) if met else "none computable yet") + "."]
     if ext.get("missing_units"):
         lines.append(f"Not run yet: {', '.join(ext['missing_units'])} (its variants and the targets that need them "
