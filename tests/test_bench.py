@@ -6,6 +6,7 @@ the command line. The numbers below are invented to exercise the code; they are 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,3 +83,29 @@ def test_save_figure_goes_where_the_environment_says(tmp_path, monkeypatch):
     assert plots.save_figure(fig, "probe", tmp_path / "given") == tmp_path / "given" / "probe.png"
     assert (tmp_path / "env" / "probe.png").stat().st_size > 0 and (tmp_path / "given" / "probe.png").exists()
     plt.close(fig)
+
+
+def test_versus_names_a_missing_or_clashing_other_copy(tmp_path):
+    from longgen_core.bench import versus
+
+    with pytest.raises(FileNotFoundError, match="no package 'old'"):
+        versus.load_other(tmp_path, "old", "kernels", "patterns")
+    (tmp_path / "longgen_core").mkdir()
+    (tmp_path / "longgen_core" / "__init__.py").write_text("")
+    with pytest.raises(ValueError, match="another package name"):
+        versus.load_other(tmp_path, "longgen_core", "kernels", "patterns")
+
+
+def test_versus_loads_another_copy_whose_patterns_match_ours(tmp_path):
+    import shutil
+
+    from longgen_core import patterns
+    from longgen_core.bench import versus
+
+    shutil.copytree(Path(patterns.__file__).parent.parent, tmp_path / "longgen_copy",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    ops, pats = versus.load_other(tmp_path, "longgen_copy", "kernels", "patterns")
+    assert ops.__name__ == "longgen_copy.kernels" and ops is not __import__("longgen_core").kernels
+    for name in ("sink_window", "strided"):
+        ours, theirs = versus._pattern_pair(name, patterns, pats, heads=4)
+        assert torch.equal(ours.dense_mask(4500, num_heads=4), theirs.dense_mask(4500, num_heads=4)), name

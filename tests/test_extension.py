@@ -107,6 +107,23 @@ def test_evaluation_stops_between_cells_and_continues(complete, tmp_path):
     assert part["variants"]["original"]["tasks"] == result["variants"]["original"]["tasks"]
 
 
+def test_a_cell_is_expected_to_take_what_its_length_took_or_more():
+    assert ext.expected_cell_seconds({}, 8192) == 0.0
+    assert ext.expected_cell_seconds({8192: 3.0, 32768: 20.0}, 32768) == 20.0
+    assert ext.expected_cell_seconds({8192: 3.0, 32768: 20.0}, 131072) == 80.0  # from the longest shorter
+    assert ext.expected_cell_seconds({32768: 20.0}, 8192) == 0.0  # longer cells say nothing about shorter
+
+
+def test_a_job_does_not_start_a_cell_that_earlier_jobs_timing_says_will_not_fit(tmp_path):
+    task, n = ext.cells(PLAN, "original")[0]
+    cells = tmp_path / "original" / "cells"
+    cells.mkdir(parents=True)
+    (cells / f"original.{task}.{n}.json").write_text(json.dumps({"seconds": 1000.0, "value": {}}))
+    assert ext.run_unit(PLAN, "original", tmp_path, tmp_path / "parts", deadline=ext.Deadline(600),
+                        progress=False) is None
+    assert len(list(cells.glob("*.json"))) == 1  # nothing started: 1.5 x 1000 s > 600 s left
+
+
 def test_a_job_killed_during_training_resumes_to_the_same_results(complete, tmp_path):
     result, _ = complete
     cmd = [sys.executable, "-m", "longgen_core.experiments", "extension", "--plan", "cpu-tiny", "--units", "hybrid",

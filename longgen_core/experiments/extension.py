@@ -242,19 +242,44 @@ def merge_grids(grids: list[dict]) -> dict:
             "details": [d for g in grids for d in g["details"]]}
 
 
+def expected_cell_seconds(slowest: dict[int, float], n: int) -> float:
+    """What the next cell at length ``n`` may take: the slowest seen at ``n``; else the slowest at
+    the longest shorter length seen, times ``n`` over that length (a cell's work grows at least
+    linearly with its length); else 0 (nothing to go by).
+
+    Example: ``expected_cell_seconds({8192: 3.0}, 32768) == 12.0``.
+    """
+    if n in slowest:
+        return slowest[n]
+    shorter = [m for m in slowest if m < n]
+    return slowest[max(shorter)] * n / max(shorter) if shorter else 0.0
+
+
+def _recorded_seconds(folder: Path) -> dict[int, float]:
+    """The slowest recorded cell per length among the cell files in ``folder`` (earlier jobs)."""
+    slowest: dict[int, float] = {}
+    for path in folder.glob("*.json"):
+        n = int(path.stem.rsplit(".", 1)[1])
+        slowest[n] = max(slowest.get(n, 0.0), json.loads(path.read_text())["seconds"])
+    return slowest
+
+
 def evaluate_unit(plan: ExtensionPlan, unit: str, settings, work: Path, deadline: Deadline,
                   progress: bool = True) -> bool:
-    """Score every missing cell of the unit's variants (one JSON each); False if out of time."""
+    """Score every missing cell of the unit's variants (one JSON each); False if out of time.
+
+    A cell starts only when the time left covers 1.5 times what it is expected to take
+    (:func:`expected_cell_seconds` over the cells already timed, this job's or earlier ones')."""
     device = _device()
     tokenizer = load_tokenizer(settings)
-    slowest: dict[int, float] = {}  # seconds of the slowest cell seen per length: what the next may take
+    slowest = _recorded_seconds(work / unit / "cells")
     for variant in UNITS[unit]:
         model = None
         for task, n in cells(plan, variant):
             path = work / unit / "cells" / f"{variant}.{task}.{n}.json"
             if path.exists():
                 continue
-            if deadline.left() < 1.5 * slowest.get(n, 0.0) + 5:
+            if deadline.left() < 1.5 * expected_cell_seconds(slowest, n) + 5:
                 return False
             if model is None:
                 model = variant_model(variant, settings, work, device)
