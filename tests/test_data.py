@@ -8,6 +8,7 @@ from transformers import AutoTokenizer
 
 from longgen_core.data import corpora as data
 from longgen_core.data import tasks
+from longgen_core.data.stream import Prefetcher, TrainingStream
 from longgen_core.models.base import setup_smollm2
 
 
@@ -155,7 +156,7 @@ def test_partial_scores_for_multi_answer_tasks(tokenizer):
 
 # ---------------------------------------------------------------------- training stream
 def test_training_stream_mixes_at_the_stated_ratio_and_seeks_exactly(tokenizer):
-    stream = data.TrainingStream("pydoc", tokenizer, seq_len=128, seed=3, synthetic_ratio=0.25)
+    stream = TrainingStream("pydoc", tokenizer, seq_len=128, seed=3, synthetic_ratio=0.25)
     items = [next(stream) for _ in range(40)]
     kinds = [it["kind"] for it in items]
     assert 4 <= sum(k != "corpus" for k in kinds) <= 16 and {"passkey", "kv_retrieval"} & set(kinds)
@@ -167,29 +168,29 @@ def test_training_stream_mixes_at_the_stated_ratio_and_seeks_exactly(tokenizer):
             scored = (it["labels"] != -100).nonzero().flatten()
             assert scored.tolist() == list(range(128 - len(scored), 128))
             assert it["input_ids"][-1] == tokenizer.eos_token_id
-    again = data.TrainingStream("pydoc", tokenizer, seq_len=128, seed=3, synthetic_ratio=0.25).seek(25)
+    again = TrainingStream("pydoc", tokenizer, seq_len=128, seed=3, synthetic_ratio=0.25).seek(25)
     assert again.position == 25
     for it in items[25:]:
         nxt = next(again)
         assert nxt["kind"] == it["kind"] and torch.equal(nxt["input_ids"], it["input_ids"])
-    other_seed = data.TrainingStream("pydoc", tokenizer, seq_len=128, seed=4, synthetic_ratio=0.25)
+    other_seed = TrainingStream("pydoc", tokenizer, seq_len=128, seed=4, synthetic_ratio=0.25)
     assert [next(other_seed)["kind"] for _ in range(40)] != kinds
 
 
 def test_training_stream_cycles_small_corpora_and_refuses_tiny_ones(tmp_path, tokenizer):
     (tmp_path / "a.txt").write_text("one two three four five six seven eight nine ten " * 4)
-    stream = data.TrainingStream(tmp_path, tokenizer, seq_len=16)
+    stream = TrainingStream(tmp_path, tokenizer, seq_len=16)
     batch = stream.take(12)  # more sequences than one pass holds: the corpus starts over
     assert batch["input_ids"].shape == (12, 16) and stream.position == 12
     token_docs = data.tokenize(data.documents(tmp_path), tokenizer)
     per_epoch = len(list(data.pack(token_docs, 16, tokenizer.eos_token_id)))
     assert per_epoch < 12 and torch.equal(batch["input_ids"][0], batch["input_ids"][per_epoch])
     with pytest.raises(ValueError, match="too small for one packed sequence"):
-        data.TrainingStream(tmp_path, tokenizer, seq_len=100_000).check()
-    random_stream = data.TrainingStream("random", None, seq_len=32, vocab_size=100)
+        TrainingStream(tmp_path, tokenizer, seq_len=100_000).check()
+    random_stream = TrainingStream("random", None, seq_len=32, vocab_size=100)
     assert random_stream.take(2)["input_ids"].max() < 100
     with pytest.raises(ValueError, match="tokenizer"):
-        data.TrainingStream("random", None, seq_len=256, vocab_size=100, synthetic_ratio=0.5)
+        TrainingStream("random", None, seq_len=256, vocab_size=100, synthetic_ratio=0.5)
 
 
 def test_export_text_round_trips(tmp_path):
@@ -199,8 +200,6 @@ def test_export_text_round_trips(tmp_path):
 
 
 def test_prefetcher_hands_out_batches_in_stream_order_with_their_positions():
-    from longgen_core.data.corpora import Prefetcher, TrainingStream
-
     expected = TrainingStream("random", None, 16, seed=2, vocab_size=100)
     batches = Prefetcher(TrainingStream("random", None, 16, seed=2, vocab_size=100), n=3)
     try:
@@ -212,8 +211,6 @@ def test_prefetcher_hands_out_batches_in_stream_order_with_their_positions():
 
 
 def test_prefetcher_raises_the_streams_error_in_the_consumer():
-    from longgen_core.data.corpora import Prefetcher
-
     class Broken:
         def take(self, n):
             raise ValueError("corpus gone")
@@ -223,7 +220,6 @@ def test_prefetcher_raises_the_streams_error_in_the_consumer():
         with pytest.raises(ValueError, match="corpus gone"):
             batches.next()
     batches.close()
-    from longgen_core.data.corpora import TrainingStream
 
     working = Prefetcher(TrainingStream("random", None, 8, vocab_size=50), n=1)
     working.close()

@@ -7,6 +7,7 @@ import pytest
 import longgen_core
 import longgen_core.kernels.reference
 import longgen_core.data.corpora
+import longgen_core.data.stream
 import longgen_core.models.fused
 import longgen_core.models.convert
 import longgen_core.patterns.masks
@@ -16,7 +17,7 @@ import longgen_core.bench.targets
 import longgen_core.cli_values
 import longgen_core.jsonio
 
-MODULES = [longgen_core.patterns.masks, longgen_core.kernels.reference, longgen_core.plots, longgen_core.data.corpora,
+MODULES = [longgen_core.patterns.masks, longgen_core.kernels.reference, longgen_core.plots, longgen_core.data.corpora, longgen_core.data.stream,
            longgen_core.models.convert, longgen_core.models.fused, longgen_core, longgen_core.train.options,
            longgen_core.bench.targets, longgen_core.cli_values, longgen_core.jsonio]
 

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoTokenizer
 
 from longgen_core.data import corpora as data
+from longgen_core.data.stream import TrainingStream
 from longgen_core.data import suite as suite_tasks
 from longgen_core.data import tasks
 from longgen_core.models.base import setup_smollm2
@@ -260,7 +261,7 @@ def test_scoring_follows_ruler_and_babilong(tokenizer):
 # ---------------------------------------------------------------------- training mixture
 def test_training_mixture_draws_suite_tasks_from_the_training_split_only(tokenizer):
     names = tuple(sorted(SUITE_TASKS))
-    stream = data.TrainingStream("pydoc", tokenizer, seq_len=512, seed=1, synthetic_ratio=0.75, tasks=names)
+    stream = TrainingStream("pydoc", tokenizer, seq_len=512, seed=1, synthetic_ratio=0.75, tasks=names)
     items = [next(stream) for _ in range(36)]
     kinds = [it["kind"] for it in items]
     assert set(kinds) - {"corpus"} == set(names)  # every task drawn
@@ -301,7 +302,7 @@ def test_training_mixture_draws_suite_tasks_from_the_training_split_only(tokeniz
             for value in answer.split(", "):
                 assert split_of(value) == "train" or value in POOLS["word"]["train"], value
                 assert value not in POOLS["word"]["heldout"]
-    again = data.TrainingStream("pydoc", tokenizer, seq_len=512, seed=1, synthetic_ratio=0.75, tasks=names).seek(20)
+    again = TrainingStream("pydoc", tokenizer, seq_len=512, seed=1, synthetic_ratio=0.75, tasks=names).seek(20)
     for it in items[20:]:
         nxt = next(again)
         assert nxt["kind"] == it["kind"] and torch.equal(nxt["input_ids"], it["input_ids"])
@@ -318,9 +319,9 @@ def test_training_answers_are_what_evaluation_expects(tokenizer):
 
 def test_training_stream_refuses_unknown_tasks_and_short_suite_sequences(tokenizer):
     with pytest.raises(ValueError, match="tasks must be"):
-        data.TrainingStream("pydoc", tokenizer, seq_len=512, synthetic_ratio=0.5, tasks=("niah_single", "nope"))
+        TrainingStream("pydoc", tokenizer, seq_len=512, synthetic_ratio=0.5, tasks=("niah_single", "nope"))
     with pytest.raises(ValueError, match=">= 512"):
-        data.TrainingStream("pydoc", tokenizer, seq_len=256, synthetic_ratio=0.5, tasks=("babilong_qa1",))
+        TrainingStream("pydoc", tokenizer, seq_len=256, synthetic_ratio=0.5, tasks=("babilong_qa1",))
 
 
 def test_presets_accept_the_suites_task_names():

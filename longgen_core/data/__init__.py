@@ -1,13 +1,15 @@
 """Training and evaluation data (stage 4): corpora, packed sequences, retrieval samples.
 
-- :mod:`.corpora`: documents of a corpus (KJV, pydoc, local files), packing into sequences,
-  the training stream that mixes them with synthetic samples.
+- :mod:`.corpora`: documents of a corpus (KJV, pydoc, Shakespeare, local files), packing into
+  sequences.
+- :mod:`.stream`: the training stream that mixes packed sequences with synthetic samples.
 - :mod:`.tasks`: pass key, NIAH, RULER- and BABILong-style samples from explicit seeds.
 - :mod:`.suite`: the evaluation suite (six RULER/BABILong-style tasks) with disjoint train / held-out
   templates, vocabularies and haystack text; its scoring.
 """
 
-from .corpora import CORPORA, Prefetcher, TrainingStream, documents, pack, packed_sequences
+from .corpora import CORPORA, documents, pack, packed_sequences
+from .stream import Prefetcher, TrainingStream
 from .tasks import TASKS, Sample
 
 __all__ = ["CORPORA", "Prefetcher", "TrainingStream", "documents", "pack", "packed_sequences", "TASKS", "Sample"]

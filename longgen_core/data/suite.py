@@ -55,6 +55,7 @@ import string
 import zlib
 from functools import lru_cache
 
+from .corpora import documents
 from .tasks import Sample, assemble, check_request, token_ids
 
 SPLITS = ("train", "heldout")
@@ -335,8 +336,6 @@ def haystack_ids(tokenizer, split: str, haystack: str | None = None) -> tuple[in
     """All token ids of the split's haystack text: the documents of :data:`HAYSTACKS` ``[split]``
     (or of the corpus ``haystack``), each followed by a newline. Cached; KJV's training books and
     Shakespeare take a few seconds each to tokenise."""
-    from .corpora import documents
-
     _check_split(split)
     ids: list[int] = []
     for source in (haystack,) if haystack else HAYSTACKS[split]:

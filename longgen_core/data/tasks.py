@@ -34,6 +34,8 @@ from functools import lru_cache
 
 import torch
 
+from .corpora import documents
+
 REPEAT_FILLER = ("The grass is green. The sky is blue. The sun is yellow. Here we go. "
                  "There and back again. ")
 
@@ -76,8 +78,6 @@ def _haystack_ids(tokenizer, haystack: str, min_tokens: int) -> tuple[int, ...]:
         reps = min_tokens // max(1, len(unit)) + 1
         return tuple(unit * reps)
     if haystack == "kjv":
-        from .corpora import documents
-
         ids: list[int] = []
         for doc in documents("kjv", split="heldout"):
             ids.extend(token_ids(tokenizer, doc + "\n"))

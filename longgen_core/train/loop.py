@@ -37,7 +37,7 @@ What a run does:
    for ``attention="hybrid"`` converts it with :func:`~longgen_core.models.convert.to_longgen`
    (``backend="auto"``: the Triton kernels on CUDA in bf16). ``attention="full"`` keeps full
    attention everywhere (:func:`~longgen_core.models.rope.set_rope`, SDPA) -- the baseline.
-2. Streams the data (:class:`~longgen_core.data.corpora.TrainingStream`): packed corpus sequences of
+2. Streams the data (:class:`~longgen_core.data.stream.TrainingStream`): packed corpus sequences of
    ``seq_len`` tokens with a ``synthetic_ratio`` share of retrieval samples.
 3. Trains with AdamW (warm-up + cosine), gradient accumulation, gradient clipping, gradient
    checkpointing and the chunked loss (:mod:`longgen_core.train.loss`); bf16 autocast on GPU, fp32 on
@@ -73,7 +73,7 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..bench.results import software_versions
-from ..data.corpora import Prefetcher, TrainingStream
+from ..data.stream import Prefetcher, TrainingStream
 from ..jsonio import read_json, write_json_atomic
 from ..models.base import load_model, setup_smollm2, smollm2_dir
 from ..models.convert import layer_map, to_longgen
