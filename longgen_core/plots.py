@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.colors import ListedColormap
 
+from .formatting import format_table, format_tokens  # noqa: F401 -- importable from plots too
 from .patterns import TILE_EMPTY, TILE_FULL, TILE_PARTIAL, BlockLayout, Pattern
 
 FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
@@ -143,27 +144,11 @@ def layer_map_text(full_layers, num_layers: int) -> str:
     return "".join("F" if i in full else "s" for i in range(num_layers))
 
 
-def format_table(rows: list[dict], floatfmt: str = "{:.3g}") -> str:
-    """Plain-text table of dicts sharing keys (the text twin of a plot)."""
-    if not rows:
-        return "(empty)"
-    keys = list(rows[0])
-    cells = [[floatfmt.format(r[k]) if isinstance(r[k], float) else str(r[k]) for k in keys] for r in rows]
-    widths = [max(len(k), *(len(c[i]) for c in cells)) for i, k in enumerate(keys)]
-    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join([fmt.format(*keys)] + [fmt.format(*c) for c in cells])
-
-
 def _figure(ax, size):
     if ax is None:
         fig, ax = plt.subplots(figsize=size)
         return fig, ax
     return ax.figure, ax
-
-
-def format_tokens(tokens: int) -> str:
-    """``32768`` -> ``'32K'``; lengths that are not whole K stay as they are (``'256'``)."""
-    return f"{tokens // 1024}K" if tokens >= 1024 and tokens % 1024 == 0 else str(tokens)
 
 
 _k = format_tokens

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .bench.cost_model import MISSING
 from .bench.targets import PAPER, PAPER_N, TARGETS  # noqa: F401 -- notebook 06 imports PAPER, TARGETS from here
+from .formatting import format_tokens
 from .jsonio import read_json
-from .plots import format_tokens
 
 ROOT = Path(__file__).resolve().parent.parent
 START, END = "<!-- results:start -->", "<!-- results:end -->"
@@ -57,9 +57,6 @@ def _kernel_table(bench: dict) -> list[str]:
                 lines.append("| " + " | ".join(cells) + " |")
     return lines
 
-
-def _tokens(n: int) -> str:
-    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
 def _model_metrics(bench: dict) -> list[tuple[str, str, str]]:
@@ -105,7 +102,7 @@ def _model_table(bench: dict) -> list[str]:
                 cells[att] = None if r is None else r["value"]
                 if cells[att] is None:
                     why = "not in the JSON" if r is None else r.get("skipped", "no value")
-                    notes.append(f"{att} {_tokens(n)} {label}: {why}")
+                    notes.append(f"{att} {format_tokens(n)} {label}: {why}")
             f, h = cells["full"], cells["hybrid"]
             if metric == "kv_bytes":
                 shown = [MISSING if x is None else f"{x / 2**30:.2f} GiB" for x in (f, h)]
@@ -117,9 +114,9 @@ def _model_table(bench: dict) -> list[str]:
                 ratio = MISSING if score is None else f"{score:.2f}x"
                 if score is not None and score > limit:
                     ratio += " †"
-                    above.setdefault(label, []).append(_tokens(n))
+                    above.setdefault(label, []).append(format_tokens(n))
             at_top = n == PAPER_N
-            lines.append(f"| {label} | {_tokens(n)} | {shown[0]} | {shown[1]} | {ratio} | "
+            lines.append(f"| {label} | {format_tokens(n)} | {shown[0]} | {shown[1]} | {ratio} | "
                          f"{_vs(key, None, PAPER[key]) if at_top else ''} | "
                          f"{_vs(key, score, TARGETS[key], target=True) if at_top else ''} |")
     paragraphs = []
@@ -131,7 +128,7 @@ def _model_table(bench: dict) -> list[str]:
                           + "; ".join(f"{label} at {', '.join(at)}" for label, at in above.items()) + ".")
     kv = [r for r in rows if r["metric"] == "kv_bytes" and r["attention"] == "hybrid" and "kv_bytes_formula" in r]
     if kv:
-        off = [_tokens(r["n"]) for r in kv if r["value"] != r["kv_bytes_formula"]]
+        off = [format_tokens(r["n"]) for r in kv if r["value"] != r["kv_bytes_formula"]]
         paragraphs.append("Hybrid KV bytes measured = `kv_bytes_formula` at every N." if not off
                           else f"Hybrid KV bytes measured ≠ `kv_bytes_formula` at {', '.join(off)}.")
     for text in paragraphs:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import torch
 
 from longgen_core.bench import cli as bench_cli
@@ -49,3 +51,27 @@ def test_model_subcommand_is_registered():
     with pytest.raises(SystemExit) as exc:
         bench_cli.main(["model", "--help"])
     assert exc.value.code == 0
+
+
+def test_generate_bench_times_both_models_on_the_cpu(tmp_path):
+    from longgen_core.bench import cli
+    from longgen_core.bench.generate import results_table
+
+    out = tmp_path / "gen.json"
+    assert cli.main(["generate", "--out", str(out), "--prompts", "96", "--batches", "1,2", "--new-tokens", "4",
+                     "--sink", "4", "--window", "32", "--device", "cpu"]) == 0
+    result = json.loads(out.read_text())
+    assert result["device"] == "cpu" and result["pattern"] == "sink_window_4_32"
+    assert {(r["attention"], r["batch"]) for r in result["rows"]} == {(a, b) for a in ("full", "hybrid") for b in (1, 2)}
+    for r in result["rows"]:
+        assert r["prompt_tokens"] == 96 and r["tokens_per_s"] > 0
+        assert abs(r["ms_per_token"] * 3 / 1000 - (r["total_s"] - r["prefill_s"])) < 2e-3
+    assert results_table(result).count("| 96 |") == 2  # one line per batch
+
+
+def test_generate_row_refuses_fewer_than_two_new_tokens():
+    from longgen_core.bench.generate import generate_row
+    from longgen_core.models.base import tiny_llama
+
+    with pytest.raises(ValueError, match="new_tokens must be >= 2"):
+        generate_row(tiny_llama(), "full", 16, 1, 1)

@@ -15,6 +15,7 @@ from longgen_core.models.cache import (EvictingLayer, LongGenCache, generate_wit
                                 kv_bytes_formula, kv_cache_bytes, kv_slots_formula)
 from longgen_core.models.convert import convert_config, to_longgen, to_posthoc_streaming, use_backend
 from longgen_core.models.base import llama2_7b_config, load_smollm2, tiny_llama
+from longgen_core.models.settings import layer_patterns
 from longgen_core.patterns import sink_window, sliding_window, strided
 
 SINK, WINDOW = 4, 32
@@ -131,6 +132,36 @@ def test_hybrid_with_a_plain_dynamic_cache_gives_the_same_tokens():
     assert torch.equal(out, plain)
 
 
+def test_plain_generate_of_a_converted_model_evicts_and_gives_the_same_tokens():
+    hybrid = to_longgen(tiny_llama(), pattern=sink_window(SINK, WINDOW))
+    prompt = random_ids(30, seed=3)
+    expected, _ = generate_with_cache(hybrid, prompt, max_new_tokens=40, eos_token_id=None)
+    out = hybrid.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40, do_sample=False,
+                          eos_token_id=None, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, expected)
+    cache = out.past_key_values
+    assert isinstance(cache, LongGenCache)
+    sparse = [p.kind != "full" for p in layer_patterns(hybrid.config)]
+    slots = [layer.num_slots() for layer in cache.layers]
+    assert [s for s, sp in zip(slots, sparse) if sp] == [SINK + WINDOW] * sum(sparse)
+    assert [s for s, sp in zip(slots, sparse) if not sp] == [69] * (len(sparse) - sum(sparse))
+
+
+def test_a_cache_the_caller_names_or_no_cache_still_wins_and_copies_generate_with_themselves():
+    import copy
+
+    hybrid = to_longgen(tiny_llama(), pattern=sink_window(SINK, WINDOW))
+    prompt = random_ids(30, seed=3)
+    kw = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=5, do_sample=False, eos_token_id=None,
+              return_dict_in_generate=True)
+    dynamic = DynamicCache()
+    assert hybrid.generate(prompt, past_key_values=dynamic, **kw).past_key_values is dynamic
+    assert hybrid.generate(prompt, use_cache=False, **kw).past_key_values is None
+    twin = copy.deepcopy(hybrid)
+    assert twin.generate.__self__ is twin
+    assert torch.equal(twin.generate(prompt, **kw).sequences, hybrid.generate(prompt, **kw).sequences)
+
+
 @pytest.fixture(scope="module")
 def smollm2_hybrid():
     model, tokenizer = load_smollm2()
@@ -149,6 +180,9 @@ def test_smollm2_greedy_generation_past_the_window_equals_recompute(smollm2_hybr
     finally:
         use_backend(model, "auto")
     assert torch.equal(out, expected)
+    plain = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=40, do_sample=False,
+                           return_dict_in_generate=True)  # no cache named: the evicting one by default
+    assert torch.equal(plain.sequences, out) and isinstance(plain.past_key_values, LongGenCache)
 
 
 def test_smollm2_cache_memory_constant_past_the_window_and_equal_to_formula(smollm2_hybrid):

@@ -8,6 +8,7 @@ import longgen_core
 import longgen_core.kernels.reference
 import longgen_core.data.corpora
 import longgen_core.data.stream
+import longgen_core.formatting
 import longgen_core.models.fused
 import longgen_core.models.convert
 import longgen_core.patterns.masks
@@ -19,7 +20,8 @@ import longgen_core.jsonio
 
 MODULES = [longgen_core.patterns.masks, longgen_core.kernels.reference, longgen_core.plots, longgen_core.data.corpora, longgen_core.data.stream,
            longgen_core.models.convert, longgen_core.models.fused, longgen_core, longgen_core.train.options,
-           longgen_core.bench.targets, longgen_core.cli_values, longgen_core.jsonio]
+           longgen_core.bench.targets, longgen_core.cli_values, longgen_core.jsonio,
+           longgen_core.formatting]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

@@ -1,9 +1,10 @@
-"""Command line of the GPU benchmarks: ``python -m longgen_core.bench kernels|model``."""
+"""Command line of the GPU benchmarks: ``python -m longgen_core.bench kernels|model|generate``."""
 
 from __future__ import annotations
 
 import argparse
 
+from .generate import run_cli as run_generate
 from .kernels import run_kernels
 from .model import run_cli as run_model
 
@@ -50,6 +51,15 @@ def main(argv=None) -> int:
     m.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     m.add_argument("--time-budget", type=float, default=None, help="seconds; later cells are skipped")
     m.set_defaults(func=_run_model)
+    g = sub.add_parser("generate", help="SmolLM2 model.generate() from long prompts: full vs hybrid tokens/s")
+    g.add_argument("--out", default="figures/bench_generate.json", help="results JSON")
+    g.add_argument("--prompts", default="32768,131072", help="comma-separated prompt lengths")
+    g.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    g.add_argument("--new-tokens", type=int, default=256)
+    g.add_argument("--sink", type=int, default=64, help="the hybrid's sink tokens")
+    g.add_argument("--window", type=int, default=4096, help="the hybrid's window tokens")
+    g.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    g.set_defaults(func=run_generate)
     args = parser.parse_args(argv)
     return args.func(args)
 

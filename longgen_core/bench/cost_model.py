@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 
+from ..formatting import format_table, format_tokens
 from ..patterns import Pattern, attention_flops, full_causal
 from .targets import PAPER_N
 
@@ -47,9 +48,6 @@ PHASES = ("prefill", "train", "decode")
 MISSING = "—"  # a value the results JSON does not have (out of memory, skipped, not measured)
 UNITS = {"prefill": "FLOP", "train": "FLOP", "decode": "byte"}
 
-
-def _tokens(n: int) -> str:
-    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
 
 
 def _dims(config) -> tuple[int, int, int, int, int, int]:
@@ -257,13 +255,12 @@ def comparison_text(rows: list[dict], paper: dict, targets: dict, paper_n: int =
         unit = (lambda v: f"{v / 2**30:.2f} GiB") if r["metric"] == "kv_bytes" else (lambda v: f"{v:.2f} ms")
         above = r["measured"] is not None and r["measured"] > r["bound"] * (1 + 1e-9)
         flagged |= above
-        table.append({"metric": r["label"], "N": _tokens(r["n"]),
+        table.append({"metric": r["label"], "N": format_tokens(r["n"]),
                       "full": MISSING if r["full"] is None else unit(r["full"]),
                       "hybrid": MISSING if r["hybrid"] is None else unit(r["hybrid"]),
                       "measured": ratio(r, r["measured"]) + (" !" if above else ""),
                       "cost model": ratio(r, r["model"]), "Amdahl bound": ratio(r, r["bound"]),
                       "paper": ref(r, paper), "target": ref(r, targets, ">=")})
-    from ..plots import format_table
 
     text = format_table(table)
     if flagged:
@@ -285,7 +282,7 @@ def decode_rows(results: dict, gbps: float | None = None) -> list[dict]:
             continue
         prev = {}
         for n in ns:
-            row = {"batch": batch, "N": _tokens(n)}
+            row = {"batch": batch, "N": format_tokens(n)}
             for att in ("full", "hybrid"):
                 v = by.get((att, n, metric))
                 row[f"{att} ms"] = MISSING if v is None else f"{v:.2f}"
@@ -317,7 +314,7 @@ def plot_cost_breakdown(config, lengths, phase: str = "prefill", batch: int = 1,
                        label=part if x == 0 else None)
                 bottom += h
             ticks.append(x)
-            labels.append(f"{name}\n{_tokens(n)}")
+            labels.append(f"{name}\n{format_tokens(n)}")
     ax.set_xticks(ticks, labels, fontsize=7)
     ax.set_ylabel(f"{UNITS[phase]}s (full model = 1)")
     ax.set_ylim(0, 1.3)
@@ -354,7 +351,7 @@ def plot_measured(rows: list[dict], paper: dict | None = None, targets: dict | N
                 ax.plot([paper_n], [y], marker, color=color, ms=9, ls="none", label=label)
         ax.axhline(1.0, color="grey", lw=0.6)
         ax.set_xscale("log", base=2)
-        ax.set_xticks(ns, [_tokens(n) for n in ns])
+        ax.set_xticks(ns, [format_tokens(n) for n in ns])
         ax.minorticks_off()
         ax.set_ylim(bottom=0)
         ax.set_title(mine[0]["label"] + (" (bytes)" if metric == "kv_bytes" else ""), fontsize=9)
@@ -386,7 +383,7 @@ def plot_decode(results: dict, gbps: float | None = None):
                 ax.plot(ns, floor, ls=":" if att == "full" else (0, (1, 4)), color=f"C{i}", lw=1.0,
                         label=f"{att} floor, batch {batch}")
     ax.set_xscale("log", base=2)
-    ax.set_xticks(ns, [_tokens(n) for n in ns])
+    ax.set_xticks(ns, [format_tokens(n) for n in ns])
     ax.minorticks_off()
     ax.set_yscale("log")
     ax.set_xlabel("context length N")

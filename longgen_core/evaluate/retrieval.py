@@ -26,8 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import suite, tasks
+from ..formatting import format_tokens
 from ..train.loss import chunked_lm_loss
-from ..models.settings import get_settings
 
 
 @torch.no_grad()
@@ -36,11 +36,7 @@ def generate_batch(model, prompts: torch.Tensor, max_new_tokens: int) -> torch.T
     kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False, attention_mask=torch.ones_like(prompts),
                   pad_token_id=model.config.eos_token_id if model.config.pad_token_id is None
                   else model.config.pad_token_id)
-    if get_settings(model.config) is not None:
-        from ..models.cache import LongGenCache
-
-        kwargs["past_key_values"] = LongGenCache(model.config)
-    out = model.generate(prompts, **kwargs)
+    out = model.generate(prompts, **kwargs)  # a converted model evicts by default (models.cache.evict_by_default)
     return out[:, prompts.shape[1]:]
 
 
@@ -148,7 +144,7 @@ def plot_grid(result: dict, title: str | None = None, ax=None):
     scores = torch.tensor(result["scores"])
     ax.imshow(scores, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(result["lengths"])),
-                  [f"{n // 1024}K" if n >= 1024 else str(n) for n in result["lengths"]])
+                  [format_tokens(n) for n in result["lengths"]])
     ax.set_yticks(range(len(result["depths"])), [f"{d:.0%}" for d in result["depths"]])
     for i in range(scores.shape[0]):
         for j in range(scores.shape[1]):

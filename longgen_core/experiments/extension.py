@@ -49,6 +49,7 @@ import torch
 from ..bench.results import software_versions
 from ..data.corpora import CORPORA
 from ..data.suite import HAYSTACKS, SUITE_TASKS
+from ..formatting import format_table
 from ..evaluate.retrieval import outside_window_score, perplexity_by_length, retrieval_grid
 from ..models.convert import layer_map, load_longgen, to_posthoc_streaming
 from ..models.rope import rope_theta_of
@@ -476,7 +477,6 @@ def plot_training(result: dict):
 def summary_text(result: dict) -> str:
     """Text twin of the figures: score per variant and task at the longest length, on evicted
     needles, perplexity, training speed, targets."""
-    from ..plots import format_table
 
     summary = result["summary"]
     longest, tasks = summary["longest"], list(result["plan"]["tasks"])

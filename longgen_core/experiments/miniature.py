@@ -55,6 +55,7 @@ import torch
 from ..bench.results import software_versions
 from ..bench.targets import MINIATURE_PAPER, MINIATURE_TARGETS
 from ..cli_values import parse_value
+from ..formatting import format_table, format_tokens
 from ..evaluate.retrieval import outside_window_score, perplexity_by_length, plot_grid, retrieval_grid
 from ..jsonio import read_json as load_results  # noqa: F401 -- notebook 05 imports it from here
 from ..jsonio import write_json_atomic
@@ -258,8 +259,6 @@ def plot_grids(result: dict):
     """One paper-style heatmap per variant (depth x length), then mean score vs length."""
     import matplotlib.pyplot as plt
 
-    from ..plots import format_tokens  # with matplotlib: optional on GPU nodes
-
     names = list(result["variants"])
     fig, axes = plt.subplots(1, len(names) + 1, figsize=(3.0 * (len(names) + 1), 3.0),
                              gridspec_kw={"width_ratios": [1] * len(names) + [1.3]})
@@ -306,8 +305,6 @@ def plot_training(result: dict, task_label: str = "pass-key answers"):
 
 def summary_text(result: dict) -> str:
     """Text twin of the figures: mean score per length and perplexity per variant, then the targets."""
-    from ..plots import format_table  # plots imports matplotlib, optional on GPU nodes
-
     lengths = result["plan"]["lengths"]
     rows = []
     for name, v in result["variants"].items():

@@ -1,7 +1,8 @@
 """A KV cache whose sparse layers keep only what their pattern can still attend: O(sink + window).
 
 Built on transformers' public Cache API (``Cache`` holding one ``CacheLayerMixin`` per decoder
-layer), so ``model.generate(ids, past_key_values=LongGenCache(model.config))`` uses it.
+layer), so ``model.generate(ids, past_key_values=LongGenCache(model.config))`` uses it; a converted
+model's plain ``model.generate(ids)`` does so by itself (:func:`evict_by_default`).
 
 Each layer holds *slots*, not a sequence::
 
@@ -35,13 +36,15 @@ Example::
 
 from __future__ import annotations
 
+import types
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from ..patterns import Pattern, full_causal
 from .settings import layer_patterns
 
-__all__ = ["EvictingLayer", "LongGenCache", "kv_cache_bytes", "kv_slots_formula", "kv_bytes_formula",
+__all__ = ["EvictingLayer", "LongGenCache", "evict_by_default", "kv_cache_bytes", "kv_slots_formula", "kv_bytes_formula",
            "measure_kv_bytes", "generate_with_cache", "greedy_recompute"]
 
 
@@ -288,6 +291,38 @@ def measure_kv_bytes(model, n_tokens: int, cache: Cache | None = None, seed: int
     ids = torch.randint(0, model.config.vocab_size, (1, n_tokens), generator=gen).to(model.device)
     model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
     return kv_cache_bytes(cache)
+
+
+# generate() arguments that roll the cache back (assisted / speculative decoding): an evicting cache
+# cannot, so with these the caller's choice (or transformers' default cache) stands
+_ROLLBACK_ARGS = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
+
+
+def _generate_evicting(self, *args, **kwargs):
+    """``generate`` of a converted model: a fresh :class:`LongGenCache` unless the call names a
+    cache, turns caching off or needs a cache that rolls back."""
+    config = kwargs.get("generation_config") or self.generation_config
+    use_cache = kwargs.get("use_cache", getattr(config, "use_cache", True))
+    if (kwargs.get("past_key_values") is None and use_cache is not False
+            and getattr(config, "cache_implementation", None) is None
+            and not any(kwargs.get(name) is not None for name in _ROLLBACK_ARGS)):
+        kwargs["past_key_values"] = LongGenCache(self.config)
+    return type(self).generate(self, *args, **kwargs)
+
+
+def evict_by_default(model) -> None:
+    """Make a converted model's plain ``model.generate(ids)`` use the evicting cache, so its sparse
+    layers hold sink + window slots instead of every key (transformers would pick ``DynamicCache``).
+
+    A cache given by the caller (``past_key_values=``), ``use_cache=False``, a
+    ``cache_implementation`` and assisted decoding keep transformers' behaviour. Bound to the model
+    as a method, so ``copy.deepcopy(model)`` generates with the copy. Every conversion and
+    :func:`~longgen_core.models.convert.load_longgen` calls it.
+
+    Example: ``out = to_longgen(model).generate(ids, max_new_tokens=20, return_dict_in_generate=True)``;
+    ``out.past_key_values`` is a :class:`LongGenCache`.
+    """
+    model.generate = types.MethodType(_generate_evicting, model)
 
 
 def generate_with_cache(model, input_ids: torch.Tensor, max_new_tokens: int, **generate_kwargs):

@@ -30,6 +30,7 @@ import torch
 
 from . import attention as hf_attention
 from ..patterns import Pattern, default_full_layers, sink_window
+from .cache import evict_by_default
 from .rope import rebuild_rotary
 from .settings import SETTINGS_KEY, get_settings, layer_patterns, make_settings
 
@@ -106,6 +107,7 @@ def _apply(model, backend: str = "auto"):
                          f"AttentionInterface, so it cannot be converted")
     hf_attention.install_cache_hooks(model)
     attach_patterns(model)
+    evict_by_default(model)
     return model
 
 

@@ -1,0 +1,152 @@
+"""What a user sees: ``model.generate()`` of SmolLM2-135M (real weights), full attention vs the
+LongGen hybrid, from a long prompt.
+
+``python -m longgen_core.bench generate --out figures/bench_generate.json``
+
+Both models are the same weights with the same extended RoPE (``--prompts``' longest length
+plus the new tokens); the hybrid is :func:`~longgen_core.models.convert.to_longgen` of a copy
+(middle third full, sink + window elsewhere). Each is called exactly as a user would:
+``model.generate(ids, max_new_tokens=T, do_sample=False)`` with no cache argument -- the full
+model gets transformers' default cache, the converted one its evicting cache by default
+(:func:`~longgen_core.models.cache.evict_by_default`). Prompts are random token ids (the speed
+does not depend on the text); generation never stops early (``min_new_tokens = T``).
+
+Per (attention, prompt length, batch): one untimed warm-up generate at the same shape with 2 new
+tokens (Triton compiles, allocator warms), a prefill-only generate (1 new token) and the timed
+generate of ``T`` tokens. Decode time is the difference of the two, per new token after the first.
+
+JSON layout::
+
+    {"device", "versions", "date", "model", "pattern", "layer_map", "new_tokens",
+     "rows": [{"attention": "full" | "hybrid", "prompt_tokens", "batch", "tokens_per_s" (decode:
+               batch * (T - 1) / decode seconds), "ms_per_token" (per decode step),
+               "prefill_s", "total_s", "peak_gib"}]}
+
+A cell that runs out of memory gets ``tokens_per_s: null`` and a ``note``.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import time
+
+import torch
+
+from ..formatting import format_tokens
+from ..jsonio import write_json_atomic
+from ..models.base import load_smollm2
+from ..models.convert import layer_map, to_longgen
+from ..models.rope import extended_rope_theta, rope_theta_of, set_rope
+from ..patterns import sink_window
+from .results import software_versions
+
+__all__ = ["generate_seconds", "generate_row", "run_generate_bench", "results_table"]
+
+SMOLLM2_CONTEXT = 8192  # SmolLM2-135M's pretraining context: the RoPE base is extended from it
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def generate_seconds(model, ids: torch.Tensor, new_tokens: int) -> float:
+    """Wall seconds of one greedy ``model.generate`` of exactly ``new_tokens`` tokens (no cache argument).
+
+    Example: ``generate_seconds(model, torch.randint(0, 100, (1, 64)), 8)``.
+    """
+    _sync(ids.device)
+    start = time.perf_counter()
+    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                         min_new_tokens=new_tokens, do_sample=False)
+    _sync(ids.device)
+    seconds = time.perf_counter() - start
+    if out.shape[1] != ids.shape[1] + new_tokens:
+        raise RuntimeError(f"generate returned {out.shape[1] - ids.shape[1]} new tokens, not {new_tokens}")
+    return seconds
+
+
+def generate_row(model, attention: str, prompt_tokens: int, batch: int, new_tokens: int, seed: int = 0) -> dict:
+    """One row of the JSON layout above for ``model`` (already on its device)."""
+    if new_tokens < 2:
+        raise ValueError(f"new_tokens must be >= 2 (decode time is measured past the first), got {new_tokens}")
+    device = model.device
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, model.config.vocab_size, (batch, prompt_tokens), generator=gen).to(device)
+    row = {"attention": attention, "prompt_tokens": prompt_tokens, "batch": batch}
+    cuda = device.type == "cuda"
+    try:
+        generate_seconds(model, ids, 2)  # warm-up at this shape
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        prefill = generate_seconds(model, ids, 1)
+        total = generate_seconds(model, ids, new_tokens)
+    except torch.OutOfMemoryError:
+        row.update(tokens_per_s=None, ms_per_token=None, note="out of memory")
+        return row
+    finally:
+        del ids
+        if cuda:
+            torch.cuda.empty_cache()
+    decode = max(total - prefill, 1e-9)
+    row.update(tokens_per_s=round(batch * (new_tokens - 1) / decode, 1),
+               ms_per_token=round(1000 * decode / (new_tokens - 1), 3),
+               prefill_s=round(prefill, 3), total_s=round(total, 3),
+               peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None)
+    return row
+
+
+def run_generate_bench(prompts=(32768, 131072), batches=(1, 8), new_tokens: int = 256, sink: int = 64,
+                       window: int = 4096, device: str | None = None, log=print) -> dict:
+    """Both models at every (prompt length, batch); the result dict of the JSON layout above."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    full, _ = load_smollm2(dtype=dtype, device=device)
+    longest = max(prompts) + new_tokens
+    if longest > SMOLLM2_CONTEXT:
+        set_rope(full, rope_theta=extended_rope_theta(rope_theta_of(full.config), SMOLLM2_CONTEXT, longest),
+                 max_position_embeddings=longest)
+    pattern = sink_window(sink, window)
+    hybrid = to_longgen(copy.deepcopy(full), pattern=pattern)
+    rows = []
+    for prompt_tokens in prompts:
+        for batch in batches:
+            for attention, model in (("full", full), ("hybrid", hybrid)):
+                row = generate_row(model, attention, prompt_tokens, batch, new_tokens)
+                rows.append(row)
+                log(f"{attention:6s} prompt {prompt_tokens:7d} batch {batch}: "
+                    + (f"{row['tokens_per_s']:9.1f} tok/s  {row['ms_per_token']:8.2f} ms/token  prefill "
+                       f"{row['prefill_s']:.2f} s" if row["tokens_per_s"] is not None else row["note"]))
+    return {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "versions": software_versions(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "model": "SmolLM2-135M-Instruct", "dtype": str(dtype).removeprefix("torch."), "pattern": pattern.name,
+            "layer_map": layer_map(hybrid.config), "rope_theta": rope_theta_of(full.config),
+            "new_tokens": new_tokens, "rows": rows}
+
+
+def results_table(result: dict) -> str:
+    """Markdown: one line per (prompt, batch), full and hybrid tokens/s and their ratio."""
+    cells = {(r["attention"], r["prompt_tokens"], r["batch"]): r for r in result["rows"]}
+    lines = ["| prompt | batch | full tok/s | hybrid tok/s | hybrid / full | full prefill s | hybrid prefill s |",
+             "|---|---|---|---|---|---|---|"]
+    for (attention, n, b), row in cells.items():
+        if attention != "full":
+            continue
+        other = cells.get(("hybrid", n, b), {})
+        f, h = row.get("tokens_per_s"), other.get("tokens_per_s")
+        ratio = f"{h / f:.2f}x" if f and h else "-"
+        lines.append(f"| {format_tokens(n)} | {b} | {f if f else '-'} | {h if h else '-'} | {ratio} | "
+                     f"{row.get('prefill_s', '-')} | {other.get('prefill_s', '-')} |")
+    return "\n".join(lines)
+
+
+def run_cli(args) -> int:
+    """The ``generate`` subcommand of :mod:`longgen_core.bench.cli`."""
+    prompts = tuple(int(x) for x in args.prompts.split(","))
+    batches = tuple(int(x) for x in args.batches.split(","))
+    result = run_generate_bench(prompts, batches, args.new_tokens, args.sink, args.window, args.device)
+    write_json_atomic(args.out, result)
+    print(results_table(result))
+    print(f"wrote {args.out}")
+    return 0
