@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .bench.cost_model import MISSING
-from .bench.targets import PAPER, PAPER_N, TARGETS  # noqa: F401 -- notebook 06 imports PAPER, TARGETS from here
+from .bench.targets import GENERATE_TARGET_SPEEDUP, PAPER, PAPER_N, TARGETS  # noqa: F401 -- notebook 06 imports PAPER, TARGETS from here
 from .formatting import format_tokens
 from .jsonio import read_json
 
@@ -152,6 +152,17 @@ def _train_table(train: dict) -> list[str]:
     return lines
 
 
+def _generate_table(gen: dict) -> list[str]:
+    from .bench.generate import results_table  # torch only, no GPU
+
+    v = gen["versions"]
+    return [f"**Generation** ({gen['device']}, torch {v['torch']}, transformers {v['transformers']}, "
+            f"{gen['date'][:10]}; {gen['model']} {gen['dtype']}, real weights, layer map `{gen['layer_map']}`, "
+            f"{gen['pattern']}; plain `model.generate()`, {gen['new_tokens']} new tokens, decode tokens/s; "
+            "`python -m longgen_core.bench generate`)", "", results_table(gen), "",
+            f"Target: hybrid ≥ {GENERATE_TARGET_SPEEDUP}x full at every prompt and batch."]
+
+
 def _miniature_table(mini: dict) -> list[str]:
     v, plan, summary = mini["versions"], mini["plan"], mini["summary"]
     lengths = plan["lengths"]
@@ -225,6 +236,7 @@ def render(figures: Path | None = None) -> str:
              "`python -m longgen_core.report`:", ""]
     found = False
     for name, table in (("bench_kernels.json", _kernel_table), ("bench_model.json", _model_table),
+                        ("bench_generate.json", _generate_table),
                         ("train_gpu_small.json", _train_table), ("miniature.json", _miniature_table),
                         ("experiment_128k.json", _extension_table)):
         results = _load(name, figures)
