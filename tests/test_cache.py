@@ -89,6 +89,23 @@ def test_sink_window_layer_reuses_its_slots_in_place():
     assert sorted(layer.positions_cpu.tolist()) == list(range(SINK)) + list(range(200 - WINDOW, 200))
 
 
+@pytest.mark.parametrize("prefill", [3, 6, 40])  # shorter than, equal to and past sink + window
+def test_ring_arithmetic_picks_the_slot_the_visibility_rule_picks(prefill, monkeypatch):
+    ring, general = EvictingLayer(sink_window(2, 4)), EvictingLayer(sink_window(2, 4))
+    monkeypatch.setattr(general, "_ring_slot", lambda first: None)  # the general rule alone
+    x = torch.randn(1, 1, prefill + 30, 8)
+    for layer in (ring, general):
+        layer.update(x[:, :, :prefill], x[:, :, :prefill])
+    used = 0
+    for t in range(prefill, prefill + 30):
+        used += ring._ring_slot(t) is not None
+        k_ring, _ = ring.update(x[:, :, t:t + 1], x[:, :, t:t + 1])
+        k_general, _ = general.update(x[:, :, t:t + 1], x[:, :, t:t + 1])
+        assert ring.positions_cpu.tolist() == general.positions_cpu.tolist()
+        assert torch.equal(k_ring, k_general) and torch.equal(ring.query_positions, general.query_positions)
+    assert used >= 30 - 6  # every step once sink + window slots are full
+
+
 def test_full_layer_keeps_everything_in_order():
     layer = EvictingLayer()  # full_causal
     states = torch.randn(1, 2, 40, 8, generator=torch.Generator().manual_seed(0))

@@ -79,6 +79,7 @@ class EvictingLayer(DynamicLayer):
         self.contiguous = True
         self._buffer = None  # full layers: (keys, values) storage with room to grow
         self._arange = None  # full layers: (host, device) 0..room-1, sliced as positions
+        self._ring_origin = None  # sink + window layers: the position at slot `sink` (see _ring_slot)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
@@ -95,13 +96,16 @@ class EvictingLayer(DynamicLayer):
         self.seen += m
         if self.pattern.kind == "full":
             return self._append(key_states, value_states, first)
-        keep = visible(self.pattern, first, self.positions_cpu, self.num_heads)
-        free = (~keep).nonzero().flatten()
-        if m == 1 and free.numel() == 1 and self.positions is not None:
+        slot = self._ring_slot(first) if m == 1 else None
+        if slot is None:
+            keep = visible(self.pattern, first, self.positions_cpu, self.num_heads)
+            free = (~keep).nonzero().flatten()
+            if m == 1 and free.numel() == 1 and self.positions is not None:
+                slot = int(free[0])
+        if slot is not None:
             # Steady decoding: one token replaces the one slot that fell out of the window. Index
             # with a Python int and update the device positions in place: no host-to-device copy,
             # so no synchronisation with the GPU per layer and token.
-            slot = int(free[0])
             self.keys[:, :, slot:slot + 1].copy_(key_states)
             self.values[:, :, slot:slot + 1].copy_(value_states)
             self.positions_cpu[slot] = first
@@ -139,12 +143,33 @@ class EvictingLayer(DynamicLayer):
                 idx = still.nonzero().flatten().to(out_k.device)
                 self.keys, self.values = out_k.index_select(2, idx), out_v.index_select(2, idx)
                 self.positions_cpu = out_pos[still]
+        self._ring_origin = None  # slots rebuilt: the ring's origin is read again when it is full
         device = key_states.device
         self.contiguous = bool(torch.equal(out_pos, torch.arange(out_pos.numel())))
         self.returned_positions = out_pos.to(device)
         self.positions = self.positions_cpu.to(device)
         self.query_positions = new_pos.to(device)
         return out_k, out_v
+
+    def _ring_slot(self, first: int) -> int | None:
+        """Sink + window, every slot filled: the slot of the token that left the window (position
+        ``first - window``), found by arithmetic instead of a visibility pass over all slots.
+
+        Slots ``sink..sink+window-1`` form a ring written in position order, so position ``q``
+        sits at ``sink + (q - origin) % window`` with ``origin`` the position at slot ``sink``
+        when the ring was last rebuilt. ``None`` (the general rule decides) when the layer is not
+        in that steady state or the slot holds another position."""
+        pattern = self.pattern
+        if pattern.kind != "sink_window" or self.positions is None:
+            return None
+        sink, window = pattern.sink_tokens, pattern.window_tokens
+        if self.positions_cpu.numel() != sink + window or first < sink + window:
+            return None
+        if self._ring_origin is None:
+            self._ring_origin = int(self.positions_cpu[sink])
+        leaving = first - window
+        slot = sink + (leaving - self._ring_origin) % window
+        return slot if int(self.positions_cpu[slot]) == leaving else None
 
     def _append(self, key_states, value_states, first):
         # Full layers keep every token. A prefill keeps the projected states as they are (no copy);
@@ -193,7 +218,7 @@ class EvictingLayer(DynamicLayer):
         self.seen = 0
         self.positions_cpu = torch.empty(0, dtype=torch.int64)
         self.positions = self.query_positions = self.returned_positions = None
-        self._buffer = self._arange = None
+        self._buffer = self._arange = self._ring_origin = None
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         """Repeat the held slots ``repeats`` times along the batch (transformers' cache API). A full
