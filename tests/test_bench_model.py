@@ -69,6 +69,15 @@ def test_generate_bench_times_both_models_on_the_cpu(tmp_path):
     assert results_table(result).count("| 96 |") == 2  # one line per batch
 
 
+def test_generate_bench_writes_each_row_as_it_is_timed(tmp_path):
+    from longgen_core.bench.generate import run_generate_bench
+
+    out, seen = tmp_path / "gen.json", []
+    run_generate_bench((64,), (1,), new_tokens=2, sink=4, window=16, device="cpu", out=out,
+                       log=lambda line: seen.append(len(json.loads(out.read_text())["rows"])))
+    assert seen == [1, 2]  # on disk before each row's line is printed
+
+
 def test_generate_row_refuses_fewer_than_two_new_tokens():
     from longgen_core.bench.generate import generate_row
     from longgen_core.models.base import tiny_llama

@@ -98,8 +98,9 @@ def generate_row(model, attention: str, prompt_tokens: int, batch: int, new_toke
 
 
 def run_generate_bench(prompts=(32768, 131072), batches=(1, 8), new_tokens: int = 256, sink: int = 64,
-                       window: int = 4096, device: str | None = None, log=print) -> dict:
-    """Both models at every (prompt length, batch); the result dict of the JSON layout above."""
+                       window: int = 4096, device: str | None = None, out=None, log=print) -> dict:
+    """Both models at every (prompt length, batch); the result dict of the JSON layout above,
+    also written to ``out`` (if given) after every row, so a job killed midway keeps its rows."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     full, _ = load_smollm2(dtype=dtype, device=device)
@@ -109,20 +110,23 @@ def run_generate_bench(prompts=(32768, 131072), batches=(1, 8), new_tokens: int 
                  max_position_embeddings=longest)
     pattern = sink_window(sink, window)
     hybrid = to_longgen(copy.deepcopy(full), pattern=pattern)
-    rows = []
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+              "versions": software_versions(),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "model": "SmolLM2-135M-Instruct", "dtype": str(dtype).removeprefix("torch."), "pattern": pattern.name,
+              "layer_map": layer_map(hybrid.config), "rope_theta": rope_theta_of(full.config),
+              "new_tokens": new_tokens, "rows": []}
     for prompt_tokens in prompts:
         for batch in batches:
             for attention, model in (("full", full), ("hybrid", hybrid)):
                 row = generate_row(model, attention, prompt_tokens, batch, new_tokens)
-                rows.append(row)
+                result["rows"].append(row)
+                if out is not None:
+                    write_json_atomic(out, result)
                 log(f"{attention:6s} prompt {prompt_tokens:7d} batch {batch}: "
                     + (f"{row['tokens_per_s']:9.1f} tok/s  {row['ms_per_token']:8.2f} ms/token  prefill "
                        f"{row['prefill_s']:.2f} s" if row["tokens_per_s"] is not None else row["note"]))
-    return {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "versions": software_versions(),
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "model": "SmolLM2-135M-Instruct", "dtype": str(dtype).removeprefix("torch."), "pattern": pattern.name,
-            "layer_map": layer_map(hybrid.config), "rope_theta": rope_theta_of(full.config),
-            "new_tokens": new_tokens, "rows": rows}
+    return result
 
 
 def results_table(result: dict) -> str:
@@ -145,8 +149,7 @@ def run_cli(args) -> int:
     """The ``generate`` subcommand of :mod:`longgen_core.bench.cli`."""
     prompts = tuple(int(x) for x in args.prompts.split(","))
     batches = tuple(int(x) for x in args.batches.split(","))
-    result = run_generate_bench(prompts, batches, args.new_tokens, args.sink, args.window, args.device)
-    write_json_atomic(args.out, result)
+    result = run_generate_bench(prompts, batches, args.new_tokens, args.sink, args.window, args.device, out=args.out)
     print(results_table(result))
     print(f"wrote {args.out}")
     return 0
