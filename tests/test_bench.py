@@ -106,6 +106,8 @@ def test_versus_loads_another_copy_whose_patterns_match_ours(tmp_path):
                     ignore=shutil.ignore_patterns("__pycache__"))
     ops, pats = versus.load_other(tmp_path, "longgen_copy", "kernels", "patterns")
     assert ops.__name__ == "longgen_copy.kernels" and ops is not __import__("longgen_core").kernels
-    for name in ("sink_window", "strided"):
-        ours, theirs = versus._pattern_pair(name, patterns, pats, heads=4)
-        assert torch.equal(ours.dense_mask(4500, num_heads=4), theirs.dense_mask(4500, num_heads=4)), name
+    ours, theirs = bench.kernel_patterns(4), bench.kernel_patterns(4, pats)
+    assert list(ours) == list(theirs) == ["sink_window", "strided"]
+    for name in ours:
+        assert type(theirs[name]) is not type(ours[name])  # built by the copy's own factories
+        assert torch.equal(ours[name].dense_mask(4500, num_heads=4), theirs[name].dense_mask(4500, num_heads=4)), name

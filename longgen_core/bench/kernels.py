@@ -43,7 +43,7 @@ from ..jsonio import write_json_atomic as write_results
 # helpers need only the JSON (notebook 02 on a laptop).
 
 __all__ = ["results_table", "plot_results", "save_plot",
-           "kernel_patterns"]
+           "kernel_patterns", "median_ms"]
 
 PASSES = ("fwd", "fwdbwd", "decode")
 IMPLS = ("longgen", "flex", "sdpa_full")
@@ -129,16 +129,21 @@ def save_plot(results: dict, path) -> None:
 
 
 # ----------------------------------------------------------------------------------- GPU helpers
-def kernel_patterns(num_heads: int = 32) -> dict:
+def kernel_patterns(num_heads: int = 32, factories=None) -> dict:
     """The two sparse settings benchmarked: LongGen's sink 64 + window 4096, and the strided
-    pattern of the authors' kernel (block 64, 16 local blocks, vertical stride 8, per-head)."""
-    from ..patterns import sink_window, strided
+    pattern of the authors' kernel (block 64, 16 local blocks, vertical stride 8, per-head).
 
-    return {"sink_window": sink_window(64, 4096),
-            "strided": strided(64, 16, 8, homo_head=False, num_heads=num_heads)}
+    ``factories``: a module with ``sink_window`` and ``strided`` (default :mod:`longgen_core.patterns`;
+    :mod:`.versus` passes an older copy's)."""
+    if factories is None:
+        from .. import patterns as factories
+
+    return {"sink_window": factories.sink_window(64, 4096),
+            "strided": factories.strided(64, 16, 8, homo_head=False, num_heads=num_heads)}
 
 
-def _ms(fn, rep: int = 100) -> float:
+def median_ms(fn, rep: int = 100) -> float:
+    """Median milliseconds of ``fn`` on the GPU (``triton.testing.do_bench``, 25 warm-up runs)."""
     from triton.testing import do_bench
 
     return float(do_bench(fn, warmup=25, rep=rep, return_mode="median"))
@@ -193,9 +198,9 @@ def _device_ceilings() -> dict:
 
     x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
     y = torch.empty_like(x)
-    copy_ms = _ms(lambda: y.copy_(x))
+    copy_ms = median_ms(lambda: y.copy_(x))
     a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
-    mm_ms = _ms(lambda: a @ a)
+    mm_ms = median_ms(lambda: a @ a)
     del x, y, a
     return {"copy_gbps": 2 * 2**30 / copy_ms / 1e6, "matmul_tflops": 2 * 8192**3 / mm_ms / 1e9}
 
@@ -350,7 +355,7 @@ class _Sweep:
         try:
             fn()  # compile / warm up
             torch.cuda.synchronize()
-            row["ms"] = _ms(fn)
+            row["ms"] = median_ms(fn)
         except Exception as e:  # noqa: BLE001 -- record and go on: one failure must not lose the run
             row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             self.log(f"FAILED {impl} {pattern_name} {n} {pass_}: {row['error']}")
@@ -507,7 +512,7 @@ def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
             try:
                 fn()
                 torch.cuda.synchronize()
-                ms = _ms(fn, rep=50)
+                ms = median_ms(fn, rep=50)
             except Exception as e:  # noqa: BLE001
                 log(f"tune {name} {label}: FAILED {type(e).__name__}: {str(e)[:120]}")
                 return float("inf")

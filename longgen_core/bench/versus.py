@@ -34,6 +34,7 @@ import sys
 from pathlib import Path
 
 from ..jsonio import write_json_atomic
+from .kernels import kernel_patterns, median_ms
 from .results import software_versions
 
 __all__ = ["load_other", "compare", "main"]
@@ -54,21 +55,6 @@ def load_other(root: str | Path, package: str, kernels: str, patterns: str):
             importlib.import_module(f"{package}.{patterns}"))
 
 
-def _pattern_pair(name: str, this_patterns, other_patterns, heads: int):
-    """The same pattern built by both versions' factories."""
-    def build(mod):
-        if name == "sink_window":
-            return mod.sink_window(64, 4096)
-        return mod.strided(64, 16, 8, homo_head=False, num_heads=heads)
-    return build(this_patterns), build(other_patterns)
-
-
-def _ms(fn) -> float:
-    from triton.testing import do_bench
-
-    return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
-
-
 def _fwdbwd(attention, q, k, v, pattern, do):
     def run():
         for t in (q, k, v):
@@ -82,7 +68,7 @@ def _grads(attention, q, k, v, pattern, do):
     return [t.grad.clone() for t in (q, k, v)]
 
 
-def compare(this_ops, other_ops, this_patterns, other_patterns, ns=(16384, 32768, 65536, 131072),
+def compare(this_ops, other_ops, other_patterns, ns=(16384, 32768, 65536, 131072),
             names=("sink_window", "strided"), heads: int = 32, head_dim: int = 128, decode_batch: int = 8,
             log=print) -> list[dict]:
     """Rows of :data:`__doc__`'s layout: each pass of each pattern at each N, both versions."""
@@ -90,6 +76,7 @@ def compare(this_ops, other_ops, this_patterns, other_patterns, ns=(16384, 32768
 
     from ..kernels.api import DecodePlan
 
+    ours, theirs = kernel_patterns(heads), kernel_patterns(heads, other_patterns)
     gen = torch.Generator(device="cuda").manual_seed(0)
     dt = torch.bfloat16
     rows = []
@@ -97,7 +84,7 @@ def compare(this_ops, other_ops, this_patterns, other_patterns, ns=(16384, 32768
     def row(name, n, which, this_fn, other_fn, diff):
         # interleaved this, other, this, other; the faster median of each: the order (warm
         # caches, clocks) favours neither version
-        times = [_ms(fn) for fn in (this_fn, other_fn, this_fn, other_fn)]
+        times = [median_ms(fn) for fn in (this_fn, other_fn, this_fn, other_fn)]
         r = {"pattern": name, "n": n, "pass": which, "ms_this": round(min(times[0::2]), 4),
              "ms_other": round(min(times[1::2]), 4), "max_abs_diff": diff}
         r["ratio"] = round(r["ms_this"] / r["ms_other"], 4)
@@ -109,7 +96,7 @@ def compare(this_ops, other_ops, this_patterns, other_patterns, ns=(16384, 32768
         q, k, v = (torch.randn(1, heads, n, head_dim, device="cuda", dtype=dt, generator=gen) for _ in range(3))
         do = torch.randn_like(q)
         for name in names:
-            p_this, p_other = _pattern_pair(name, this_patterns, other_patterns, heads)
+            p_this, p_other = ours[name], theirs[name]
             a, b = this_ops.sparse_attention(q, k, v, p_this), other_ops.sparse_attention(q, k, v, p_other)
             row(name, n, "fwd", lambda: this_ops.sparse_attention(q, k, v, p_this),
                 lambda: other_ops.sparse_attention(q, k, v, p_other), float((a - b).abs().max()))
@@ -127,7 +114,7 @@ def compare(this_ops, other_ops, this_patterns, other_patterns, ns=(16384, 32768
                   for _ in range(2))
         pos = torch.arange(n, device="cuda")
         for name in names:
-            p_this, p_other = _pattern_pair(name, this_patterns, other_patterns, heads)
+            p_this, p_other = ours[name], theirs[name]
             a = this_ops.sparse_decode(qd, kd, vd, pos, p_this)
             b = other_ops.sparse_decode(qd, kd, vd, pos, p_other)
             row(name, n, "decode", lambda: this_ops.sparse_decode(qd, kd, vd, pos, p_this),
@@ -155,11 +142,10 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         parser.error("needs a CUDA device (the timing is what this compares)")
     from .. import kernels as this_ops
-    from .. import patterns as this_patterns
 
     other_ops, other_patterns = load_other(args.root, args.package, args.kernels, args.patterns)
     ns = tuple(int(x) for x in args.n.split(","))
-    rows = compare(this_ops, other_ops, this_patterns, other_patterns, ns=ns)
+    rows = compare(this_ops, other_ops, other_patterns, ns=ns)
     write_json_atomic(args.out, {
         "device": torch.cuda.get_device_name(), "versions": software_versions(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
