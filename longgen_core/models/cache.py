@@ -79,7 +79,6 @@ class EvictingLayer(DynamicLayer):
         self.contiguous = True
         self._buffer = None  # full layers: (keys, values) storage with room to grow
         self._arange = None  # full layers: (host, device) 0..room-1, sliced as positions
-        self._ring_origin = None  # sink + window layers: the position at slot `sink` (see _ring_slot)
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         super().lazy_initialization(key_states, value_states)
@@ -143,7 +142,6 @@ class EvictingLayer(DynamicLayer):
                 idx = still.nonzero().flatten().to(out_k.device)
                 self.keys, self.values = out_k.index_select(2, idx), out_v.index_select(2, idx)
                 self.positions_cpu = out_pos[still]
-        self._ring_origin = None  # slots rebuilt: the ring's origin is read again when it is full
         device = key_states.device
         self.contiguous = bool(torch.equal(out_pos, torch.arange(out_pos.numel())))
         self.returned_positions = out_pos.to(device)
@@ -156,19 +154,17 @@ class EvictingLayer(DynamicLayer):
         ``first - window``), found by arithmetic instead of a visibility pass over all slots.
 
         Slots ``sink..sink+window-1`` form a ring written in position order, so position ``q``
-        sits at ``sink + (q - origin) % window`` with ``origin`` the position at slot ``sink``
-        when the ring was last rebuilt. ``None`` (the general rule decides) when the layer is not
+        sits at ``sink + (q - positions[sink]) % window`` (every position slot ``sink`` ever holds
+        is the same modulo ``window``). ``None`` (the general rule decides) when the layer is not
         in that steady state or the slot holds another position."""
         pattern = self.pattern
-        if pattern.kind != "sink_window" or self.positions is None:
+        if pattern.kind != "sink_window":
             return None
         sink, window = pattern.sink_tokens, pattern.window_tokens
-        if self.positions_cpu.numel() != sink + window or first < sink + window:
+        if self.positions_cpu.numel() != sink + window:
             return None
-        if self._ring_origin is None:
-            self._ring_origin = int(self.positions_cpu[sink])
         leaving = first - window
-        slot = sink + (leaving - self._ring_origin) % window
+        slot = sink + (leaving - int(self.positions_cpu[sink])) % window
         return slot if int(self.positions_cpu[slot]) == leaving else None
 
     def _append(self, key_states, value_states, first):
@@ -218,7 +214,7 @@ class EvictingLayer(DynamicLayer):
         self.seen = 0
         self.positions_cpu = torch.empty(0, dtype=torch.int64)
         self.positions = self.query_positions = self.returned_positions = None
-        self._buffer = self._arange = self._ring_origin = None
+        self._buffer = self._arange = None
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         """Repeat the held slots ``repeats`` times along the batch (transformers' cache API). A full
