@@ -22,10 +22,9 @@ from pathlib import Path
 
 import torch
 
-from . import suite
 from . import tasks as task_module  # "tasks" is TrainingStream's argument
 from .corpora import cycled_sequences
-from .suite import SUITE_TASKS
+from .suite import SUITE_TASKS, training_sample
 
 __all__ = ["TrainingStream", "Prefetcher"]
 
@@ -141,8 +140,8 @@ class TrainingStream:
     def _synthetic(self, rng) -> dict:
         task = self.tasks[rng.randrange(len(self.tasks))]
         depth, sample_seed = rng.random(), rng.randrange(2**31)
-        if task in suite.SUITE_TASKS:  # the suite's training split, never its held-out one
-            make = partial(suite.training_sample, task)
+        if task in SUITE_TASKS:  # the suite's training split, never its held-out one
+            make = partial(training_sample, task)
         else:
             make = getattr(task_module, task)
         eos = self.tokenizer.eos_token_id
