@@ -62,7 +62,9 @@ def test_generate_bench_times_both_models_on_the_cpu(tmp_path):
                      "--sink", "4", "--window", "32", "--device", "cpu"]) == 0
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["pattern"] == "sink_window_4_32"
-    assert {(r["attention"], r["batch"]) for r in result["rows"]} == {(a, b) for a in ("full", "hybrid") for b in (1, 2)}
+    served = {("full", "transformers"), ("full", "longgen"), ("hybrid", "longgen")}
+    assert {(r["attention"], r["serving"], r["batch"]) for r in result["rows"]} == {(*s, b) for s in served for b in (1, 2)}
+    assert not any(r["cuda_graphs"] for r in result["rows"])  # the CPU runs transformers' loop
     for r in result["rows"]:
         assert r["prompt_tokens"] == 96 and r["tokens_per_s"] > 0
         assert abs(r["ms_per_token"] * 3 / 1000 - (r["total_s"] - r["prefill_s"])) < 2e-3
@@ -75,7 +77,7 @@ def test_generate_bench_writes_each_row_as_it_is_timed(tmp_path):
     out, seen = tmp_path / "gen.json", []
     run_generate_bench((64,), (1,), new_tokens=2, sink=4, window=16, device="cpu", out=out,
                        log=lambda line: seen.append(len(json.loads(out.read_text())["rows"])))
-    assert seen == [1, 2]  # on disk before each row's line is printed
+    assert seen == [1, 2, 3]  # on disk before each row's line is printed
 
 
 def test_generate_row_refuses_fewer_than_two_new_tokens():

@@ -291,6 +291,24 @@ def test_decode_compact_ring_cache_masks_its_stale_slot(monkeypatch):
     assert rel_err(out.cpu(), ref) < FP32_TOL
 
 
+def test_decode_full_pattern_static_buffer_masks_empty_and_future_slots(monkeypatch):
+    """A full layer's preallocated buffer (models.static): positions 0..p written, the rest empty
+    (-1) or, from an earlier prompt, stale garbage; with query positions given the plan lists every
+    chunk without a visibility pass, and the kernel must still mask what the query cannot see."""
+    def no_visibility_pass(*args):
+        raise AssertionError("a full pattern with query positions must skip the visibility pass")
+
+    monkeypatch.setattr(ops, "visible_chunks", no_visibility_pass)
+    n, capacity = 70, 128
+    q, k, v = random_qkv(1, 4, 2, n, 64, n_q=1, seed=16)
+    k_c, v_c, pos = evicted_cache(list(range(n)), capacity - n, k, v, seed=4)
+    qpos = torch.tensor([n - 9])  # slots n-8 .. n-1 are in the query's future
+    out = sparse_decode(q.float().to(DEVICE), k_c.float().to(DEVICE), v_c.float().to(DEVICE), pos.to(DEVICE),
+                        full_causal(), q_positions=qpos.to(DEVICE))
+    ref = reference_decode(q, k[:, :, :n - 8], v[:, :, :n - 8], torch.arange(n - 8), full_causal(), q_positions=qpos)
+    assert rel_err(out.cpu(), ref) < FP32_TOL
+
+
 def test_decode_evicted_strided_cache_with_distractors():
     """A strided layer's cache: every visible position plus positions it must ignore."""
     n, heads = 130, 2

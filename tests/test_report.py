@@ -97,16 +97,17 @@ def test_miniature_table_from_the_committed_json():
 
 
 def test_generate_table_from_rows(tmp_path):
-    rows = [{"attention": a, "prompt_tokens": 32768, "batch": 1, "tokens_per_s": t, "ms_per_token": 1000 / t,
-             "prefill_s": p, "total_s": p + 2.0, "peak_gib": 1.0}
-            for a, t, p in (("full", 100.0, 0.5), ("hybrid", 150.0, 0.3))]
-    rows.append({"attention": "full", "prompt_tokens": 131072, "batch": 8, "tokens_per_s": None,
-                 "ms_per_token": None, "note": "out of memory"})
+    served = (("full", "transformers", 10.0, 0.5), ("full", "longgen", 100.0, 0.5), ("hybrid", "longgen", 150.0, 0.3))
+    rows = [{"attention": a, "serving": s, "cuda_graphs": s == "longgen", "prompt_tokens": 32768, "batch": 1,
+             "tokens_per_s": t, "ms_per_token": 1000 / t, "prefill_s": p, "total_s": p + 2.0, "peak_gib": 1.0}
+            for a, s, t, p in served]
+    rows.append({"attention": "full", "serving": "transformers", "prompt_tokens": 131072, "batch": 8,
+                 "tokens_per_s": None, "ms_per_token": None, "note": "out of memory"})
     (tmp_path / "bench_generate.json").write_text(json.dumps({
         "device": "GPU X", "versions": {"torch": "2", "transformers": "5"}, "date": "2026-12-02T00:00:00",
         "model": "SmolLM2-135M-Instruct", "dtype": "bfloat16", "layer_map": "ssFFss",
         "pattern": "sink_window_64_4096", "new_tokens": 256, "rows": rows}))
     text = report.render(tmp_path)
     assert "**Generation** (GPU X" in text
-    assert "| 32K | 1 | 100.0 | 150.0 | 1.50x | 0.5 | 0.3 |" in text
-    assert "| 128K | 8 | - | - | - |" in text  # out of memory: no number, no ratio
+    assert "| 32K | 1 | 10.0 | 100.0 | 150.0 | 1.50x | 15.00x | 0.5, 0.3 |" in text
+    assert "| 128K | 8 | - | - | - | - | - |" in text  # out of memory: no number, no ratio

@@ -498,11 +498,12 @@ class DecodePlan:
 def _decode_plan(cache_positions, q_positions, m, pattern, heads, kv_heads, block_n):
     """Query positions and visible-chunk list for one decode step (see :class:`DecodePlan`)."""
     slots = cache_positions.numel()
-    if q_positions is not None and pattern.kind in ("sink_window", "sliding_window") \
-            and slots <= (pattern.sink_tokens or 0) + pattern.window_tokens + m:
-        # A compact evicting cache (sink + window slots): every chunk may hold visible slots, so
-        # list them all without looking (the kernel masks slot by slot anyway). Saves a dozen
-        # small launches per layer and token, which is what batch-1 decoding is made of.
+    compact = pattern.kind in ("sink_window", "sliding_window") \
+        and slots <= (pattern.sink_tokens or 0) + pattern.window_tokens + m
+    if q_positions is not None and (compact or pattern.kind == "full"):
+        # A compact evicting cache (sink + window slots), or full attention (every filled slot is
+        # visible): list every chunk without looking (the kernel masks slot by slot anyway). Saves a
+        # dozen small launches per layer and token, which is what batch-1 decoding is made of.
         return (q_positions, *_all_chunks(triton.cdiv(slots, block_n), str(cache_positions.device)))
     qpos = _default_q_positions(cache_positions, m) if q_positions is None else q_positions
     return (qpos, *visible_chunks(pattern, cache_positions, qpos, heads, kv_heads, block_n))

@@ -48,6 +48,7 @@ from transformers.masking_utils import AttentionMaskInterface
 
 from ..kernels.reference import reference_attention
 from .cache import EvictingLayer
+from .static import StaticLayer
 from ..patterns import Pattern
 
 __all__ = ["ATTN_IMPLEMENTATIONS", "CACHE_KWARG", "POSITIONS_KWARG", "PATTERN_ATTR", "REINDEX_ATTR",
@@ -60,6 +61,7 @@ POSITIONS_KWARG = "longgen_positions"
 PATTERN_ATTR = "longgen_pattern"  # on each attention module: its layer's Pattern
 REINDEX_ATTR = "longgen_reindex"  # on each attention module: StreamingLLM re-indexing of its sinks
 _HOOKED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+SLOT_LAYERS = (EvictingLayer, StaticLayer)  # cache layers that say which positions their slots hold
 
 
 # ---------------------------------------------------------------------- positions
@@ -106,11 +108,11 @@ def _positions(module, query, key, kwargs):
     cache = kwargs[CACHE_KWARG]
     layer = cache.layers[module.layer_idx] if cache is not None and hasattr(cache, "layers") else None
     pos_ids = kwargs.get("position_ids")
-    if layer is not None and not isinstance(layer, EvictingLayer) and layer.get_seq_length() != n_k:
+    if layer is not None and not isinstance(layer, SLOT_LAYERS) and layer.get_seq_length() != n_k:
         raise ValueError(f"LongGen attention works with LongGenCache or a cache that keeps every token "
                          f"(DynamicCache); {type(layer).__name__} holds {n_k} keys after "
                          f"{layer.get_seq_length()} tokens")
-    if isinstance(layer, EvictingLayer):
+    if isinstance(layer, SLOT_LAYERS):
         q_pos, k_pos, contiguous = layer.query_positions, layer.returned_positions, layer.contiguous
     elif n_q == n_k:
         q_pos = pos_ids[0].to(device) if pos_ids is not None else torch.arange(n_k, device=device)
@@ -123,7 +125,7 @@ def _positions(module, query, key, kwargs):
         # the cache. The check synchronises with the GPU, so it runs once per model forward; called
         # without the model's hook (a submodule run on its own), every layer checks.
         start = (kwargs.get(POSITIONS_KWARG) or ForwardPositions()).start_of(pos_ids, n_q)
-        expected = (layer.seen - n_q if isinstance(layer, EvictingLayer) else
+        expected = (layer.seen - n_q if isinstance(layer, SLOT_LAYERS) else
                     n_k - n_q if n_q != n_k else None)
         if expected is not None and start != expected:
             raise ValueError(f"position_ids start at {start} but the cache holds {expected} earlier tokens: "
@@ -256,7 +258,7 @@ def _forward(backend: str, module, query, key, value, attention_mask, scaling=No
         ops = _kernel_ops(backend, query, reindex)
         if ops is not None and pattern.kind != "full" and contiguous and n_q == n_k:
             out = ops.sparse_attention(query, key, value, pattern, scale=scaling)
-        elif ops is not None and pattern.kind != "full" and n_q == 1:
+        elif ops is not None and n_q == 1:  # slots in any order (full layers too: a static cache)
             out = ops.sparse_decode(query, key, value, k_pos, pattern, q_positions=q_pos, scale=scaling)
         else:
             inv_freq = rope_inv_freq(config, query.shape[-1], query.device) if reindex else None

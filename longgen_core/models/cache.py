@@ -43,6 +43,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from ..patterns import Pattern, full_causal
 from .settings import layer_patterns
+from .static import static_call, static_generate
 
 __all__ = ["EvictingLayer", "LongGenCache", "evict_by_default", "kv_cache_bytes", "kv_slots_formula", "kv_bytes_formula",
            "measure_kv_bytes", "generate_with_cache", "greedy_recompute"]
@@ -319,9 +320,16 @@ def measure_kv_bytes(model, n_tokens: int, cache: Cache | None = None, seed: int
 _ROLLBACK_ARGS = ("assistant_model", "prompt_lookup_num_tokens", "assistant_early_exit")
 
 
-def _generate_evicting(self, *args, **kwargs):
-    """``generate`` of a converted model: a fresh :class:`LongGenCache` unless the call names a
-    cache, turns caching off or needs a cache that rolls back."""
+def _generate_evicting(self, *args, cuda_graphs: bool = True, **kwargs):
+    """``generate`` of a converted model. On CUDA, plain greedy decoding of an unpadded batch runs
+    through preallocated buffers replayed as one CUDA graph per token
+    (:func:`~longgen_core.models.static.static_generate`); ``cuda_graphs=False`` or any other call
+    gets transformers' loop with a fresh :class:`LongGenCache`, unless the call names a cache,
+    turns caching off or needs a cache that rolls back."""
+    if cuda_graphs:
+        call = static_call(self, args, kwargs)
+        if call is not None:
+            return static_generate(self, call.pop("input_ids"), graphs=True, **call)
     config = kwargs.get("generation_config") or self.generation_config
     use_cache = kwargs.get("use_cache", getattr(config, "use_cache", True))
     if (kwargs.get("past_key_values") is None and use_cache is not False
@@ -335,8 +343,10 @@ def evict_by_default(model) -> None:
     """Make a converted model's plain ``model.generate(ids)`` use the evicting cache, so its sparse
     layers hold sink + window slots instead of every key (transformers would pick ``DynamicCache``).
 
-    A cache given by the caller (``past_key_values=``), ``use_cache=False``, a
-    ``cache_implementation`` and assisted decoding keep transformers' behaviour. Bound to the model
+    On CUDA, plain greedy calls decode through CUDA graphs (:mod:`longgen_core.models.static`;
+    ``model.generate(ids, ..., cuda_graphs=False)`` turns that off). A cache given by the caller
+    (``past_key_values=``), ``use_cache=False``, a ``cache_implementation`` and assisted decoding
+    keep transformers' behaviour. Bound to the model
     as a method, so ``copy.deepcopy(model)`` generates with the copy. Every conversion and
     :func:`~longgen_core.models.convert.load_longgen` calls it.
 
