@@ -65,6 +65,8 @@ def _model_metrics(bench: dict) -> list[tuple[str, str, str]]:
     return [("kv_bytes", "KV cache", "kv_saving"), ("prefill_ms", "prefill ms", "prefill_speedup"),
             ("decode_ms_b1", "decode ms/token, batch 1", "decode_speedup"),
             (f"decode_ms_b{b}", f"decode ms/token, batch {b}", "decode_speedup"),
+            ("decode_graph_ms_b1", "decode ms/token, batch 1, CUDA graphs", "decode_speedup"),
+            (f"decode_graph_ms_b{b}", f"decode ms/token, batch {b}, CUDA graphs", "decode_speedup"),
             ("train_step_ms", "train step ms", "train_speedup")]
 
 

@@ -25,7 +25,8 @@ def test_model_bench_tiny_cpu(tmp_path):
     for key in ("device", "torch", "triton", "transformers", "date", "layers", "rows", "notes"):
         assert key in res
     assert res["layers"] == 3 and res["layer_map"] == "sFs"
-    metrics = {"kv_bytes", "prefill_ms", "decode_ms_b1", "decode_ms_b2", "train_step_ms"}
+    metrics = {"kv_bytes", "prefill_ms", "decode_ms_b1", "decode_ms_b2", "decode_graph_ms_b1", "decode_graph_ms_b2",
+               "train_step_ms"}
     cells = {(r["attention"], r["n"], r["metric"]) for r in res["rows"]}
     assert cells == {(a, n, m) for a in ("full", "hybrid") for n in (64, 128) for m in metrics}
     for r in res["rows"]:
@@ -37,6 +38,16 @@ def test_model_bench_tiny_cpu(tmp_path):
     # full: 3 layers * 2 (K, V) * 2 kv heads * 16 head_dim * 4 bytes * n
     assert kv["full", 128]["value"] == 3 * 2 * 2 * 16 * 4 * 128
     assert res["ratios"]["kv_bytes"]["128"] > 1
+    graphed = {(r["attention"], r["n"], r["batch"]): r for r in res["rows"] if r["metric"].startswith("decode_graph")}
+    weights = sum(p.numel() for p in tiny_llama(num_layers=3, hidden_size=64, num_heads=4, num_kv_heads=2,
+                                                 vocab_size=128).model.layers.parameters())
+    weights = 4 * (weights + 64 + 128 * 64)  # the layers, the final norm and the head, float32
+    for n in (64, 128):
+        for batch in (1, 2):
+            full, hybrid = graphed["full", n, batch], graphed["hybrid", n, batch]
+            assert full["host_ms"] > 0 and full["floor_ms"] is None  # no copy bandwidth measured on the CPU
+            assert full["bytes_read"] == weights + batch * kv["full", n]["value"]
+            assert hybrid["bytes_read"] == weights + batch * kv["hybrid", n]["value"]
     out = tmp_path / "bench_model.json"
     bench.write_results(out, res)
     assert json.loads(out.read_text())["rows"]
@@ -86,3 +97,12 @@ def test_generate_row_refuses_fewer_than_two_new_tokens():
 
     with pytest.raises(ValueError, match="new_tokens must be >= 2"):
         generate_row(tiny_llama(), "full", 16, 1, 1)
+
+
+def test_decode_bytes_read_counts_a_tied_head_once_and_whole():
+    from longgen_core.models.base import load_smollm2
+
+    model = load_smollm2()[0]  # SmolLM2 ties its head to the embedding table
+    params = sum(p.numel() * 4 for p in model.parameters())
+    kv = 30 * 2 * 3 * 64 * 4 * 100  # layers * (K, V) * kv heads * head_dim * float32 * tokens
+    assert bench_model.decode_bytes_read(model, 100, 1, torch.float32) == params + kv

@@ -150,3 +150,17 @@ def test_plain_generate_on_the_cpu_keeps_transformers_loop():
     ids = torch.randint(0, model.config.vocab_size, (1, 40))
     model.generate(ids, max_new_tokens=4, do_sample=False)
     assert getattr(model, "_longgen_decoder", None) is None
+
+
+def test_one_prompt_prefills_every_row_and_the_full_cache_is_refused():
+    model = _tiny(sink_window(4, 16))
+    ids = torch.randint(0, model.config.vocab_size, (1, 50), generator=torch.Generator().manual_seed(7))
+    decoder = StaticDecoder(model, 3, 64)
+    decoder.prefill(ids)
+    for _ in range(13):  # positions 50..62: the buffers hold 64
+        decoder.step()
+    expected = greedy_recompute(model, ids, 14)[0, 50:]
+    assert all(torch.equal(row, expected) for row in decoder.generated[:, :14])
+    decoder.step()  # position 63, the last slot
+    with pytest.raises(ValueError, match=r"the cache is full \(64 tokens\)"):
+        decoder.step()

@@ -15,6 +15,13 @@ with :class:`~longgen_core.models.cache.LongGenCache` (all full layers for the f
 - ``decode_ms_b1`` / ``decode_ms_b8``: per token, a loop of ``--decode-steps`` single-token
   forwards on the prefilled cache; batch 8 reuses the batch-1 prefill, its cache tensors repeated
   8 times along the batch (same bytes as a batch-8 prefill, without paying 8 prefills);
+- ``decode_graph_ms_b1`` / ``decode_graph_ms_b8``: the serving path of a converted model's
+  ``generate()`` on CUDA (:class:`~longgen_core.models.static.StaticDecoder`: preallocated slots,
+  one CUDA graph replay per token; the full side is the model converted with every layer full), per
+  token over ``--decode-steps`` steps after a prefill of N tokens shared by every row. Each row also
+  carries ``host_ms`` (host time to issue one step), ``floor_ms`` (bytes one step must read --
+  weights without the embedding table, plus the KV slots it attends -- at the copy bandwidth
+  measured in the same run, ``copy_gbps`` in the header) and ``bytes_read``;
 - ``train_step_ms``: forward + backward, gradient checkpointing, chunked loss
   (:class:`longgen_core.train.loss.CausalLMLoss`), no optimizer step.
 
@@ -22,7 +29,7 @@ Times are medians of ``--reps`` repeats after one warm-up (``torch.cuda.Event``;
 ``time.perf_counter``, for the tests only). A cell that runs out of memory gets ``value: null``
 and a note; cells after ``--time-budget`` are skipped the same way.
 
-One function per metric -- :func:`prefill_ms`, :func:`kv_bytes`, :func:`decode_ms`,
+One function per metric -- :func:`prefill_ms`, :func:`kv_bytes`, :func:`decode_ms`, :func:`decode_graph_ms`,
 :func:`train_step_ms` -- and :func:`run_model_bench`, which runs them for both models at every N.
 """
 
@@ -46,11 +53,13 @@ from ..jsonio import write_json_atomic
 from ..models.base import llama2_7b_config
 from ..models.cache import LongGenCache, kv_bytes_formula, kv_cache_bytes
 from ..models.convert import layer_map, to_longgen
+from ..models.static import StaticDecoder, round_capacity
 from ..patterns import sink_window
 from ..train.loss import CausalLMLoss
 from .results import software_versions
 
-METRICS = ("kv_bytes", "prefill_ms", "decode_ms_b1", "decode_ms_b8", "train_step_ms")
+METRICS = ("kv_bytes", "prefill_ms", "decode_ms_b1", "decode_ms_b8", "decode_graph_ms_b1", "decode_graph_ms_b8",
+           "train_step_ms")
 ATTENTIONS = ("full", "hybrid")
 
 
@@ -70,6 +79,56 @@ def build_models(config, device, dtype, pattern=None, backend: str = "auto", see
     full.set_attn_implementation("sdpa")
     hybrid = to_longgen(copy.deepcopy(full), pattern=pattern, backend=backend).eval()
     return full, hybrid
+
+
+def as_static_full(full, backend: str = "auto"):
+    """The full model on the hybrid's serving path: a copy converted with every layer full."""
+    return to_longgen(copy.deepcopy(full), full_layers=list(range(full.config.num_hidden_layers)),
+                      backend=backend).eval()
+
+
+def copy_gbps(device, gib: float = 1.0, reps: int = 5) -> float:
+    """Device copy bandwidth, GB/s of bytes read (a ``gib`` GiB bf16 copy counts once)."""
+    src = torch.empty(int(gib * 2**30) // 2, dtype=torch.bfloat16, device=device)
+    dst = torch.empty_like(src)
+    ms = _median_ms(lambda: dst.copy_(src), reps, _timer(device))
+    del src, dst
+    return gib * 2**30 / (ms / 1e3) / 1e9
+
+
+def decode_bytes_read(model, n: int, batch: int, dtype) -> int:
+    """Bytes one decode step reads at context ``n``: every weight but the embedding table (one row
+    per token; read whole when the head shares it), plus the KV slots of each layer
+    (:func:`kv_bytes_formula`)."""
+    embed = model.get_input_embeddings().weight
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if model.get_output_embeddings().weight is not embed:
+        weights -= embed.numel() * embed.element_size()
+    return weights + sum(kv_bytes_formula(model.config, n, dtype, batch=batch))
+
+
+def decode_graph_ms(model, ids: torch.Tensor, batch: int, steps: int, timer, reps: int) -> tuple[float, float]:
+    """``(GPU ms, host ms)`` per token of :class:`StaticDecoder` steps after a prefill of ``ids``
+    ``(1, n)`` shared by ``batch`` rows (CUDA graphs on CUDA, eager steps elsewhere). Host ms: the
+    time to issue ``steps`` steps, measured without waiting for the GPU."""
+    n = ids.shape[1]
+    decoder = StaticDecoder(model, batch, round_capacity(n + steps * (reps + 2) + 1),
+                            graphs=ids.device.type == "cuda")
+    decoder.prefill(ids)
+    decoder.step()  # captures the graph
+
+    def loop():
+        for _ in range(steps):
+            decoder.step()
+    gpu = _median_ms(loop, reps, timer) / steps
+    if ids.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    loop()
+    host = (time.perf_counter() - start) * 1e3 / steps
+    if ids.device.type == "cuda":
+        torch.cuda.synchronize()
+    return gpu, host
 
 
 def _timer(device):
@@ -182,11 +241,13 @@ class _Plan:
     dtype: torch.dtype
     metrics: tuple  # the metric names asked for
     is_cuda: bool
+    copy_gbps: float | None = None  # measured once per run, for the decode floor
 
     def wants(self, metric: str) -> bool:
-        """``decode_ms_b8`` in ``metrics`` asks for the decode at ``decode_batch``, whatever it is."""
-        return metric in self.metrics or (metric == f"decode_ms_b{self.decode_batch}"
-                                          and "decode_ms_b8" in self.metrics)
+        """``decode_ms_b8`` (``decode_graph_ms_b8``) in ``metrics`` asks for the decode at
+        ``decode_batch``, whatever it is."""
+        return metric in self.metrics or any(metric == f"{stem}_b{self.decode_batch}" and f"{stem}_b8" in self.metrics
+                                             for stem in ("decode_ms", "decode_graph_ms"))
 
     def free(self) -> None:
         if self.is_cuda:
@@ -232,8 +293,10 @@ class _Cells:
     made on first use. ``ids``: ``(1, N)`` prompt tokens; ``token``: ``(1, 1)`` the decoded token.
     """
 
-    def __init__(self, model, ids: torch.Tensor, token: torch.Tensor, plan: _Plan, formula: bool):
+    def __init__(self, model, ids: torch.Tensor, token: torch.Tensor, plan: _Plan, formula: bool,
+                 static_model=None):
         self.model, self.ids, self.token, self.plan, self.formula = model, ids, token, plan, formula
+        self.static_model = static_model if static_model is not None else model  # the graphed path's model
         self.cache = None
 
     def prefilled(self) -> LongGenCache:
@@ -262,6 +325,15 @@ class _Cells:
         cache.batch_repeat_interleave(batch)
         return {"value": self._decode(cache, batch), "context": context, "batch": batch}
 
+    def decode_graph_ms(self, batch: int) -> dict:
+        n = self.ids.shape[1]
+        gpu, host = decode_graph_ms(self.static_model, self.ids, batch, self.plan.decode_steps, self.plan.timer,
+                                    self.plan.reps)
+        read = decode_bytes_read(self.static_model, n, batch, self.plan.dtype)
+        floor = None if not self.plan.copy_gbps else read / (self.plan.copy_gbps * 1e9) * 1e3
+        return {"value": gpu, "host_ms": host, "floor_ms": floor, "bytes_read": read, "context": n,
+                "batch": batch}
+
     def train_step_ms(self) -> dict:
         return {"value": train_step_ms(self.model, self.ids, self.plan.chunk, self.plan.timer, self.plan.reps)}
 
@@ -270,17 +342,21 @@ class _Cells:
         return decode_ms(self.model, cache, token, self.plan.decode_steps, self.plan.timer, self.plan.reps)
 
 
-def _measure(rec: _Recorder, attention: str, model, ids: torch.Tensor, token: torch.Tensor) -> None:
+def _measure(rec: _Recorder, attention: str, model, ids: torch.Tensor, token: torch.Tensor,
+             static_model=None) -> None:
     """Every wanted metric of ``model`` at ``N = ids.shape[1]``, in the order prefill, KV bytes,
-    decode at batch 1, decode at ``decode_batch``, training step (the KV cache freed before it)."""
+    decode at batch 1 and ``decode_batch`` (transformers' loop, then the graphed path of
+    ``static_model``), training step (the KV cache freed before it)."""
     n, plan = ids.shape[1], rec.plan
-    cells = _Cells(model, ids, token, plan, formula=attention == "hybrid")
+    cells = _Cells(model, ids, token, plan, formula=attention == "hybrid", static_model=static_model)
     rec.cell(attention, n, "prefill_ms", cells.prefill_ms)
     rec.cell(attention, n, "kv_bytes", cells.kv_bytes)
     rec.cell(attention, n, "decode_ms_b1", cells.decode_ms_b1)
     rec.cell(attention, n, f"decode_ms_b{plan.decode_batch}", cells.decode_ms_at_batch)
     cells.cache = None
     plan.free()
+    for batch in dict.fromkeys((1, plan.decode_batch)):
+        rec.cell(attention, n, f"decode_graph_ms_b{batch}", lambda: cells.decode_graph_ms(batch))
     rec.cell(attention, n, "train_step_ms", cells.train_step_ms)
 
 
@@ -311,6 +387,9 @@ def _header(config, hybrid, pattern, dtype, device: str, reps: int, decode_steps
     results["notes"].append("decode: both models use LongGenCache (full layers append into a growing buffer, "
                             "sparse layers overwrite their oldest window slot) and SDPA's flash / "
                             "memory-efficient backends (cuDNN re-plans for every new key length).")
+    results["notes"].append("decode_graph_ms_*: the converted models' generate() path on CUDA (preallocated "
+                            "slots, one CUDA graph replay per token; full = every layer full, the same Triton "
+                            "decode kernel); host_ms = time to issue a step; floor_ms = bytes_read at copy_gbps.")
     results["notes"].append("times: median of reps after one warm-up; train_step_ms = forward + backward "
                             "(gradient checkpointing, chunked loss), no optimizer step.")
     return results
@@ -333,18 +412,22 @@ def run_model_bench(lengths, layers: int = 6, device: str = "cuda", dtype=torch.
     deadline = start + time_budget if time_budget else math.inf
     pattern = pattern if pattern is not None else sink_window(64, 4096)
     if config is None:
-        config = llama7b_shaped(layers, max(lengths) + decode_steps * 4 + 16)
+        config = llama7b_shaped(layers, max(lengths) + decode_steps * (reps + 4) + 16)
     full, hybrid = build_models(config, device, dtype, pattern, backend)
     results = _header(config, hybrid, pattern, dtype, device, reps, decode_steps, decode_batch, chunk)
     plan = _Plan(_timer(device), reps, decode_steps, decode_batch, chunk, dtype, metrics,
                  torch.device(device).type == "cuda")
     rec = _Recorder(results, deadline, plan, lambda s: log(f"[{time.time() - start:6.1f}s] {s}"))
+    graphed = any(plan.wants(f"decode_graph_ms_b{b}") for b in (1, decode_batch))
+    static_full = as_static_full(full, backend) if graphed else None
+    if graphed and plan.is_cuda:
+        plan.copy_gbps = results["copy_gbps"] = round(copy_gbps(device), 1)
     gen = torch.Generator().manual_seed(1)
     for n in lengths:
         ids = torch.randint(0, config.vocab_size, (1, n), generator=gen).to(device)
         token = torch.randint(0, config.vocab_size, (1, 1), generator=gen).to(device)
-        for attention, model in zip(ATTENTIONS, (full, hybrid)):
-            _measure(rec, attention, model, ids, token)
+        for attention, model, static_model in zip(ATTENTIONS, (full, hybrid), (static_full, hybrid)):
+            _measure(rec, attention, model, ids, token, static_model)
             plan.free()
     results["ratios"] = ratios(results)
     results["wall_s"] = round(time.time() - start, 1)

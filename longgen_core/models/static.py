@@ -97,11 +97,10 @@ class StaticLayer(DynamicLayer):
         """Prefill (``m > 1`` new states, the first call): store what later queries can still see
         and return the new states themselves. Decode (``m == 1``): write the token at
         ``clock.position`` into its slot; return every slot."""
-        m = key_states.shape[-2]
-        if key_states.shape[0] != self.keys.shape[0]:
-            raise ValueError(f"the static cache was allocated for batch {self.keys.shape[0]}, got "
-                             f"{key_states.shape[0]} rows")
-        if m > 1:
+        m, rows = key_states.shape[-2], self.keys.shape[0]
+        if key_states.shape[0] != rows and not (m > 1 and key_states.shape[0] == 1):
+            raise ValueError(f"the static cache was allocated for batch {rows}, got {key_states.shape[0]} rows")
+        if m > 1:  # a batch-1 prefill fills every row (one prompt shared by the whole batch)
             if self.clock.seen != m:  # the decoder counts the prompt in before its prefill
                 raise ValueError(f"a static cache takes one prefill (through StaticDecoder), then one token per "
                                  f"step; got {m} tokens with {self.clock.seen} counted")
@@ -109,9 +108,9 @@ class StaticLayer(DynamicLayer):
             if self.ring is not None:  # the sinks and the last `window` tokens
                 sink, window = self.ring
                 keep = torch.cat([keep[:min(sink, m)], keep[max(sink, m - window):]])
-            slots = self.slot_of(keep)
-            self.keys.index_copy_(2, slots, key_states.index_select(2, keep))
-            self.values.index_copy_(2, slots, value_states.index_select(2, keep))
+            slots, shape = self.slot_of(keep), (rows, *key_states.shape[1:2], keep.numel(), key_states.shape[3])
+            self.keys.index_copy_(2, slots, key_states.index_select(2, keep).expand(shape))
+            self.values.index_copy_(2, slots, value_states.index_select(2, keep).expand(shape))
             self.positions.index_copy_(0, slots, keep)
             self.query_positions = self.returned_positions = torch.arange(m, device=key_states.device)
             self.contiguous = True
@@ -231,22 +230,18 @@ class StaticDecoder:
             self._step()
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None,
-                 pad_token_id: int | None = None, min_new_tokens: int = 0, check_every: int = 32) -> torch.Tensor:
-        """Greedy continuation ``(B, n + T')`` of ``input_ids`` ``(B, n)``, ``T' <= max_new_tokens``
-        (shorter only when every row has ended with ``eos_token_id``; ended rows continue with
-        ``pad_token_id``). Checks for the end every ``check_every`` steps (one host sync each)."""
+    def prefill(self, input_ids: torch.Tensor, eos_token_id: int | None = None, pad_token_id: int | None = None,
+                min_new_tokens: int = 0) -> None:
+        """Empty the cache, run the prompt ``(B, n)`` (or ``(1, n)``: one prompt for every row) and
+        pick the first new token."""
         batch, n = input_ids.shape
         cache = self.cache
-        if batch != cache.batch:
+        if batch not in (1, cache.batch):
             raise ValueError(f"this decoder holds {cache.batch} rows, got a batch of {batch}")
         if n < 2:
             raise ValueError(f"the prompt needs at least 2 tokens, got {n}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if n + max_new_tokens > cache.capacity:
-            raise ValueError(f"prompt ({n}) + max_new_tokens ({max_new_tokens}) exceeds the cache capacity "
-                             f"({cache.capacity} tokens): make a decoder with a larger capacity")
+        if n >= cache.capacity:
+            raise ValueError(f"the prompt ({n} tokens) leaves no room in the cache ({cache.capacity} tokens)")
         cache.reset()
         self.start.fill_(n)
         self.min_end.fill_(n + min_new_tokens)
@@ -259,15 +254,38 @@ class StaticDecoder:
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache.position.fill_(n)
         self._choose(out.logits[:, -1].float(), cache.position)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """One decode step: the last token in, the next one into ``ids`` and ``generated``."""
+        cache = self.cache
+        if cache.seen + 1 > cache.capacity:  # checked on the host: an index past the buffers never launches
+            raise ValueError(f"the cache is full ({cache.capacity} tokens): make a decoder with a larger capacity")
+        if self.graphs:
+            if self.graph is None:
+                self._capture()
+            self.graph.replay()
+        else:
+            self._step()
+        cache.seen += 1
+
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None,
+                 pad_token_id: int | None = None, min_new_tokens: int = 0, check_every: int = 32) -> torch.Tensor:
+        """Greedy continuation ``(B, n + T')`` of ``input_ids`` ``(B, n)``, ``T' <= max_new_tokens``
+        (shorter only when every row has ended with ``eos_token_id``; ended rows continue with
+        ``pad_token_id``). Checks for the end every ``check_every`` steps (one host sync each)."""
+        batch, n = input_ids.shape
+        if batch != self.cache.batch:
+            raise ValueError(f"this decoder holds {self.cache.batch} rows, got a batch of {batch}")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if n + max_new_tokens > self.cache.capacity:
+            raise ValueError(f"prompt ({n}) + max_new_tokens ({max_new_tokens}) exceeds the cache capacity "
+                             f"({self.cache.capacity} tokens): make a decoder with a larger capacity")
+        self.prefill(input_ids, eos_token_id, pad_token_id, min_new_tokens)
         done = 1
         while done < max_new_tokens:
-            if self.graphs:
-                if self.graph is None:
-                    self._capture()
-                self.graph.replay()
-            else:
-                self._step()
-            cache.seen += 1
+            self.step()
             done += 1
             if eos_token_id is not None and done % check_every == 0 and bool(self.finished.all()):
                 break
