@@ -13,8 +13,8 @@ from transformers import GenerationConfig
 from longgen_core.models.base import load_smollm2, tiny_llama
 from longgen_core.models.cache import generate_with_cache, greedy_recompute, kv_cache_bytes
 from longgen_core.models.convert import to_longgen
-from longgen_core.models.static import (CAPACITY_STEP, StaticDecoder, StaticLongGenCache, round_capacity,
-                                        static_call, static_generate)
+from longgen_core.models.static import (CAPACITY_STEP, StaticDecoder, StaticLongGenCache, current_decoder,
+                                        release_decoder, round_capacity, static_call, static_generate)
 from longgen_core.patterns import sink_window, sliding_window, strided
 
 
@@ -89,12 +89,12 @@ def test_decoder_is_reused_for_prompts_of_one_capacity_and_forgets_the_last_prom
     gen = torch.Generator().manual_seed(6)
     long, short = (torch.randint(0, model.config.vocab_size, (1, n), generator=gen) for n in (120, 60))
     static_generate(model, long, 20, graphs=False)
-    decoder = model._longgen_decoder[1]
+    decoder = current_decoder(model)
     out = static_generate(model, short, 20, graphs=False)  # same rounded capacity: same buffers
-    assert model._longgen_decoder[1] is decoder
+    assert current_decoder(model) is decoder
     assert torch.equal(out, greedy_recompute(model, short, 20))  # nothing of the longer prompt leaks
     static_generate(model, short, CAPACITY_STEP, graphs=False)
-    assert model._longgen_decoder[1] is not decoder
+    assert current_decoder(model) is not decoder
 
 
 def test_capacity_and_batch_errors_are_clear():
@@ -149,7 +149,7 @@ def test_plain_generate_on_the_cpu_keeps_transformers_loop():
     model = _tiny(sink_window(4, 16))
     ids = torch.randint(0, model.config.vocab_size, (1, 40))
     model.generate(ids, max_new_tokens=4, do_sample=False)
-    assert getattr(model, "_longgen_decoder", None) is None
+    assert current_decoder(model) is None
 
 
 def test_one_prompt_prefills_every_row_and_the_full_cache_is_refused():
@@ -164,3 +164,16 @@ def test_one_prompt_prefills_every_row_and_the_full_cache_is_refused():
     decoder.step()  # position 63, the last slot
     with pytest.raises(ValueError, match=r"the cache is full \(64 tokens\)"):
         decoder.step()
+
+
+def test_copies_of_a_model_do_not_share_its_decoder_and_release_frees_it():
+    import copy
+
+    model = _tiny(sink_window(4, 16))
+    ids = torch.randint(0, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(8))
+    expected = static_generate(model, ids, 6, graphs=False)
+    twin = copy.deepcopy(model)
+    assert current_decoder(model) is not None and current_decoder(twin) is None
+    assert torch.equal(static_generate(twin, ids, 6, graphs=False), expected)
+    release_decoder(model)
+    assert current_decoder(model) is None

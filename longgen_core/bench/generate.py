@@ -45,7 +45,7 @@ from ..jsonio import write_json_atomic
 from ..models.base import load_smollm2
 from ..models.convert import layer_map, to_longgen
 from ..models.rope import extended_rope_theta, rope_theta_of, set_rope
-from ..models.static import static_call
+from ..models.static import release_decoder, static_call
 from ..patterns import sink_window
 from .results import software_versions
 
@@ -98,7 +98,7 @@ def generate_row(model, attention: str, prompt_tokens: int, batch: int, new_toke
         return row
     finally:
         del ids
-        model._longgen_decoder = None  # the static buffers of this shape (see models.static)
+        release_decoder(model)  # the static buffers of this shape (see models.static)
         if cuda:
             torch.cuda.empty_cache()
     decode = max(total - prefill, 1e-9)

@@ -42,7 +42,7 @@ from ..patterns import Pattern
 from .settings import layer_patterns
 
 __all__ = ["CAPACITY_STEP", "StaticLayer", "StaticLongGenCache", "StaticDecoder", "static_generate",
-           "static_call", "round_capacity"]
+           "static_call", "current_decoder", "release_decoder", "round_capacity"]
 
 CAPACITY_STEP = 256  # capacities round up to this, so nearby lengths reuse one buffer set and graph
 
@@ -298,10 +298,38 @@ class StaticDecoder:
         return torch.cat([input_ids.to(new.device), new], dim=1)
 
 
+class _DecoderSlot:
+    """Where a model keeps its one :class:`StaticDecoder`. A copy of the model gets an empty slot: a
+    captured graph belongs to the buffers of the model it was captured on."""
+
+    def __init__(self):
+        self.key = self.decoder = None
+
+    def __deepcopy__(self, memo):
+        return _DecoderSlot()
+
+
+_SLOT_ATTR = "_longgen_decoder"
+
+
+def current_decoder(model) -> StaticDecoder | None:
+    """The decoder :func:`static_generate` keeps on ``model`` (``None`` before the first call)."""
+    slot = getattr(model, _SLOT_ATTR, None)
+    return None if slot is None else slot.decoder
+
+
+def release_decoder(model) -> None:
+    """Drop the decoder kept on ``model`` and its buffers (the KV slots of the last shape)."""
+    slot = getattr(model, _SLOT_ATTR, None)
+    if slot is not None:
+        slot.key = slot.decoder = None
+
+
 def static_generate(model, input_ids: torch.Tensor, max_new_tokens: int, graphs: bool | None = None,
                     **kwargs) -> torch.Tensor:
     """Greedy ``(B, n + T)`` through a :class:`StaticDecoder` kept on the model and reused while the
-    batch, rounded capacity, dtype and graph setting stay the same (one buffer set at a time).
+    batch, rounded capacity, dtype and graph setting stay the same (one buffer set at a time; the
+    buffers stay allocated until another shape comes or :func:`release_decoder`).
 
     ``graphs``: ``None`` replays CUDA graphs on CUDA and runs eager steps elsewhere. Other keyword
     arguments go to :meth:`StaticDecoder.generate`.
@@ -311,11 +339,14 @@ def static_generate(model, input_ids: torch.Tensor, max_new_tokens: int, graphs:
     """
     graphs = model.device.type == "cuda" if graphs is None else graphs
     key = (input_ids.shape[0], round_capacity(input_ids.shape[1] + max_new_tokens), model.dtype, graphs)
-    decoder = getattr(model, "_longgen_decoder", None)
-    if decoder is None or decoder[0] != key:
-        model._longgen_decoder = None  # free the old buffers before allocating new ones
-        model._longgen_decoder = (key, StaticDecoder(model, key[0], key[1], graphs))
-    return model._longgen_decoder[1].generate(input_ids, max_new_tokens, **kwargs)
+    slot = getattr(model, _SLOT_ATTR, None)
+    if slot is None:
+        slot = _DecoderSlot()
+        setattr(model, _SLOT_ATTR, slot)
+    if slot.key != key:
+        release_decoder(model)  # free the old buffers before allocating new ones
+        slot.decoder, slot.key = StaticDecoder(model, key[0], key[1], graphs), key
+    return slot.decoder.generate(input_ids, max_new_tokens, **kwargs)
 
 
 # generate() keywords the static path honours; any other keyword (sampling, beams, processors,
