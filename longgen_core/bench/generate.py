@@ -44,8 +44,9 @@ from ..formatting import format_tokens
 from ..jsonio import write_json_atomic
 from ..models.base import load_smollm2
 from ..models.convert import layer_map, to_longgen
+from .model import as_static_full
 from ..models.rope import extended_rope_theta, rope_theta_of, set_rope
-from ..models.static import release_decoder, static_call
+from ..models.static import current_decoder, release_decoder
 from ..patterns import sink_window
 from .results import software_versions
 
@@ -83,9 +84,7 @@ def generate_row(model, attention: str, prompt_tokens: int, batch: int, new_toke
     device = model.device
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(0, model.config.vocab_size, (batch, prompt_tokens), generator=gen).to(device)
-    graphed = serving == "longgen" and static_call(model, (ids,), {"max_new_tokens": new_tokens}) is not None
-    row = {"attention": attention, "serving": serving, "cuda_graphs": graphed, "prompt_tokens": prompt_tokens,
-           "batch": batch}
+    row = {"attention": attention, "serving": serving, "prompt_tokens": prompt_tokens, "batch": batch}
     cuda = device.type == "cuda"
     try:
         generate_seconds(model, ids, 2)  # warm-up at this shape
@@ -98,6 +97,8 @@ def generate_row(model, attention: str, prompt_tokens: int, batch: int, new_toke
         return row
     finally:
         del ids
+        decoder = current_decoder(model)  # what generate() ran on: kept by the graphed path only
+        row["cuda_graphs"] = decoder is not None and decoder.graphs
         release_decoder(model)  # the static buffers of this shape (see models.static)
         if cuda:
             torch.cuda.empty_cache()
@@ -122,7 +123,7 @@ def run_generate_bench(prompts=(32768, 131072), batches=(1, 8), new_tokens: int 
                  max_position_embeddings=longest)
     pattern = sink_window(sink, window)
     hybrid = to_longgen(copy.deepcopy(full), pattern=pattern)
-    full_longgen = to_longgen(copy.deepcopy(full), full_layers=list(range(full.config.num_hidden_layers)))
+    full_longgen = as_static_full(full)
     models = (("full", "transformers", full), ("full", "longgen", full_longgen), ("hybrid", "longgen", hybrid))
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "versions": software_versions(),

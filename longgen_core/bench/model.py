@@ -111,22 +111,19 @@ def decode_graph_ms(model, ids: torch.Tensor, batch: int, steps: int, timer, rep
     """``(GPU ms, host ms)`` per token of :class:`StaticDecoder` steps after a prefill of ``ids``
     ``(1, n)`` shared by ``batch`` rows (CUDA graphs on CUDA, eager steps elsewhere). Host ms: the
     time to issue ``steps`` steps, measured without waiting for the GPU."""
-    n = ids.shape[1]
-    decoder = StaticDecoder(model, batch, round_capacity(n + steps * (reps + 2) + 1),
-                            graphs=ids.device.type == "cuda")
+    n, cuda = ids.shape[1], ids.device.type == "cuda"
+    decoder = StaticDecoder(model, batch, round_capacity(n + steps * (reps + 2) + 1), graphs=cuda)
     decoder.prefill(ids)
     decoder.step()  # captures the graph
 
     def loop():
         for _ in range(steps):
             decoder.step()
-    gpu = _median_ms(loop, reps, timer) / steps
-    if ids.device.type == "cuda":
-        torch.cuda.synchronize()
+    gpu = _median_ms(loop, reps, timer) / steps  # the timer leaves the GPU idle
     start = time.perf_counter()
     loop()
     host = (time.perf_counter() - start) * 1e3 / steps
-    if ids.device.type == "cuda":
+    if cuda:
         torch.cuda.synchronize()
     return gpu, host
 

@@ -104,15 +104,19 @@ class StaticLayer(DynamicLayer):
             if self.clock.seen != m:  # the decoder counts the prompt in before its prefill
                 raise ValueError(f"a static cache takes one prefill (through StaticDecoder), then one token per "
                                  f"step; got {m} tokens with {self.clock.seen} counted")
-            keep = torch.arange(m, device=key_states.device)
-            if self.ring is not None:  # the sinks and the last `window` tokens
+            every = torch.arange(m, device=key_states.device)
+            if self.ring is None:  # position p in slot p: one copy, no gathered intermediate
+                self.keys[:, :, :m].copy_(key_states)
+                self.values[:, :, :m].copy_(value_states)
+                self.positions[:m].copy_(every)
+            else:  # the sinks and the last `window` tokens, into their ring slots
                 sink, window = self.ring
-                keep = torch.cat([keep[:min(sink, m)], keep[max(sink, m - window):]])
-            slots, shape = self.slot_of(keep), (rows, *key_states.shape[1:2], keep.numel(), key_states.shape[3])
-            self.keys.index_copy_(2, slots, key_states.index_select(2, keep).expand(shape))
-            self.values.index_copy_(2, slots, value_states.index_select(2, keep).expand(shape))
-            self.positions.index_copy_(0, slots, keep)
-            self.query_positions = self.returned_positions = torch.arange(m, device=key_states.device)
+                keep = torch.cat([every[:min(sink, m)], every[max(sink, m - window):]])
+                slots, shape = self.slot_of(keep), (rows, key_states.shape[1], keep.numel(), key_states.shape[3])
+                self.keys.index_copy_(2, slots, key_states.index_select(2, keep).expand(shape))
+                self.values.index_copy_(2, slots, value_states.index_select(2, keep).expand(shape))
+                self.positions.index_copy_(0, slots, keep)
+            self.query_positions = self.returned_positions = every
             self.contiguous = True
             return key_states, value_states
         position = self.clock.position
@@ -217,13 +221,14 @@ class StaticDecoder:
         # One eager run compiles the Triton kernels and sets up cuBLAS; it writes the same keys into
         # the same slots as the real first step will (same token, same position), so only the
         # step's own outputs need putting back before the graph replays it.
-        saved = [t.clone() for t in (self.ids, self.finished, self.generated, self.cache.position)]
+        outputs = (self.ids, self.finished, self.generated, self.cache.position)
+        saved = [t.clone() for t in outputs]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             self._step()
         torch.cuda.current_stream().wait_stream(stream)
-        for target, value in zip((self.ids, self.finished, self.generated, self.cache.position), saved):
+        for target, value in zip(outputs, saved):
             target.copy_(value)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
