@@ -157,3 +157,25 @@ def test_bad_units_and_missing_arms_are_named(tmp_path):
         ext.variant_model("streaming", get_preset(PLAN.preset, **PLAN.train), tmp_path, torch.device("cpu"))
     with pytest.raises(FileNotFoundError, match="no finished unit"):
         ext.merge(PLAN, tmp_path / "none", out=None)
+
+
+def test_a_rerun_is_compared_with_the_stored_run_arm_by_arm(complete):
+    result, _ = complete
+    same = {r["name"]: r for r in ext.compare_runs(result, result)}
+    assert same["hybrid"]["max |loss diff|"] == "0.000" and same["hybrid"]["steps"] == "4 / 4"
+    assert same["original"]["steps"] == "" and same["original"]["suite mean (fresh / stored)"] != ""
+    moved = json.loads(json.dumps(result))
+    moved["training"]["hybrid"]["log"][2]["loss"] += 0.25
+    moved["variants"]["hybrid"]["perplexity"][str(max(PLAN.lengths))] = 123.0
+    rows = {r["name"]: r for r in ext.compare_runs(moved, result)}
+    assert rows["hybrid"]["max |loss diff|"] == "0.250"
+    assert rows["hybrid"]["ppl (fresh / stored)"].startswith("123.0 / ")
+    prompts = sum(len(g["details"]) for g in result["variants"]["hybrid"]["tasks"].values())
+    assert same["hybrid"]["prompts scored alike"] == f"{prompts} / {prompts}"
+    first = moved["variants"]["hybrid"]["tasks"]["niah_single"]["details"][0]
+    first[-1] = 1.0 - first[-1]
+    rows = {r["name"]: r for r in ext.compare_runs(moved, result)}
+    assert rows["hybrid"]["prompts scored alike"] == f"{prompts - 1} / {prompts}"
+    only_hybrid = {**result, "training": {"hybrid": result["training"]["hybrid"]},
+                   "variants": {"hybrid": result["variants"]["hybrid"]}}
+    assert [r["name"] for r in ext.compare_runs(only_hybrid, result)] == ["hybrid"]

@@ -268,3 +268,17 @@ def test_only_the_tied_head_note_of_accelerate_is_dropped(caplog):
         log.warning("Removed shared tensor {'lm_head.weight'} while saving. This should be OK")
         log.warning("Removed shared tensor {'encoder.weight'} while saving")
     assert [r.getMessage() for r in caplog.records] == ["Removed shared tensor {'encoder.weight'} while saving"]
+
+
+def test_one_process_trains_a_preset_after_one_of_another_precision(tmp_path):
+    """accelerate keeps one state per process: a bf16 run before an fp32 one (notebook 04 on a GPU
+    trains cpu-tiny and then the bf16 128K arm) must not refuse the second run."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # earlier tests of this process left an fp32 state
+    Accelerator(mixed_precision="bf16", cpu=True)  # what an earlier bf16 run leaves behind
+    assert AcceleratorState().mixed_precision == "bf16"
+    result = run(tmp_path, steps=2, checkpoints=False, save_final=False)
+    assert result.finished and len(result.log) == 2
+    assert AcceleratorState().mixed_precision == "no"

@@ -474,6 +474,39 @@ def plot_training(result: dict):
     return miniature.plot_training(result, task_label="task answers")
 
 
+def compare_runs(fresh: dict, stored: dict) -> list[dict]:
+    """One row per arm or variant present in both results: how far a re-run lands from a stored run.
+
+    For a trained arm: the largest per-step loss difference and each run's tokens/s; for a scored
+    variant: each run's suite mean and perplexity at the longest length and how many prompts got
+    the same score in both ("" where a name is only one of the two). On a GPU a re-run is not bit-identical (bf16 reductions run in another
+    order), so the rows say by how much it moved rather than whether it matched.
+
+    Example: ``compare_runs(result, result)[0]["max |loss diff|"] == "0.000"``.
+    """
+    longest = str(fresh["summary"]["longest"])
+    names = [n for n in (*fresh["training"], *fresh["variants"]) if n in stored["training"] or n in stored["variants"]]
+    rows = []
+    for name in dict.fromkeys(names):
+        row = {"name": name, "steps": "", "max |loss diff|": "", "tokens/s (fresh / stored)": "",
+               "suite mean (fresh / stored)": "", "ppl (fresh / stored)": "", "prompts scored alike": ""}
+        if name in fresh["training"] and name in stored["training"]:
+            new, old = fresh["training"][name], stored["training"][name]
+            row["steps"] = f"{new['steps']} / {old['steps']}"
+            row["max |loss diff|"] = f"{max(abs(a['loss'] - b['loss']) for a, b in zip(new['log'], old['log'])):.3f}"
+            row["tokens/s (fresh / stored)"] = f"{new['tokens_per_s']:,.0f} / {old['tokens_per_s']:,.0f}"
+        if name in fresh["variants"] and name in stored["variants"]:
+            means = [r["summary"]["mean_at_longest"][name] for r in (fresh, stored)]
+            ppl = [r["variants"][name]["perplexity"].get(longest) for r in (fresh, stored)]
+            row["suite mean (fresh / stored)"] = " / ".join(f"{m:.2f}" for m in means)
+            row["ppl (fresh / stored)"] = " / ".join("n/a" if x is None else f"{x:.1f}" for x in ppl)
+            pairs = [(a[-1], b[-1]) for task, grid in fresh["variants"][name]["tasks"].items()
+                     for a, b in zip(grid["details"], stored["variants"][name]["tasks"].get(task, {}).get("details", []))]
+            row["prompts scored alike"] = f"{sum(a == b for a, b in pairs)} / {len(pairs)}"
+        rows.append(row)
+    return rows
+
+
 def summary_text(result: dict) -> str:
     """Text twin of the figures: score per variant and task at the longest length, on evicted
     needles, perplexity, training speed, targets."""

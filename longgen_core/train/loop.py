@@ -68,6 +68,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -287,6 +288,17 @@ def _mixed_precision(preset: Preset) -> str:
     return "bf16" if preset.dtype == "bf16" and torch.cuda.is_available() else "no"
 
 
+def _accelerator(preset: Preset) -> Accelerator:
+    """The run's Accelerator. accelerate keeps one state per process and refuses a second mixed
+    precision, yet one process may train an fp32 preset and then a bf16 one (notebook 04 on a GPU
+    does): a state left with another precision is dropped first (process-group facts are kept)."""
+    precision = _mixed_precision(preset)
+    previous = AcceleratorState._shared_state.get("_mixed_precision")
+    if previous is not None and previous != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=preset.grad_accum)
+
+
 def train(preset: str | Preset = DEFAULT_PRESET, attention: str = "hybrid", run_dir: str | Path | None = None,
           *, resume: bool = True, stop_after: int | None = None, time_budget_s: float | None = None,
           checkpoints: bool = True, save_final: bool = True, progress: bool = True, **overrides) -> TrainResult:
@@ -401,8 +413,7 @@ class StepRecord:
 def _setup(preset: Preset, attention: str, run_dir: Path, resume: bool) -> _Run:
     """Accelerator, data, model, optimizer and the run folder; on ``resume`` the newest checkpoint
     restored into them (its step, tokens and time in the returned :class:`_Run`)."""
-    accelerator = Accelerator(mixed_precision=_mixed_precision(preset),
-                              gradient_accumulation_steps=preset.grad_accum)
+    accelerator = _accelerator(preset)
     set_seed(preset.seed)
     # Data first: a bad corpus fails before the model is loaded.
     tokenizer = load_tokenizer(preset)
