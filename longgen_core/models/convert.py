@@ -25,6 +25,8 @@ Qwen2) with full attention in every layer before conversion.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import torch
 
@@ -32,10 +34,10 @@ from . import attention as hf_attention
 from ..patterns import Pattern, default_full_layers, sink_window
 from .cache import evict_by_default
 from .rope import rebuild_rotary
-from .settings import SETTINGS_KEY, get_settings, layer_patterns, make_settings
+from .settings import SETTINGS_KEY, check_settings, get_settings, layer_patterns, make_settings
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "convert_config", "to_longgen", "to_posthoc_streaming", "load_longgen",
-           "use_backend", "attach_patterns", "layer_map"]
+           "use_backend", "attach_patterns", "layer_map", "looks_local"]
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -188,22 +190,65 @@ def use_backend(model, backend: str):
     return _apply(model, backend)
 
 
+def looks_local(path) -> bool:
+    """Whether ``path`` names a local directory rather than a Hugging Face hub id.
+
+    Local: a ``pathlib.Path`` (any ``os.PathLike``), a string that starts with ``/``, ``.`` or
+    ``~``, holds the platform's own separator when it is not ``/``, exists, has more than one
+    ``/`` (a hub id is ``name`` or ``org/name``), or whose part before its one ``/`` is an existing
+    directory (``runs/hybrid`` when ``runs/`` exists). Anything else is left to the hub.
+
+    Example: ``looks_local("./runs/hybrid")`` and ``looks_local(Path("hybrid"))`` are True;
+    ``looks_local("HuggingFaceTB/SmolLM2-135M")`` is False (no ``HuggingFaceTB/`` folder here).
+    """
+    name = os.fspath(path)
+    if not isinstance(path, str) or name.startswith(("/", ".", "~")) or Path(name).exists():
+        return True
+    if os.sep != "/" and os.sep in name:
+        return True
+    parts = name.split("/")
+    return len(parts) > 2 or (len(parts) == 2 and Path(parts[0]).is_dir())
+
+
+def _model_dir(path):
+    """``path`` as a local directory holding ``config.json`` (``~`` expanded: transformers does not
+    expand it), or unchanged when it is a hub id. FileNotFoundError naming a local path that is
+    no such directory (transformers would report it as a malformed hub id)."""
+    if not looks_local(path):
+        return path
+    folder = Path(os.fspath(path)).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no model directory at {os.fspath(path)!r} ({folder.resolve()}): save the "
+                                f"model there with save_pretrained first, or check the path")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{os.fspath(path)!r} has no config.json: it is not a directory written by "
+                                f"save_pretrained")
+    return folder
+
+
 def load_longgen(path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                  backend: str = "auto"):
     """Load a model saved with ``save_pretrained`` after :func:`to_longgen` (or the post-hoc
     conversion): the one call that restores it, attention functions and cache hooks included.
+
+    ``path``: a local directory, or a hub id (see :func:`looks_local` for which is which). A local
+    path with no directory or no ``config.json`` raises FileNotFoundError naming it. The saved
+    ``config.longgen`` goes through :func:`~longgen_core.models.settings.check_settings`, the same
+    validation as the conversion, before any weight is read: an edited file with a bad field
+    raises ValueError naming that field.
 
     Example: ``model.save_pretrained("runs/hybrid"); model = load_longgen("runs/hybrid")``.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     _check_backend(backend)
+    path = _model_dir(path)
     config = AutoConfig.from_pretrained(path)
     if get_settings(config) is None:
         raise ValueError(f"{path} holds no LongGen settings (config.longgen); it is not a converted model. "
                          f"Load it with longgen_core.models.base.load_model instead")
     _check_architecture(config)
-    layer_patterns(config)  # validate the stored settings before loading weights
+    check_settings(config, get_settings(config))  # before loading weights
     hf_attention.register()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
                                                  attn_implementation=hf_attention.ATTN_IMPLEMENTATIONS[backend])

@@ -15,7 +15,9 @@ it into ``config.json`` and loading restores it::
 
 Every decoder layer not in ``full_layers`` uses ``pattern``; the layers in it use
 :func:`~longgen_core.patterns.full_causal`. This module only reads and validates; it never
-touches model weights.
+touches model weights. :func:`check_settings` is the one validation of the whole dict: the
+conversion (through :func:`make_settings`) and ``load_longgen`` (on a saved, maybe hand-edited
+``config.json``) both run it, and :func:`layer_patterns` runs it before resolving.
 
 The pattern is stored as :meth:`Pattern.to_dict` and read back with :meth:`Pattern.from_dict`.
 :func:`layer_patterns` resolves the settings into one pattern per layer; the conversion
@@ -44,16 +46,20 @@ __all__ = [
     "make_settings",
     "layer_patterns",
     "check_full_layers",
+    "check_settings",
+    "SETTINGS_KEYS",
 ]
 
 SETTINGS_KEY = "longgen"
 MODES = ("hybrid", "posthoc")
 POSITION_MODES = ("original", "reindex")
+SETTINGS_KEYS = ("version", "mode", "full_layers", "pattern", "positions")  # exactly these, no others
 _VERSION = 1
 
 
 def get_settings(config) -> dict | None:
-    """``config.longgen`` if the model was converted, else ``None``."""
+    """``config.longgen`` if the model was converted, else ``None`` (as stored: not validated,
+    see :func:`check_settings`)."""
     return getattr(config, SETTINGS_KEY, None)
 
 
@@ -79,43 +85,104 @@ def make_settings(config, full_layers: list[int], pattern: Pattern, mode: str = 
                   positions: str = "original") -> dict:
     """Validated settings dict for ``config`` (not yet attached to it).
 
-    Raises ValueError/TypeError naming the argument: ``full_layers`` out of range or duplicated,
-    a non-sparse ``pattern``, a window as long as the model's positions, an unknown ``mode`` or
-    ``positions``, or ``positions="reindex"`` where it is not defined (see module docstring).
+    Raises TypeError for arguments of the wrong type (``full_layers`` not a list of ints,
+    ``pattern`` not a :class:`Pattern`); every other check is :func:`check_settings`, the one that
+    :func:`~longgen_core.models.convert.load_longgen` runs on a saved ``config.json`` too.
     """
-    num_layers = config.num_hidden_layers
-    full = check_full_layers(full_layers, num_layers)
+    full = check_full_layers(full_layers, config.num_hidden_layers)
     if not isinstance(pattern, Pattern):
         raise TypeError(f"pattern must be a longgen_core.patterns.Pattern (from sink_window(), strided(), "
                         f"...), got {type(pattern).__name__}")
+    return check_settings(config, {"version": _VERSION, "mode": mode, "full_layers": full,
+                                   "pattern": pattern.to_dict(), "positions": positions})
+
+
+def check_settings(config, settings) -> dict:
+    """Validate a whole ``config.longgen`` dict against ``config``, field by field; return it
+    with ``full_layers`` sorted.
+
+    The one validation of the settings: :func:`make_settings` (so ``to_longgen``) and
+    ``load_longgen`` (a ``config.json`` that may have been edited) both end here. Raises ValueError
+    naming the field and what it allows: not a dict, a missing or unknown key, another
+    ``version``, ``mode`` not in :data:`MODES`, ``positions`` not in :data:`POSITION_MODES`,
+    ``full_layers`` out of range, duplicated or not ints, a ``pattern`` that does not rebuild or
+    is full attention, a window as long as the model's positions, ``positions="reindex"`` where
+    it is not defined (see the module docstring).
+
+    Example::
+
+        >>> from longgen_core.models.base import tiny_llama
+        >>> check_settings(tiny_llama().config, {"version": 1, "mode": "bogus", "full_layers": [2],
+        ...     "pattern": {"kind": "sliding_window", "window_tokens": 8}, "positions": "original"})
+        Traceback (most recent call last):
+        ...
+        ValueError: config.longgen['mode'] must be one of ('hybrid', 'posthoc'), got 'bogus'
+    """
+    _check_keys(settings)
+    if settings["version"] != _VERSION:
+        raise ValueError(f"config.longgen['version'] is {settings['version']!r}; this code reads version "
+                         f"{_VERSION}")
+    for key, allowed in (("mode", MODES), ("positions", POSITION_MODES)):
+        if settings[key] not in allowed:
+            raise ValueError(f"config.longgen[{key!r}] must be one of {allowed}, got {settings[key]!r}")
+    full = _as_value_error("full_layers", check_full_layers, settings["full_layers"], config.num_hidden_layers)
+    pattern = _as_value_error("pattern", Pattern.from_dict, settings["pattern"])
+    _check_sparse(pattern, config)
+    if settings["positions"] == "reindex":
+        _check_reindex(pattern, settings["mode"], config)
+    return {**settings, "full_layers": full}
+
+
+def _check_keys(settings) -> None:
+    """``settings`` is a dict with exactly the keys of :data:`SETTINGS_KEYS`."""
+    if not isinstance(settings, dict):
+        raise ValueError(f"config.longgen must be a dict with the keys {list(SETTINGS_KEYS)}, got "
+                         f"{type(settings).__name__} {settings!r}")
+    missing = [k for k in SETTINGS_KEYS if k not in settings]
+    unknown = sorted(set(settings) - set(SETTINGS_KEYS), key=str)
+    if missing or unknown:
+        raise ValueError(f"config.longgen must have exactly the keys {list(SETTINGS_KEYS)}; missing "
+                         f"{missing}, unknown {unknown}")
+
+
+def _as_value_error(key: str, check, *args):
+    """``check(*args)``, its error re-raised as a ValueError naming ``config.longgen[key]``: in a
+    loaded config.json a value of the wrong type is a wrong value like any other."""
+    try:
+        return check(*args)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config.longgen[{key!r}] is not valid: {err}") from None
+
+
+def _check_sparse(pattern: Pattern, config) -> None:
+    """The sparse layers' pattern must be sparse at some length the model supports."""
     if pattern.kind == "full":
-        raise ValueError("pattern must be sparse (sink_window, sliding_window or strided); full attention "
-                         "is what the layers in full_layers get")
+        raise ValueError("config.longgen['pattern'] must be sparse (sink_window, sliding_window or strided); "
+                         "full attention is what the layers in full_layers get")
     max_pos = config.max_position_embeddings
     reach = {"sliding_window": pattern.window_tokens,
              "sink_window": pattern.sink_tokens + pattern.window_tokens,
              "strided": pattern.block_size * pattern.local_blocks}[pattern.kind]
     if reach >= max_pos:
-        raise ValueError(f"pattern {pattern.name} spans {reach} tokens, not fewer than the model's "
-                         f"max_position_embeddings ({max_pos}): its sparse layers would be full attention at "
-                         f"every supported length. Use a smaller window or raise max_position_embeddings.")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if positions not in POSITION_MODES:
-        raise ValueError(f"positions must be one of {POSITION_MODES}, got {positions!r}")
-    if positions == "reindex":
-        if mode != "posthoc":
-            raise ValueError("positions='reindex' (StreamingLLM's re-indexing) is for the post-hoc baseline "
-                             "only; the LongGen hybrid keeps the original positions it was trained with")
-        if pattern.kind == "strided":
-            raise ValueError("positions='reindex' is defined for sink_window and sliding_window patterns, "
-                             "not strided")
-        rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
-        if rope_type in ("dynamic", "longrope"):
-            raise ValueError(f"positions='reindex' needs a RoPE whose frequencies do not depend on the "
-                             f"length; rope_type {rope_type!r} does")
-    return {"version": _VERSION, "mode": mode, "full_layers": full, "pattern": pattern.to_dict(),
-            "positions": positions}
+        raise ValueError(f"config.longgen['pattern'] {pattern.name} spans {reach} tokens, not fewer than the "
+                         f"model's max_position_embeddings ({max_pos}): its sparse layers would be full "
+                         f"attention at every supported length. Use a smaller window or raise "
+                         f"max_position_embeddings.")
+
+
+def _check_reindex(pattern: Pattern, mode: str, config) -> None:
+    """``positions="reindex"`` (StreamingLLM) is defined for the post-hoc sink/sliding window only."""
+    if mode != "posthoc":
+        raise ValueError("config.longgen['positions']='reindex' (StreamingLLM's re-indexing) is for the "
+                         "post-hoc baseline (mode 'posthoc') only; the LongGen hybrid keeps the original "
+                         "positions it was trained with")
+    if pattern.kind == "strided":
+        raise ValueError("config.longgen['positions']='reindex' is defined for sink_window and sliding_window "
+                         "patterns, not strided")
+    rope_type = (getattr(config, "rope_parameters", None) or {}).get("rope_type", "default")
+    if rope_type in ("dynamic", "longrope"):
+        raise ValueError(f"config.longgen['positions']='reindex' needs a RoPE whose frequencies do not depend "
+                         f"on the length; rope_type {rope_type!r} does")
 
 
 def layer_patterns(config) -> list[Pattern]:
@@ -127,9 +194,6 @@ def layer_patterns(config) -> list[Pattern]:
     num_layers = config.num_hidden_layers
     if settings is None:
         return [full_causal()] * num_layers
-    if settings.get("version") != _VERSION:
-        raise ValueError(f"config.longgen has version {settings.get('version')!r}; this code reads "
-                         f"version {_VERSION}")
-    full = set(check_full_layers(settings["full_layers"], num_layers))
+    full = set(check_settings(config, settings)["full_layers"])
     sparse = Pattern.from_dict(settings["pattern"])
     return [full_causal() if i in full else sparse for i in range(num_layers)]

@@ -5,7 +5,7 @@ Row counts, density and the KV budget are methods of :class:`~longgen_core.patte
 
 from __future__ import annotations
 
-from .masks import Pattern
+from .masks import Pattern, check_int
 
 
 def attention_flops(pattern: Pattern, n: int, num_heads: int, head_dim: int,
@@ -16,10 +16,14 @@ def attention_flops(pattern: Pattern, n: int, num_heads: int, head_dim: int,
     The backward does 2.5x the forward's matmul work (FlashAttention-2's count), so
     ``fwdbwd`` is 3.5x forward.
 
+    ``n``, ``num_heads``, ``head_dim`` and ``batch`` must be ints >= 1 (ValueError naming them).
+
     Example: full causal, n=4096, 32 heads, d=128 -> 4 * 8,390,656 * 128 * 32 = 1.37e11.
     """
     if pass_ not in ("fwd", "bwd", "fwdbwd"):
         raise ValueError(f"pass_ must be 'fwd', 'bwd' or 'fwdbwd', got {pass_!r}")
+    for name, value in (("n", n), ("num_heads", num_heads), ("head_dim", head_dim), ("batch", batch)):
+        check_int(name, value, 1)  # a count of 0 or less would give 0 or negative FLOPs
     heads = num_heads if pattern.per_head else 1
     pairs = sum(int(pattern.row_counts(n, h).sum()) for h in range(heads)) / heads
     fwd = 4.0 * pairs * head_dim * num_heads * batch

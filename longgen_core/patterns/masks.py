@@ -24,6 +24,9 @@ Conventions (all patterns are causal: key ``k`` is never after query ``q``):
   ``h * head_sliding_step`` with ``head_sliding_step = max(1, vert_stride // num_heads)``, so
   the heads together cover every block. Inside the diagonal block the token-level causal mask
   applies.
+- Every size is an int of at most :data:`MAX_PATTERN_SIZE` (``2**31 - 1``, the kernels' int32),
+  and a stored ``head_sliding_step`` at most ``vert_stride``; the factories raise ValueError
+  naming the argument otherwise.
 
 Example::
 
@@ -45,15 +48,35 @@ import torch
 from .layout import TILE_EMPTY, TILE_FULL, TILE_PARTIAL, BlockLayout
 
 
-def _check_int(name: str, value, minimum: int) -> None:
+# Largest pattern size (sink, window, block size, band, stride, head shift). The kernels take the
+# sizes as int32 arguments and compare them with int32 token offsets; the reference subtracts them
+# from int64 positions. Below 2**31 both stay exact.
+MAX_PATTERN_SIZE = 2**31 - 1
+
+
+def check_int(name: str, value, minimum: int, maximum: int | None = None) -> None:
+    """Raise ValueError naming ``name`` unless ``value`` is an int (not a bool) in
+    ``[minimum, maximum]`` (no upper bound when ``maximum`` is None).
+
+    Example: ``check_int("num_heads", 0, 1)`` raises ``num_heads must be an int >= 1, got 0``.
+    """
+    allowed = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+        raise ValueError(f"{name} must be an int {allowed}, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an int {allowed}, got {value}")
+
+
+def _check_size(name: str, value, minimum: int) -> None:
+    """A pattern size: an int in ``[minimum, MAX_PATTERN_SIZE]``."""
+    check_int(name, value, minimum)
+    if value > MAX_PATTERN_SIZE:
+        raise ValueError(f"{name} must be an int in [{minimum}, 2**31 - 1]: the kernels take pattern sizes "
+                         f"as int32, got {value}")
 
 
 def _check_block_size(name: str, value) -> None:
-    _check_int(name, value, 16)
+    _check_size(name, value, 16)
     if value & (value - 1):
         raise ValueError(f"{name} must be a power of 2 >= 16 (16, 32, 64, 128, ...), got {value}")
 
@@ -106,8 +129,10 @@ class Pattern:
             raise ValueError(f"pattern of kind {kind!r} takes exactly the keys {list(fields)}, got {sorted(d)}")
         if kind != "strided":
             return _FACTORIES[kind](*(d[f] for f in fields))
-        _check_int("head_sliding_step", d["head_sliding_step"], 1)
         base = strided(*(d[f] for f in _NAME_FIELDS[kind]))
+        # A shift of vert_stride + s draws the stripes of s, so larger steps add no pattern; the
+        # bound also keeps the kernels' int32 product head * step in range (kernels.api checks it).
+        check_int("head_sliding_step", d["head_sliding_step"], 1, base.vert_stride)
         # strided() derives the per-head shift from num_heads; the dict stores the shift itself.
         return dataclasses.replace(base, head_sliding_step=d["head_sliding_step"])
 
@@ -190,9 +215,9 @@ class Pattern:
 
         Example: ``full_causal().dense_mask(3)[0]`` is the lower-triangular 3 x 3 matrix.
         """
-        _check_int("n", n, 1)
+        check_int("n", n, 1)
         n_queries = n if n_queries is None else n_queries
-        _check_int("n_queries", n_queries, 1)
+        check_int("n_queries", n_queries, 1)
         if n_queries > n:
             raise ValueError(f"n_queries must be <= n ({n}), got {n_queries}")
         heads = num_heads if self.per_head else 1
@@ -205,7 +230,7 @@ class Pattern:
 
         Example: ``sliding_window(2).row_counts(4)`` -> ``tensor([1, 2, 2, 2])``.
         """
-        _check_int("n", n, 1)
+        check_int("n", n, 1)
         q = torch.arange(n, dtype=torch.int64)
         if self.kind == "full":
             return q + 1
@@ -220,7 +245,7 @@ class Pattern:
     def row_counts_any_head(self, n: int, num_heads: int = 1) -> torch.Tensor:
         """``(n,)`` int64: keys each query attends for at least one of ``num_heads`` heads (the
         slots an evicting cache must keep for it); :meth:`row_counts` unless strided per head."""
-        _check_int("n", n, 1)
+        check_int("n", n, 1)
         if not self.per_head:
             return self.row_counts(n)
         return self._strided_counts(n, range(num_heads))
@@ -251,7 +276,7 @@ class Pattern:
         every vertical block so far (grows as n / (block_size * vert_stride)), maxed over heads;
         full: ``n``.
         """
-        _check_int("n", n, 1)
+        check_int("n", n, 1)
         if self.kind == "full":
             return n
         if self.kind == "sliding_window":
@@ -268,9 +293,9 @@ class Pattern:
         Computed tile by tile from closed forms, never from a token-level N x N mask, so it is
         cheap at 128K. See :class:`BlockLayout`.
         """
-        _check_int("n", n, 1)
+        check_int("n", n, 1)
         _check_block_size("block_size", block_size)
-        _check_int("num_heads", num_heads, 1)
+        check_int("num_heads", num_heads, 1)
         heads = num_heads if self.per_head else 1
         classes = torch.stack([self._tile_classes(n, block_size, h) for h in range(heads)])
         return BlockLayout.from_classes(classes, n=n, block_size=block_size)
@@ -327,7 +352,7 @@ def full_causal() -> Pattern:
 
 def sliding_window(window_tokens: int) -> Pattern:
     """Causal sliding window of ``window_tokens`` keys, the query included."""
-    _check_int("window_tokens", window_tokens, 1)
+    _check_size("window_tokens", window_tokens, 1)
     return Pattern(kind="sliding_window", window_tokens=window_tokens)
 
 
@@ -336,8 +361,8 @@ def sink_window(sink_tokens: int = 64, window_tokens: int = 4096) -> Pattern:
 
     LongGen's default sparse layer: sink 64 + window 4096 at 128K.
     """
-    _check_int("sink_tokens", sink_tokens, 0)
-    _check_int("window_tokens", window_tokens, 1)
+    _check_size("sink_tokens", sink_tokens, 0)
+    _check_size("window_tokens", window_tokens, 1)
     return Pattern(kind="sink_window", sink_tokens=sink_tokens, window_tokens=window_tokens)
 
 
@@ -353,12 +378,12 @@ def strided(block_size: int = 64, local_blocks: int = 16, vert_stride: int = 8,
         num_heads: sets the per-head shift ``max(1, vert_stride // num_heads)`` (default 1).
     """
     _check_block_size("block_size", block_size)
-    _check_int("local_blocks", local_blocks, 1)
-    _check_int("vert_stride", vert_stride, 1)
+    _check_size("local_blocks", local_blocks, 1)
+    _check_size("vert_stride", vert_stride, 1)
     if not isinstance(homo_head, bool):
         raise ValueError(f"homo_head must be True or False, got {homo_head!r}")
     if num_heads is not None:
-        _check_int("num_heads", num_heads, 1)
+        check_int("num_heads", num_heads, 1)
     step = max(1, vert_stride // num_heads) if num_heads else 1
     return Pattern(kind="strided", block_size=block_size, local_blocks=local_blocks,
                    vert_stride=vert_stride, homo_head=homo_head, head_sliding_step=step)
@@ -396,7 +421,7 @@ def default_full_layers(num_layers: int) -> list[int]:
 
     Example: 32 layers -> [10, ..., 20] (11 layers); 30 layers (SmolLM2) -> [10, ..., 19].
     """
-    _check_int("num_layers", num_layers, 1)
+    check_int("num_layers", num_layers, 1)
     count = max(1, round(num_layers / 3))
     start = (num_layers - count) // 2
     return list(range(start, start + count))
