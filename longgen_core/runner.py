@@ -42,6 +42,33 @@ def parameters_for(notebook: Path, preset: str | None, overrides: dict) -> dict:
     return {k: v for k, v in wanted.items() if k in declared}
 
 
+def input_problems(notebooks: list[Path], preset: str | None, overrides: dict) -> list[str]:
+    """One line per input that would make a run quietly wrong, found before any notebook runs: an
+    unknown ``--preset``, or a parameter (``-p NAME``, or ``PRESET``) that no selected notebook
+    declares -- :func:`parameters_for` drops it from each notebook, so the run would say "ok"
+    without it. A name that only some of the notebooks declare is fine.
+
+    Example (notebook 01 declares ``LONG_N``, not ``STEPS``)::
+
+        >>> input_problems([NOTEBOOKS_DIR / "01_attention_patterns.ipynb"], None, {"STEPS": 5})  # doctest: +ELLIPSIS
+        ["-p STEPS: no selected notebook declares it; they declare ['HEAD_DIM', 'LONG_N', ...]"]
+    """
+    import papermill
+
+    declared = sorted({name for nb in notebooks for name in papermill.inspect_notebook(str(nb))})
+    problems = [f"-p {name}: no selected notebook declares it; they declare {declared}"
+                for name in overrides if name not in declared]
+    if preset is not None:
+        # Imported here: the presets pull in torch, which the rest of the runner does without.
+        from .train.presets import PRESETS
+
+        if preset not in PRESETS:
+            problems.append(f"--preset {preset}: unknown preset; presets are {sorted(PRESETS)}")
+        elif "PRESET" not in declared:
+            problems.append(f"--preset {preset}: no selected notebook declares PRESET")
+    return problems
+
+
 def run_notebooks(notebooks: list[Path], out: Path | None, preset: str | None = None,
                   overrides: dict | None = None, timeout: int | None = None) -> list[dict]:
     """Execute ``notebooks`` in order; stop at the first failure. Returns the summary rows.
@@ -136,6 +163,9 @@ def main(argv=None) -> int:
         if not nb.exists():
             parser.error(f"notebook not found: {nb}")
     overrides = {name: parse_value(value) for name, value in args.parameter}
+    problems = input_problems(notebooks, args.preset, overrides)
+    if problems:
+        parser.error("\n".join(problems))
     rows = run_notebooks(notebooks, None if args.in_place else args.out, args.preset, overrides, args.timeout)
     return 0 if all(r["status"] == "ok" for r in rows) and len(rows) == len(notebooks) else 1
 

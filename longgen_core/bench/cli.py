@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import argparse
 
+from ..devices import refuse_without_cuda
 from .generate import run_cli as run_generate
 from .kernels import run_kernels
+from .model import METRICS
 from .model import run_cli as run_model
 
 __all__ = ["main"]
 
 
 def _run_model(args) -> int:
-    """The ``model`` subcommand (:mod:`longgen_core.bench.model`)."""
-    return run_model(args)
+    """The ``model`` subcommand (:mod:`longgen_core.bench.model`); on a CPU only with ``--device cpu``."""
+    refused = refuse_without_cuda("bench model", f"time a Llama-2-7B-shaped model at N = {args.lengths}",
+                                  args.device)
+    return refused or run_model(args)
+
+
+def _run_kernels(args) -> int:
+    """The ``kernels`` subcommand (:mod:`longgen_core.bench.kernels`): CUDA only."""
+    refused = refuse_without_cuda("bench kernels", f"time the Triton kernels at N = {args.n}", override=None)
+    return refused or run_kernels(args)
+
+
+def _run_generate(args) -> int:
+    """The ``generate`` subcommand (:mod:`longgen_core.bench.generate`); on a CPU only with ``--device cpu``."""
+    refused = refuse_without_cuda("bench generate", f"run SmolLM2 generate() from {args.prompts}-token prompts",
+                                  args.device)
+    return refused or run_generate(args)
 
 
 def main(argv=None) -> int:
@@ -37,7 +54,7 @@ def main(argv=None) -> int:
     k.add_argument("--tune-head-dims", default="", help="tune these head_dims too (at N <= 32K)")
     k.add_argument("--profile", default="", help="comma-separated N: per-kernel times (torch.profiler)")
     k.add_argument("--time-budget", type=float, default=None, help="seconds; later rows are skipped")
-    k.set_defaults(func=run_kernels)
+    k.set_defaults(func=_run_kernels)
     m = sub.add_parser("model", help="Llama-2-7B-shaped model: full attention vs LongGen hybrid (GPU)")
     m.add_argument("--out", default="figures/bench_model.json", help="results JSON (the PNG goes beside it)")
     m.add_argument("--png", default=None, help="figure path (default: --out with .png)")
@@ -47,8 +64,9 @@ def main(argv=None) -> int:
     m.add_argument("--decode-steps", type=int, default=16, help="single-token steps per timed decode loop")
     m.add_argument("--decode-batch", type=int, default=8)
     m.add_argument("--loss-chunk", type=int, default=4096)
-    m.add_argument("--metrics", default="kv_bytes,prefill_ms,decode_ms_b1,decode_ms_b8,train_step_ms")
-    m.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    m.add_argument("--metrics", default=",".join(METRICS), help="comma-separated; default: every metric")
+    m.add_argument("--device", default=None, help="default: cuda; without a CUDA GPU the command "
+                   "refuses to start unless given --device cpu")
     m.add_argument("--time-budget", type=float, default=None, help="seconds; later cells are skipped")
     m.set_defaults(func=_run_model)
     g = sub.add_parser("generate", help="SmolLM2 model.generate() from long prompts: full vs hybrid tokens/s")
@@ -58,8 +76,9 @@ def main(argv=None) -> int:
     g.add_argument("--new-tokens", type=int, default=256)
     g.add_argument("--sink", type=int, default=64, help="the hybrid's sink tokens")
     g.add_argument("--window", type=int, default=4096, help="the hybrid's window tokens")
-    g.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    g.set_defaults(func=run_generate)
+    g.add_argument("--device", default=None, help="default: cuda; without a CUDA GPU the command "
+                   "refuses to start unless given --device cpu")
+    g.set_defaults(func=_run_generate)
     args = parser.parse_args(argv)
     return args.func(args)
 

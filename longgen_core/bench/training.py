@@ -39,7 +39,7 @@ import torch
 from ..jsonio import read_json as load_results  # noqa: F401 -- notebook 04 imports it from here
 from ..jsonio import write_json_atomic
 from ..train.loop import train
-from ..train.options import common_arguments, preset_overrides
+from ..train.options import checked_overrides, common_arguments, refuse_cpu_for_gpu_preset
 from ..train.presets import get_preset
 from .results import software_versions
 from .targets import TRAIN_TARGET_SPEEDUP
@@ -185,9 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-root", type=Path, help="keep the two runs here (default: temporary)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    overrides = checked_overrides(parser, args)  # a bad --set or --model stops here, not mid-run
+    refused = refuse_cpu_for_gpu_preset(args, "train measure", "time full and hybrid training of")
+    if refused:
+        return refused
     try:
         results = measure(args.preset, args.untimed_steps, args.out, args.run_root, not args.no_progress,
-                          **preset_overrides(args))
+                          **overrides)
     except ValueError as err:
         parser.error(str(err))
     print(results_table(results))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from ..devices import refuse_without_cuda
+from ..train.presets import get_preset, is_gpu_scale
 from . import extension, miniature
 
-__all__ = ["main"]
+__all__ = ["main", "refuse_cpu_for_gpu_plan"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,8 +17,36 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     miniature.add_arguments(sub)
     extension.add_arguments(sub)
+    for command in sub.choices.values():  # the same option on both, without a third copy of its text
+        command.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                             help="cpu: let a GPU-scale plan (gpu-*) start without a CUDA GPU (hours; a "
+                                  "visible GPU is still used); default: GPU-scale plans need CUDA")
     args = parser.parse_args(argv)
+    refused = refuse_cpu_for_gpu_plan(args)
+    if refused:
+        return refused
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
+
+
+def refuse_cpu_for_gpu_plan(args) -> int:
+    """Exit code 2 (one line on stderr) when the chosen plan trains a GPU-scale preset, or
+    ``--device cuda`` was asked for, and no CUDA GPU is visible; ``0`` to go on.
+
+    ``extension --merge-only`` only reads finished parts, so it runs anywhere.
+
+    Example: ``experiments miniature --preset gpu-small`` on a laptop prints "experiments miniature:
+    no CUDA GPU is visible; refusing to train and score the gpu-small plan (16,384-token
+    sequences, 300 steps an arm) on the CPU ...; pass --device cpu to run it there anyway" (exit 2).
+    """
+    if args.command == "extension" and args.merge_only:
+        return 0
+    name = args.preset if args.command == "miniature" else args.plan
+    plan = (miniature.PLANS if args.command == "miniature" else extension.PLANS)[name]
+    if not (is_gpu_scale(plan.preset) or args.device == "cuda"):
+        return 0
+    preset = get_preset(plan.preset, **plan.train)
+    work = f"train and score the {name} plan ({preset.seq_len:,}-token sequences, {preset.steps} steps an arm)"
+    return refuse_without_cuda(f"experiments {args.command}", work, args.device)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..bench.training import main as measure_main
 from .loop import ATTENTIONS, loss_summary, train
-from .options import common_arguments, preset_overrides
+from .options import checked_overrides, common_arguments, refuse_cpu_for_gpu_preset
 
 __all__ = ["main"]
 
@@ -28,9 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-resume", action="store_true", help="start over instead of resuming run-dir")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    overrides = checked_overrides(parser, args)  # a bad --set or --model stops here, not mid-run
+    refused = refuse_cpu_for_gpu_preset(args, "train")
+    if refused:
+        return refused
     try:
         result = train(args.preset, args.attention, args.run_dir, resume=not args.no_resume,
-                       progress=not args.no_progress, **preset_overrides(args))
+                       progress=not args.no_progress, **overrides)
     except ValueError as err:
         parser.error(str(err))
     summary = loss_summary(result.log) if result.log else {}

@@ -1,6 +1,8 @@
 """Command-line options that set preset fields, shared by every command that trains
 (``train``, ``train measure``, ``experiments``): one parser for ``--set FIELD VALUE``, its VALUE
-read by :func:`longgen_core.cli_values.parse_value` (JSON, else a Python literal, else the text).
+read by :func:`longgen_core.cli_values.parse_value` (JSON, else a Python literal, else the text);
+and the checks ``train`` and ``train measure`` make before any work (:func:`checked_overrides`,
+:func:`refuse_cpu_for_gpu_preset`).
 
 Example::
 
@@ -11,11 +13,14 @@ Example::
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..cli_values import parse_value
-from .presets import DEFAULT_PRESET, PRESETS
+from ..devices import refuse_without_cuda
+from .presets import DEFAULT_PRESET, PRESETS, get_preset, is_gpu_scale
 
-__all__ = ["parse_value", "common_arguments", "preset_overrides"]
+__all__ = ["parse_value", "common_arguments", "preset_overrides", "missing_sources", "checked_overrides",
+           "refuse_cpu_for_gpu_preset"]
 
 
 def common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +34,10 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-len", type=int, help="training sequence length (<= target length)")
     parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),
                         help="any other preset field, VALUE as JSON or a Python literal (e.g. --set lr 1e-4)")
+    parser.add_argument("--device", choices=("cuda", "cpu"), default=None,
+                        help="cuda: refuse to start without a CUDA GPU; cpu: let a GPU-scale preset "
+                             "(gpu-*, paper-*) start without one (slow; a visible GPU is still used). "
+                             "Default: GPU-scale presets need CUDA, others run anywhere")
 
 
 def preset_overrides(args) -> dict:
@@ -40,3 +49,55 @@ def preset_overrides(args) -> dict:
     if out.get("corpus") == "random":
         out.setdefault("synthetic_ratio", 0.0)
     return out
+
+
+def missing_sources(overrides: dict) -> list[str]:
+    """One line per ``model`` / ``tokenizer`` that names a local path with no folder there.
+
+    A name that starts like a path (``/``, ``.``, ``~``) is never a hub id, so it can be checked
+    here instead of failing in the loader with a hub error after the run has started.
+
+    Example::
+
+        >>> missing_sources({"model": "/nonexistent", "tokenizer": "smollm2"})  # doctest: +ELLIPSIS
+        ["model '/nonexistent': no such directory; give 'smollm2', 'tiny', a folder written by ..."]
+    """
+    lines = []
+    for field in ("model", "tokenizer"):
+        source = overrides.get(field)
+        if isinstance(source, str) and not Path(source).is_dir() and (
+                source.startswith(("/", ".", "~")) or Path(source).exists()):
+            lines.append(f"{field} {source!r}: no such directory; give 'smollm2', 'tiny', a folder written by "
+                         f"save_pretrained, or a hub id such as meta-llama/Llama-2-7b-hf")
+    return lines
+
+
+def checked_overrides(parser: argparse.ArgumentParser, args) -> dict:
+    """:func:`preset_overrides` once the preset they make is valid (types, ranges, names) and
+    their model and tokenizer exist; else ``parser.error`` with one line per problem (exit 2).
+
+    Example: ``train(args.preset, **checked_overrides(parser, args))`` fails on ``--set seed 1.5``
+    before it loads anything: "seed must be an int, got 1.5 (float)".
+    """
+    overrides = preset_overrides(args)
+    problems = missing_sources(overrides)
+    try:
+        get_preset(args.preset, **overrides)
+    except ValueError as err:
+        problems.append(str(err))
+    if problems:
+        parser.error("\n".join(problems))
+    return overrides
+
+
+def refuse_cpu_for_gpu_preset(args, command: str, what: str = "train") -> int:
+    """Exit code 2 (with one line on stderr) when ``args.preset`` is GPU-scale, or ``--device cuda``
+    was asked for, and no CUDA GPU is visible; ``0`` to go on. ``--device cpu`` lets it start.
+
+    Example: ``refused = refuse_cpu_for_gpu_preset(args, "train measure", "train twice (full, hybrid)")``.
+    """
+    if not (is_gpu_scale(args.preset) or args.device == "cuda"):
+        return 0
+    preset = get_preset(args.preset, **preset_overrides(args))
+    return refuse_without_cuda(command, f"{what} preset {preset.name} ({preset.seq_len:,}-token sequences, "
+                                        f"{preset.steps} steps)", args.device)

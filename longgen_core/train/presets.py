@@ -45,11 +45,26 @@ from dataclasses import dataclass, field
 
 from ..models.rope import extended_rope_theta
 
-__all__ = ["Preset", "PRESETS", "DEFAULT_PRESET", "TRAINABLE", "DTYPES", "get_preset", "smollm2_config",
-           "base_config"]
+__all__ = ["Preset", "PRESETS", "DEFAULT_PRESET", "TRAINABLE", "DTYPES", "GPU_SCALE_PREFIXES", "get_preset",
+           "is_gpu_scale", "smollm2_config", "base_config"]
 
 TRAINABLE = ("all", "layers", "attention")  # see Preset.trainable
 DTYPES = ("fp32", "bf16")
+GPU_SCALE_PREFIXES = ("gpu-", "paper-")  # see is_gpu_scale
+# What each annotation of a Preset field accepts: JSON and Python literals give lists for tuples
+# and ints for whole floats (``--set rope_theta 5000000``), so those pass; bools never pass for
+# numbers (see _is_a).
+_ACCEPTS = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict": (dict,),
+            "tuple": (tuple, list), "None": (type(None),)}
+_SAY = {"str": "a string", "int": "an int", "float": "a number", "bool": "true or false", "dict": "a dict",
+        "tuple": "a list", "None": "None"}
+
+
+def _is_a(value, type_name: str) -> bool:
+    """Whether ``value`` fits one name of a field annotation (``"int"``, ``"None"``...)."""
+    if isinstance(value, bool) and type_name in ("int", "float"):
+        return False  # True is an int to Python, never a step count or a rate to a user
+    return isinstance(value, _ACCEPTS[type_name])
 
 
 @dataclass(frozen=True)
@@ -120,6 +135,10 @@ class Preset:
     seed: int = 0
 
     def __post_init__(self):
+        # Types first: the normalising below would itself crash on e.g. full_layers=5.
+        wrong = self.type_errors()
+        if wrong:
+            raise ValueError("\n".join(wrong))
         # Frozen: normalise through object.__setattr__ (lists from JSON/CLI become tuples).
         if self.seq_len is None:
             object.__setattr__(self, "seq_len", self.target_len)
@@ -128,6 +147,23 @@ class Preset:
         object.__setattr__(self, "synthetic_tasks", tuple(self.synthetic_tasks))
         object.__setattr__(self, "model_overrides", tuple(tuple(kv) for kv in self.model_overrides))
         self._validate()
+
+    def type_errors(self) -> list[str]:
+        """One line per field whose value is not of its annotated type (``--set seed 1.5``).
+
+        Example::
+
+            >>> PRESETS["cpu-tiny"].type_errors()
+            []
+        """
+        wrong = []
+        for f in dataclasses.fields(self):
+            names = [t.strip() for t in f.type.split("|")]
+            value = getattr(self, f.name)
+            if not any(_is_a(value, name) for name in names):
+                wrong.append(f"{f.name} must be {' or '.join(_SAY[n] for n in names)}, "
+                             f"got {value!r} ({type(value).__name__})")
+        return wrong
 
     def _validate(self) -> None:
         def positive_int(name, minimum=1):
@@ -235,6 +271,18 @@ def get_preset(name: str | Preset = DEFAULT_PRESET, **overrides) -> Preset:
     else:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return preset.replace(**overrides) if overrides else preset
+
+
+def is_gpu_scale(name: str) -> bool:
+    """Whether preset ``name`` is sized for a GPU (``gpu-*``, ``paper-*``): the command lines refuse
+    to start it without CUDA unless told ``--device cpu``.
+
+    Example::
+
+        >>> is_gpu_scale("gpu-small"), is_gpu_scale("paper-7b-128k"), is_gpu_scale("cpu-tiny")
+        (True, True, False)
+    """
+    return name.startswith(GPU_SCALE_PREFIXES)
 
 
 def smollm2_config():
