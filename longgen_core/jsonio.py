@@ -43,5 +43,9 @@ def write_json_atomic(path: str | Path, obj) -> Path:
 
 
 def read_json(path: str | Path):
-    """The object stored in the JSON file ``path`` (as :func:`write_json_atomic` wrote it)."""
-    return json.loads(Path(path).read_text())
+    """The object stored in the JSON file ``path`` (as :func:`write_json_atomic` wrote it); a file
+    that is not JSON raises ``ValueError`` naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err.msg}, line {err.lineno}): the file is damaged") from None

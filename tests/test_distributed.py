@@ -80,8 +80,8 @@ def test_two_processes_really_ran_on_gloo(runs):
     two_info, one_info = (json.loads((run / "config.json").read_text())["info"] for run in runs)
     assert (two_info["processes"], two_info["distributed"]) == (2, "MULTI_CPU")  # DDP over gloo
     assert (one_info["processes"], one_info["distributed"]) == (1, "NO")
-    states = sorted(p.name for p in (two / "checkpoints" / "step-0000003").glob("random_states_*.pkl"))
-    assert states == ["random_states_0.pkl", "random_states_1.pkl"]  # one RNG file per process
+    states = sorted(p.name for p in (two / "checkpoints" / "step-0000003").glob("rng-*"))
+    assert states == ["rng-0.json", "rng-0.safetensors", "rng-1.json", "rng-1.safetensors"]  # one per process
 
 
 def test_two_processes_give_the_losses_and_gradients_of_one(runs):

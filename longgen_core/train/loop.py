@@ -63,6 +63,7 @@ import math
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,7 +81,8 @@ from ..models.base import load_model, setup_smollm2, smollm2_dir
 from ..models.convert import layer_map, to_longgen
 from ..models.fused import fuse_rms_norms
 from ..models.rope import rope_theta_of, set_rope
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..manifest import write_manifest
+from .checkpoint import load_checkpoint, remove_stale, resume_point, save_checkpoint
 from .loss import CausalLMLoss
 from .presets import DEFAULT_PRESET, PRESETS, Preset, base_config, get_preset
 
@@ -90,6 +92,7 @@ __all__ = ["ATTENTIONS", "RUNS_DIR", "TrainResult", "train", "build_model", "loa
 ATTENTIONS = ("hybrid", "full", "all_sparse")  # all_sparse: the pattern in every layer, none full
 RUNS_DIR = Path(__file__).resolve().parents[2] / "runs"  # git-ignored
 LOG_FILE, CONFIG_FILE, FINAL_DIR, CKPT_DIR = "log.jsonl", "config.json", "final", "checkpoints"
+RUN_MARKER = ".longgen-run"  # marks a folder as a training run (see _claim_run_dir)
 
 
 # ---------------------------------------------------------------------- model and tokenizer
@@ -264,7 +267,18 @@ def read_log(path: str | Path) -> list[dict]:
     path = path / LOG_FILE if path.is_dir() else path
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:  # what a kill or a full disk during the append leaves
+                warnings.warn(f"{path}: dropped a torn last line ({err.msg}); the steps after the last "
+                              "checkpoint are redone on resume", stacklevel=2)
+                break
+            raise ValueError(f"{path}, line {i + 1}, is not JSON ({err.msg}): the log is damaged") from None
+    return records
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -281,7 +295,7 @@ def _check_run_config(run_dir: Path, record: dict) -> None:
         old = read_json(existing)
         if (old.get("preset"), old.get("attention")) != (record["preset"], record["attention"]):
             raise ValueError(f"{run_dir} holds a run with another configuration ({existing}); resume it "
-                             f"with the same preset and attention, use another run_dir, or pass resume=False")
+                             f"with the same preset and attention, use another run_dir, or start over (resume=False; --no-resume on the command line)")
 
 
 def _mixed_precision(preset: Preset) -> str:
@@ -306,8 +320,8 @@ def train(preset: str | Preset = DEFAULT_PRESET, attention: str = "hybrid", run_
 
     Args:
         run_dir: output folder (default ``runs/<preset>-<attention>``).
-        resume: continue from the newest checkpoint in ``run_dir`` (``False``: start over, deleting
-            the folder's checkpoints and log).
+        resume: continue from the newest intact checkpoint in ``run_dir`` (``False``: start over;
+            an earlier run there is moved to ``<run_dir>.previous``).
         stop_after: stop after this many optimizer steps as if interrupted (no final save; tests
             and demos of resume). The schedule still spans ``preset.steps``.
         time_budget_s: stop once a step ends this many seconds after the call began, with a
@@ -441,10 +455,9 @@ def _setup(preset: Preset, attention: str, run_dir: Path, resume: bool) -> _Run:
                                   fused=accelerator.device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(preset.steps, min(preset.warmup_steps, preset.steps), preset.min_lr_ratio))
-    # The scheduler is not prepared (accelerate would step it once per process); it is saved and
-    # restored with the checkpoints as a registered object.
+    # The scheduler is not prepared (accelerate would step it once per process); the checkpoints
+    # save and restore it with the model and optimizer.
     wrapped, optimizer = accelerator.prepare(CausalLMLoss(model, preset.loss_chunk), optimizer)
-    accelerator.register_for_checkpointing(scheduler)
     info.update(precision="bf16 autocast" if accelerator.mixed_precision == "bf16" else "fp32",
                 device=str(accelerator.device), processes=accelerator.num_processes,
                 distributed=accelerator.distributed_type.value,  # NO, MULTI_CPU, MULTI_GPU, FSDP, DEEPSPEED
@@ -455,22 +468,20 @@ def _setup(preset: Preset, attention: str, run_dir: Path, resume: bool) -> _Run:
 
 
 def _open_run_dir(run: _Run, resume: bool) -> None:
-    """Write ``config.json`` (a fresh start first clears the folder) and, on ``resume``, restore
-    the newest checkpoint; drop log lines after its step."""
+    """Mark the folder as a run, write ``config.json`` and, on ``resume``, restore the newest intact
+    checkpoint; drop log lines after its step. A fresh start (``resume=False``) moves an earlier
+    run aside to ``<run_dir>.previous`` -- and refuses a non-empty folder that is not a run."""
     accelerator, run_dir = run.accelerator, run.run_dir
     record = {"preset": run.preset.to_dict(), "attention": run.attention, "info": run.info}
     if accelerator.is_main_process:
-        if not resume and run_dir.exists():
-            shutil.rmtree(run_dir / CKPT_DIR, ignore_errors=True)
-            shutil.rmtree(run_dir / FINAL_DIR, ignore_errors=True)
-            run.log_path.unlink(missing_ok=True)
-            (run_dir / CONFIG_FILE).unlink(missing_ok=True)
+        _claim_run_dir(run_dir, fresh=not resume)
         _check_run_config(run_dir, record)
         write_json_atomic(run_dir / CONFIG_FILE, record)
+        remove_stale(run_dir / CKPT_DIR)
     accelerator.wait_for_everyone()
-    latest = latest_checkpoint(run_dir / CKPT_DIR) if resume else None
+    latest = resume_point(run_dir / CKPT_DIR) if resume else None
     if latest is not None:
-        state = load_checkpoint(accelerator, latest)
+        state = load_checkpoint(accelerator, latest, run.wrapped, run.optimizer, run.scheduler)
         # The fingerprint is the main process's; other ranks restore their own files.
         if accelerator.is_main_process and state["rng"] != _rng_fingerprint():
             raise RuntimeError(f"RNG states were not restored from {latest}")
@@ -480,6 +491,23 @@ def _open_run_dir(run: _Run, resume: bool) -> None:
         run.log_path.touch()
         _truncate_log(run.log_path, run.step)
     accelerator.wait_for_everyone()
+
+
+def _claim_run_dir(run_dir: Path, fresh: bool) -> None:
+    """Make ``run_dir`` a marked run folder. Only a folder that is absent, empty or marked
+    (:data:`RUN_MARKER`) is used: the marker keeps a fresh start from wiping a folder that holds
+    something else (a saved model, a dataset). ``fresh``: an earlier run is moved aside, not deleted."""
+    marked = (run_dir / RUN_MARKER).is_file()
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not marked:
+        raise ValueError(f"{run_dir} is not empty and not a training run (no {RUN_MARKER}): pick a new or empty "
+                         "run folder; nothing in it was changed")
+    if fresh and marked:
+        aside = run_dir.with_name(run_dir.name + ".previous")
+        shutil.rmtree(aside, ignore_errors=True)  # one earlier run is kept, not every one
+        run_dir.rename(aside)
+        print(f"[train] starting over: the earlier run in {run_dir} was moved to {aside}", flush=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_MARKER).write_text("a longgen_core training run: config.json, log.jsonl, checkpoints/, final/\n")
 
 
 def _train_step(run: _Run, batch: dict, step: int, began: float) -> StepRecord:
@@ -549,7 +577,7 @@ def _save(run: _Run, data_position) -> None:
     """Checkpoint the run after its step ``run.step``; ``data_position`` resumes the data after it."""
     save_checkpoint(run.accelerator, run.run_dir / CKPT_DIR, run.step, {
         "data_position": data_position, "tokens": run.tokens, "elapsed_s": run.elapsed_s,
-        "rng": _rng_fingerprint()}, keep=run.preset.keep_checkpoints)
+        "rng": _rng_fingerprint()}, run.wrapped, run.optimizer, run.scheduler, keep=run.preset.keep_checkpoints)
 
 
 def _finish(run: _Run, start: int, finished: bool, save_final: bool) -> TrainResult:
@@ -580,6 +608,7 @@ def _save_final(accelerator, wrapped, model, tokenizer, target: Path) -> None:
         model.save_pretrained(tmp, state_dict={k[len("lm."):]: v for k, v in state.items()})
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        write_manifest(tmp)  # load_longgen verifies it
         shutil.rmtree(target, ignore_errors=True)
         tmp.replace(target)
     accelerator.wait_for_everyone()
