@@ -77,6 +77,17 @@ def test_full_layer_appends_into_a_buffer_instead_of_concatenating():
     assert capacities == {19, 28, 37, 46}  # room for 8 more at each growth: 4 buffers for 30 tokens
 
 
+def test_sparse_layer_attends_a_first_prefill_without_copying_it():
+    """The prefill's keys go to the kernel as they are (a copy moves 2 N D bytes per KV head);
+    only the sink + window slots the last query saw are kept."""
+    layer = EvictingLayer(sink_window(SINK, WINDOW))
+    states = torch.randn(1, 2, 50, 8, generator=torch.Generator().manual_seed(3))
+    k, v = layer.update(states, states * 2)
+    assert k.data_ptr() == states.data_ptr() and torch.equal(v, states * 2)
+    assert torch.equal(layer.returned_positions, torch.arange(50)) and layer.contiguous
+    assert sorted(layer.positions_cpu.tolist()) == list(range(SINK)) + list(range(50 - WINDOW, 50))
+
+
 def test_sink_window_layer_reuses_its_slots_in_place():
     layer = EvictingLayer(sink_window(SINK, WINDOW))
     states = torch.randn(1, 2, 200, 8, generator=torch.Generator().manual_seed(0))

@@ -211,6 +211,15 @@ def test_strided_inputs_without_copy():
     assert rel_err(out.cpu(), ref) < FP32_TOL
 
 
+def test_forward_output_is_stored_in_the_layout_transformers_wants():
+    """``o`` is (B, H, N, D) stored as (B, N, H, D): the attention wrapper's
+    ``o.transpose(1, 2).contiguous()`` is then free (no 2 N H D-byte copy per layer)."""
+    q, k, v = random_qkv(1, 3, 3, 50, 64, seed=5)
+    out = sparse_attention(*(t.float().to(DEVICE) for t in (q, k, v)), sink_window(2, 20), block_size=32)
+    assert out.shape == q.shape and out.transpose(1, 2).is_contiguous()
+    assert rel_err(out.cpu(), reference_attention(q.double(), k.double(), v.double(), sink_window(2, 20))) < FP32_TOL
+
+
 def test_reference_backend_is_the_reference():
     q, k, v = (t.float().requires_grad_() for t in random_qkv(1, 2, 1, 40, 16, seed=4))
     out, lse = sparse_attention(q, k, v, sink_window(2, 8), backend="reference", return_lse=True)

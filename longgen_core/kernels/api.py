@@ -248,6 +248,15 @@ def _check_block_size(block_size) -> None:
         raise ValueError(f"block_size must be None or one of {SUPPORTED_BLOCK_SIZES}, got {block_size!r}")
 
 
+def _check_head_shift(pattern: Pattern, heads: int, key_blocks: int) -> None:
+    """The kernels add ``head * head_sliding_step`` to a key block index in int32 (a per-head
+    strided pattern only); ``key_blocks``: the largest int32 block index, 0 where it is int64."""
+    if pattern.per_head and (heads - 1) * pattern.head_sliding_step + key_blocks > 2**31 - 1:
+        raise ValueError(f"{pattern.name} with head_sliding_step={pattern.head_sliding_step} over {heads} heads "
+                         f"shifts its stripes past the kernels' int32 range; use fewer heads or a smaller "
+                         f"vert_stride")
+
+
 def _empty(shape, dtype, device, poison: bool) -> torch.Tensor:
     """An output buffer; ``poison``: filled with NaN, so an element a kernel forgets to write
     fails a comparison instead of passing by luck (tests)."""
@@ -269,10 +278,12 @@ def _common_args(q, k, pattern, scale, tile):
 
 
 def launch_forward(q, k, v, pattern, scale, cfg: KernelConfig, poison: bool = False):
-    """Launch the forward. Returns ``o`` (like q, contiguous) and ``lse`` (B, H, N_Q) fp32."""
+    """Launch the forward. Returns ``o`` ``(B, H, N_Q, D)`` like q, stored ``(B, N_Q, H, D)`` in
+    memory (a transposed view: the layout transformers wants back, so its ``transpose(1, 2)
+    .contiguous()`` copies nothing), and ``lse`` ``(B, H, N_Q)`` fp32."""
     scale, lay, a = _common_args(q, k, pattern, scale, cfg.tile)
     batch, heads, n_q, dim = q.shape
-    o = _empty(q.shape, q.dtype, q.device, poison)
+    o = _empty((batch, n_q, heads, dim), q.dtype, q.device, poison).transpose(1, 2)
     lse = _empty((batch, heads, n_q), torch.float32, q.device, poison)
     parts = cfg.tile // cfg.fwd_m
     grid = (batch * heads * lay.nb * parts,)
@@ -380,6 +391,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
             return out[0], out[1].float()
         return out
     _check_triton(q, {"q": q, "k": k, "v": v})
+    _check_head_shift(pattern, q.shape[1], k.shape[2] // max(pattern.block_size, 1))
     interpret = is_interpreted()
     tile = block_size or (config.tile if config is not None else default_tile(pattern, interpret))
     cfg = config if config is not None else default_config(tile, q.shape[-1], q.dtype, interpret)
@@ -412,6 +424,8 @@ def _check_decode(q, k_cache, v_cache, cache_positions, q_positions) -> None:
         raise ValueError(f"q, k_cache, v_cache must share a dtype, got {q.dtype}, {k_cache.dtype}, "
                          f"{v_cache.dtype}")
     slots, m = k_cache.shape[2], q.shape[2]
+    if m == 0:
+        raise ValueError(f"q has no queries (shape {tuple(q.shape)}, m = q.shape[2] = 0): decode needs m >= 1")
     for name, t, length in (("cache_positions", cache_positions, slots), ("q_positions", q_positions, m)):
         if t is None:
             continue
@@ -422,15 +436,50 @@ def _check_decode(q, k_cache, v_cache, cache_positions, q_positions) -> None:
         raise ValueError(f"q has more queries ({m}) than the cache has slots ({slots})")
 
 
+def _wants_check(check: bool | None, device: torch.device) -> bool:
+    """Whether to run :func:`_check_positions`: ``check`` if given, else on CPU tensors only
+    (reading positions on the host syncs a CUDA device, and a CUDA graph capture forbids it)."""
+    if check is None:
+        return device.type == "cpu"
+    if check and device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        raise ValueError("check=True reads the cache positions on the host, which a CUDA graph capture "
+                         "cannot do; pass check=None (the default) or False while capturing")
+    return bool(check)
+
+
+def _check_positions(cache_positions: torch.Tensor, q_positions: torch.Tensor, pattern: Pattern,
+                     heads: int) -> None:
+    """Checks that read the positions: empty slots are -1, no position fills two slots, every
+    query (``q_positions (m,)``) of every head sees at least one slot (else its softmax is NaN)."""
+    if bool((cache_positions < -1).any()):
+        raise ValueError(f"cache_positions must hold token positions >= 0, or -1 for an empty slot, got "
+                         f"{int(cache_positions.min())}")
+    filled = cache_positions[cache_positions >= 0].sort().values
+    if filled.numel() == 0:
+        raise ValueError("cache_positions has no filled slot (every entry is -1): no query can see a key, "
+                         "so every softmax would be empty (NaN)")
+    repeated = filled[1:][filled[1:] == filled[:-1]].unique()
+    if repeated.numel():
+        raise ValueError(f"cache_positions holds the position(s) {repeated[:8].tolist()} in more than one "
+                         f"slot: each token fills one slot (a duplicate would count twice in the softmax)")
+    blind = ~pattern.slot_mask(q_positions, cache_positions, heads).any(-1)  # (H or 1, m)
+    if bool(blind.any()):
+        h, j = blind.nonzero()[0].tolist()
+        head = f" of head {h}" if pattern.per_head else ""
+        raise ValueError(f"query {j} at q_positions[{j}] = {int(q_positions[j])}{head} sees no filled slot of "
+                         f"cache_positions under {pattern.name}: its softmax would be empty (NaN)")
+
+
 def reference_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      cache_positions: torch.Tensor, pattern: Pattern, *,
                      q_positions: torch.Tensor | None = None, scale: float | None = None,
-                     return_lse: bool = False):
+                     return_lse: bool = False, check: bool | None = None):
     """Dense masked softmax over the cache slots: the oracle of :func:`sparse_decode`.
 
     Query ``j`` (at position ``q_positions[j]``) of head ``h`` sees slot ``s`` iff
     ``cache_positions[s] >= 0 and pattern.mask_mod(0, h, q_positions[j], cache_positions[s])``.
-    Shapes as in :func:`sparse_decode`. Every query must see at least one slot.
+    Shapes, and ``check`` (every query sees a slot, no position in two slots), as in
+    :func:`sparse_decode`.
     """
     _check_common(q, pattern, scale, "reference", {"q": q, "k_cache": k_cache, "v_cache": v_cache,
                                                    "cache_positions": cache_positions})
@@ -438,6 +487,8 @@ def reference_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     batch, heads, m, dim = q.shape
     if q_positions is None:
         q_positions = _default_q_positions(cache_positions, m)
+    if _wants_check(check, q.device):
+        _check_positions(cache_positions, q_positions, pattern, heads)
     group = heads // k_cache.shape[1]
     scale = 1.0 / math.sqrt(dim) if scale is None else scale
     k = k_cache.repeat_interleave(group, dim=1)  # (B, H, L, D)
@@ -520,7 +571,7 @@ def sparse_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                   cache_positions: torch.Tensor, pattern: Pattern, *,
                   q_positions: torch.Tensor | None = None, scale: float | None = None,
                   backend: str = "triton", return_lse: bool = False, config: KernelConfig | None = None,
-                  plan: DecodePlan | None = None, poison: bool = False):
+                  plan: DecodePlan | None = None, poison: bool = False, check: bool | None = None):
     """Attention of ``m`` new queries over a KV cache whose slots may be in any order.
 
     Args:
@@ -536,6 +587,14 @@ def sparse_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         config: launch settings; default :func:`default_config` of the pattern's tile.
         plan: a :class:`DecodePlan` the caller reuses while the cache positions stay unchanged.
         poison: start every output buffer as NaN (tests).
+        check: also check the positions' values: no entry below -1, at least one filled slot, no
+            position in two slots (it would count twice), every query of every head sees a slot
+            (else its output is NaN); ValueError naming the input otherwise. These read the
+            positions on the host, a sync on CUDA, so the default (``None``) runs them for CPU
+            tensors only; the CUDA decode path (``models.attention``, captured as a CUDA graph by
+            ``models.static``) skips them. ``True`` on CUDA syncs, and raises while a graph is being
+            captured (``torch.cuda.is_current_stream_capturing()``). Shape checks (``m >= 1``,
+            ``m <= L``, dtypes) always run: they cost nothing.
 
     Only chunks of slots that some query sees are read, so a full-length cache
     (``cache_positions = arange(N)``) costs what the pattern keeps, not N.
@@ -550,9 +609,13 @@ def sparse_decode(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
         raise ValueError(f"q_positions must be on {q.device}, got {q_positions.device}")
     if backend == "reference":
         return reference_decode(q, k_cache, v_cache, cache_positions, pattern, q_positions=q_positions,
-                                scale=scale, return_lse=return_lse)
+                                scale=scale, return_lse=return_lse, check=check)
     _check_triton(q, {"q": q, "k_cache": k_cache, "v_cache": v_cache})
     batch, heads, m, dim = q.shape
+    _check_head_shift(pattern, heads, 0)  # decode's key blocks are int64 (from the positions)
+    if _wants_check(check, q.device):
+        qpos = _default_q_positions(cache_positions, m) if q_positions is None else q_positions
+        _check_positions(cache_positions, qpos, pattern, heads)
     kv_heads, slots = k_cache.shape[1], k_cache.shape[2]
     group = heads // kv_heads
     interpret = is_interpreted()

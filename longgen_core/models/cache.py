@@ -127,7 +127,11 @@ class EvictingLayer(DynamicLayer):
         else:
             # Prefill or no free slot: return kept + new, then store only what the last new
             # query still sees (a prefill attends all its tokens but keeps O(window) of them).
-            if bool(keep.all()):
+            if self.keys.shape[-2] == 0:
+                # A first prefill: attend the projected states as they are; copying them into a
+                # new tensor would move 2 x N x D bytes per KV head for nothing (cf. _append).
+                out_k, out_v, out_pos = key_states, value_states, new_pos
+            elif bool(keep.all()):
                 out_k = torch.cat([self.keys, key_states], dim=-2)
                 out_v = torch.cat([self.values, value_states], dim=-2)
                 out_pos = torch.cat([self.positions_cpu, new_pos])
