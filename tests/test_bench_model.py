@@ -64,6 +64,13 @@ def test_model_subcommand_is_registered():
     assert exc.value.code == 0
 
 
+def test_model_subcommand_measures_every_metric_by_default(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(bench_cli, "_run_model", lambda args: seen.update(vars(args)) or 0)
+    assert bench_cli.main(["model"]) == 0
+    assert seen["metrics"].split(",") == list(bench_model.METRICS)
+
+
 def test_generate_bench_times_both_models_on_the_cpu(tmp_path):
     from longgen_core.bench import cli
     from longgen_core.bench.generate import results_table

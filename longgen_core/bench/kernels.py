@@ -38,6 +38,7 @@ from pathlib import Path
 
 from ..jsonio import read_json as load_results  # noqa: F401 -- the names notebooks 02 and 06 import
 from ..jsonio import write_json_atomic as write_results
+from .results import copy_gbps
 
 # torch and triton are imported inside the functions that time things: the table and figure
 # helpers need only the JSON (notebook 02 on a laptop).
@@ -193,16 +194,13 @@ def _tuned(tuned: dict | None, pattern, head_dim: int, dtype):
 
 
 def _device_ceilings() -> dict:
-    """Measured copy bandwidth (bytes read + written) and a bf16 matmul rate."""
+    """Measured copy bandwidth (bytes read + written, :func:`copy_gbps`) and a bf16 matmul rate."""
     import torch
 
-    x = torch.empty(2**30, dtype=torch.uint8, device="cuda")
-    y = torch.empty_like(x)
-    copy_ms = median_ms(lambda: y.copy_(x))
     a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
     mm_ms = median_ms(lambda: a @ a)
-    del x, y, a
-    return {"copy_gbps": 2 * 2**30 / copy_ms / 1e6, "matmul_tflops": 2 * 8192**3 / mm_ms / 1e9}
+    del a
+    return {"copy_gbps": copy_gbps("cuda"), "matmul_tflops": 2 * 8192**3 / mm_ms / 1e9}
 
 
 def _rel(a, b) -> float:

@@ -56,7 +56,7 @@ from ..models.convert import layer_map, to_longgen
 from ..models.static import StaticDecoder, round_capacity
 from ..patterns import sink_window
 from ..train.loss import CausalLMLoss
-from .results import software_versions
+from .results import copy_gbps, software_versions
 
 METRICS = ("kv_bytes", "prefill_ms", "decode_ms_b1", "decode_ms_b8", "decode_graph_ms_b1", "decode_graph_ms_b8",
            "train_step_ms")
@@ -85,15 +85,6 @@ def as_static_full(full, backend: str = "auto"):
     """The full model on the hybrid's serving path: a copy converted with every layer full."""
     return to_longgen(copy.deepcopy(full), full_layers=list(range(full.config.num_hidden_layers)),
                       backend=backend).eval()
-
-
-def copy_gbps(device, gib: float = 1.0, reps: int = 5) -> float:
-    """Device copy bandwidth, GB/s of bytes read (a ``gib`` GiB bf16 copy counts once)."""
-    src = torch.empty(int(gib * 2**30) // 2, dtype=torch.bfloat16, device=device)
-    dst = torch.empty_like(src)
-    ms = _median_ms(lambda: dst.copy_(src), reps, _timer(device))
-    del src, dst
-    return gib * 2**30 / (ms / 1e3) / 1e9
 
 
 def decode_bytes_read(model, n: int, batch: int, dtype) -> int:
@@ -386,7 +377,7 @@ def _header(config, hybrid, pattern, dtype, device: str, reps: int, decode_steps
                             "memory-efficient backends (cuDNN re-plans for every new key length).")
     results["notes"].append("decode_graph_ms_*: the converted models' generate() path on CUDA (preallocated "
                             "slots, one CUDA graph replay per token; full = every layer full, the same Triton "
-                            "decode kernel); host_ms = time to issue a step; floor_ms = bytes_read at copy_gbps.")
+                            "decode kernel); host_ms = time to issue a step; floor_ms = bytes_read at copy_gbps (bytes read + written by a copy).")
     results["notes"].append("times: median of reps after one warm-up; train_step_ms = forward + backward "
                             "(gradient checkpointing, chunked loss), no optimizer step.")
     return results

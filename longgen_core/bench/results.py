@@ -1,8 +1,9 @@
-"""The software versions a benchmark result records (the JSON itself goes through :mod:`longgen_core.jsonio`)."""
+"""What a benchmark result records about its machine: software versions and the copy bandwidth
+(the JSON itself goes through :mod:`longgen_core.jsonio`)."""
 
 from __future__ import annotations
 
-__all__ = ["software_versions"]
+__all__ = ["copy_gbps", "software_versions"]
 
 
 def software_versions() -> dict:
@@ -20,3 +21,39 @@ def software_versions() -> dict:
     except ImportError:  # CPU-only installs of some platforms ship torch without triton
         pass
     return out
+
+
+def copy_gbps(device="cuda", gib: float = 1.0, reps: int = 5) -> float:
+    """Device memory bandwidth in GB/s from a ``gib`` GiB copy, counting bytes read **and** written
+    (the STREAM convention; a read-bound kernel can reach about this rate, not half of it).
+
+    Example (any device; on a CPU the number is the host's)::
+
+        >>> copy_gbps("cpu", gib=0.01, reps=1) > 0
+        True
+    """
+    import statistics
+    import time
+
+    import torch
+
+    src = torch.empty(int(gib * 2**30), dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    cuda = torch.device(device).type == "cuda"
+
+    def once() -> float:
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            dst.copy_(src)
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1e3
+        t = time.perf_counter()
+        dst.copy_(src)
+        return time.perf_counter() - t
+
+    once()  # warm-up
+    seconds = statistics.median(once() for _ in range(reps))
+    return 2 * src.numel() / seconds / 1e9
