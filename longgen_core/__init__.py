@@ -22,7 +22,7 @@ _PUBLIC = {
                      "attention_flops", "default_full_layers"], "patterns"),
     **dict.fromkeys(["reference_attention", "sparse_attention", "sparse_decode", "reference_decode"], "kernels"),
     **dict.fromkeys(["load_model", "load_smollm2", "setup_smollm2", "tiny_llama", "LongGenCache", "layer_map",
-                     "load_longgen", "to_longgen", "to_posthoc_streaming"], "models"),
+                     "load_longgen", "save_longgen", "to_longgen", "to_posthoc_streaming"], "models"),
     **dict.fromkeys(["TrainingStream", "documents", "packed_sequences", "Sample"], "data"),
     **dict.fromkeys(["build_model", "get_preset", "PRESETS"], "train"),
     **dict.fromkeys(["retrieval_grid", "perplexity", "perplexity_by_length"], "evaluate"),

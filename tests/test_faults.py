@@ -1,15 +1,26 @@
-"""Fault injection on training runs (CPU, the micro cpu-tiny preset of test_train): crafted pickles,
-folders that are not runs, torn logs, full disks, flipped bytes, damaged JSON. Each case checks
-what a hostile or unlucky user would hit: nothing is executed, nothing is silently lost, the
-message names the file, and a resume after the fault gives the losses of an uninterrupted run."""
+"""Fault injection on training runs (CPU, the micro cpu-tiny preset of test_train) and on saved
+models (a tiny hybrid): crafted pickles, folders that are not runs, torn logs, full disks, flipped
+bytes, removed files, damaged JSON. Each case checks what a hostile or unlucky user would hit:
+nothing is executed, nothing is silently lost, the message names the file, a resume after the
+fault gives the losses of an uninterrupted run, and a command line says it in one line (exit 1)."""
 
 import errno
+import json
 import pickle
+import re
 
 import pytest
+import torch
+from transformers import PreTrainedModel
 
-from longgen_core.manifest import IntegrityError
+from longgen_core.experiments import cli as experiments_cli
+from longgen_core.experiments import miniature
+from longgen_core.manifest import MANIFEST_FILE, IntegrityError
+from longgen_core.models.base import tiny_llama
+from longgen_core.models.convert import load_longgen, save_longgen, to_longgen
+from longgen_core.patterns import sink_window
 from longgen_core.train import checkpoint as ckpt
+from longgen_core.train import cli as train_cli
 from longgen_core.train import loop as tr
 from test_train import run, straight  # noqa: F401 -- straight: the uninterrupted 6-step micro run
 
@@ -47,7 +58,7 @@ def test_no_checkpoint_file_is_a_pickle(straight):
 
 def test_a_fresh_start_refuses_a_folder_that_is_not_a_run(straight, tmp_path):
     """The README saves a model to runs/hybrid: --no-resume there must not touch it."""
-    straight.model.save_pretrained(tmp_path)
+    save_longgen(straight.model, tmp_path)
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     with pytest.raises(ValueError, match="not empty and not a training run"):
         run(tmp_path, resume=False, steps=1)
@@ -156,3 +167,117 @@ def test_a_damaged_json_file_is_named():
     path.write_text('{"step": 3,')
     with pytest.raises(ValueError, match="trainer_state.json is not valid JSON"):
         read_json(path)
+
+
+# ---------------------------------------------------------------------- saved models: the manifest
+IDS = torch.randint(3, 500, (1, 50), generator=torch.Generator().manual_seed(0))  # past sink + window (36)
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(IDS).logits
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """``(model, folder)``: a tiny hybrid written by save_longgen."""
+    model = to_longgen(tiny_llama(seed=5), pattern=sink_window(4, 32))
+    return model, save_longgen(model, tmp_path / "hybrid")
+
+
+def test_an_intact_saved_hybrid_loads_with_identical_logits(saved):
+    model, folder = saved
+    listed = json.loads((folder / MANIFEST_FILE).read_text())["files"]
+    assert {"config.json", "model.safetensors"} <= set(listed)
+    assert listed["model.safetensors"]["bytes"] == (folder / "model.safetensors").stat().st_size
+    assert not folder.with_name("hybrid.tmp").exists()
+    assert torch.equal(logits(load_longgen(folder)), logits(model))
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda f: _flip(f, offset=f.stat().st_size - 100, count=1), r"\(SHA-256 differs\)"),  # one weight byte
+    (lambda f: f.write_bytes(f.read_bytes()[:-8]), r"\(size \d+ bytes, expected \d+\)"),
+    (lambda f: f.unlink(), r"is missing \(listed in its manifest\)"),
+], ids=["flipped", "truncated", "removed"])
+def test_a_damaged_saved_hybrid_fails_naming_the_file(saved, damage, message):
+    _, folder = saved
+    damage(folder / "model.safetensors")
+    with pytest.raises(IntegrityError, match=rf"^model\.safetensors in {re.escape(str(folder))} .*{message}"):
+        load_longgen(folder)
+
+
+def test_a_folder_without_a_manifest_still_loads(tmp_path):
+    """Hub snapshots and folders saved by other tools carry no manifest: loaded as before."""
+    model = to_longgen(tiny_llama(seed=5), pattern=sink_window(4, 32))
+    model.save_pretrained(tmp_path)
+    assert not (tmp_path / MANIFEST_FILE).exists()
+    assert torch.equal(logits(load_longgen(tmp_path)), logits(model))
+
+
+def test_save_longgen_replaces_its_own_folder_and_refuses_any_other(saved, tmp_path):
+    model, folder = saved
+    other = to_longgen(tiny_llama(seed=6), pattern=sink_window(4, 32))
+    save_longgen(other, folder)  # a model saved here before: replaced whole
+    assert torch.equal(logits(load_longgen(folder)), logits(other))
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not an empty folder or a model saved by save_longgen"):
+        save_longgen(model, foreign)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+def test_a_full_disk_while_writing_final_stops_with_one_line_and_the_run_resumes(tmp_path, monkeypatch):
+    real = PreTrainedModel.save_pretrained
+
+    def full(self, folder, *args, **kwargs):
+        real(self, folder, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    with pytest.raises(ckpt.CheckpointWriteError) as info:
+        run(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message and "final model could not be written" in message
+    assert "No space left on device" in message and "step-0000006" in message
+    assert not (tmp_path / "final").exists() and not (tmp_path / "final.tmp").exists()
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", real)
+    resumed = run(tmp_path)
+    assert resumed.resumed_from == 6 and (tmp_path / "final" / MANIFEST_FILE).is_file()
+    assert torch.equal(logits(load_longgen(tmp_path / "final")), logits(resumed.model.eval()))
+
+
+# ---------------------------------------------------------------------- command lines: one line, exit 1
+FAILURES = [ckpt.CheckpointWriteError("checkpoint step-0000006 could not be written to runs/x/checkpoints: "
+                                      "No space left on device; the last good checkpoint is step-0000003"),
+            IntegrityError("model.safetensors in runs/x/final does not match its manifest (SHA-256 differs)")]
+
+
+def _raising(error):
+    def work(*args, **kwargs):
+        raise error
+    return work
+
+
+@pytest.mark.parametrize("error", FAILURES, ids=["write", "integrity"])
+@pytest.mark.parametrize("command", ["train", "train measure", "experiments miniature"])
+def test_a_run_failure_is_one_line_on_stderr_and_exit_1(monkeypatch, capsys, command, error):
+    monkeypatch.setattr(train_cli, "train", _raising(error))
+    monkeypatch.setattr(train_cli, "measure_main", _raising(error))
+    monkeypatch.setattr(miniature, "main_miniature", _raising(error))
+    if command == "experiments miniature":
+        code = experiments_cli.main(["miniature"])
+    else:
+        code = train_cli.main(["measure"] if command == "train measure" else ["--preset", "cpu-tiny"])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert captured.err == f"python -m longgen_core.{command}: error: {error}\n"
+    assert captured.out == ""
+
+
+def test_a_bad_input_still_exits_2_with_the_usage(monkeypatch, capsys):
+    monkeypatch.setattr(train_cli, "train", _raising(ValueError("seq_len 9999 is beyond the range")))
+    with pytest.raises(SystemExit) as info:
+        train_cli.main(["--preset", "cpu-tiny"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("usage: python -m longgen_core.train")

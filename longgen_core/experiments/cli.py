@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..devices import refuse_without_cuda
+from ..train.options import RUN_FAILURES, run_failed
 from ..train.presets import get_preset, is_gpu_scale
 from . import extension, miniature
 
@@ -27,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         return refused
     try:
         return args.func(args)
+    except RUN_FAILURES as err:
+        return run_failed(f"{parser.prog} {args.command}", err)
     except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
 

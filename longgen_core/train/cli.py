@@ -1,4 +1,9 @@
-"""Command line of the training loop: ``python -m longgen_core.train [measure] ...``."""
+"""Command line of the training loop: ``python -m longgen_core.train [measure] ...``.
+
+Exit codes: 0 done; 1 the run failed -- a checkpoint or ``final/`` the disk refused, a saved file
+that no longer matches its manifest -- said in one line on stderr (:func:`~.options.run_failed`);
+2 a bad command line (argparse's usage and message).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pathlib import Path
 
 from ..bench.training import main as measure_main
 from .loop import ATTENTIONS, loss_summary, train
-from .options import checked_overrides, common_arguments, refuse_cpu_for_gpu_preset
+from .options import RUN_FAILURES, checked_overrides, common_arguments, refuse_cpu_for_gpu_preset, run_failed
 
 __all__ = ["main"]
 
@@ -17,7 +22,10 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["measure"]:
-        return measure_main(argv[1:])
+        try:
+            return measure_main(argv[1:])
+        except RUN_FAILURES as err:
+            return run_failed("python -m longgen_core.train measure", err)
     parser = argparse.ArgumentParser(prog="python -m longgen_core.train",
                                      description="Long-context finetuning on accelerate (LongGen hybrid or full attention)",
                                      epilog="`python -m longgen_core.train measure --help`: the "
@@ -35,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = train(args.preset, args.attention, args.run_dir, resume=not args.no_resume,
                        progress=not args.no_progress, **overrides)
+    except RUN_FAILURES as err:
+        return run_failed(parser.prog, err)
     except ValueError as err:
         parser.error(str(err))
     summary = loss_summary(result.log) if result.log else {}

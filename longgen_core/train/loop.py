@@ -47,8 +47,8 @@ What a run does:
 4. Writes ``run_dir/``: ``config.json`` (preset + resolved values), ``log.jsonl`` (one line per
    step: step, loss, lm_loss, task_loss, lr, grad_norm, tokens, tokens_per_s, step_s,
    elapsed_s), ``loss.png``, ``checkpoints/step-*`` (:mod:`longgen_core.train.checkpoint`) and, at the
-   end, ``final/`` (``save_pretrained``; a hybrid loads back with
-   :func:`~longgen_core.models.convert.load_longgen`).
+   end, ``final/`` (:func:`~longgen_core.models.convert.save_longgen`: ``save_pretrained`` with a
+   manifest; a hybrid loads back, verified, with :func:`~longgen_core.models.convert.load_longgen`).
 
 Resume is exact: run it again with the same ``run_dir`` and it continues from the newest
 checkpoint -- model, optimizer, scheduler, data position and RNG states restored, log lines after
@@ -78,11 +78,11 @@ from ..bench.results import software_versions
 from ..data.stream import Prefetcher, TrainingStream
 from ..jsonio import read_json, write_json_atomic
 from ..models.base import load_model, setup_smollm2, smollm2_dir
-from ..models.convert import layer_map, to_longgen
+from ..models.convert import layer_map, save_longgen, to_longgen
 from ..models.fused import fuse_rms_norms
 from ..models.rope import rope_theta_of, set_rope
-from ..manifest import write_manifest
-from .checkpoint import load_checkpoint, remove_stale, resume_point, save_checkpoint
+from .checkpoint import (CheckpointWriteError, latest_checkpoint, load_checkpoint, remove_stale, resume_point,
+                         save_checkpoint)
 from .loss import CausalLMLoss
 from .presets import DEFAULT_PRESET, PRESETS, Preset, base_config, get_preset
 
@@ -328,7 +328,7 @@ def train(preset: str | Preset = DEFAULT_PRESET, attention: str = "hybrid", run_
             checkpoint (when ``checkpoints``), so that the next call with the same ``run_dir``
             resumes there: one run spread over jobs of limited length. ``finished`` tells.
         checkpoints: write checkpoints (``False`` for speed measurements).
-        save_final: write ``run_dir/final`` with ``save_pretrained`` at the end.
+        save_final: write ``run_dir/final`` with :func:`~longgen_core.models.convert.save_longgen` at the end.
 
     Returns a :class:`TrainResult`. Raises ValueError for an unknown preset or attention, a
     ``seq_len`` beyond the RoPE-extended range, or a corpus too small for one sequence.
@@ -600,17 +600,17 @@ def _finish(run: _Run, start: int, finished: bool, save_final: bool) -> TrainRes
 
 
 def _save_final(accelerator, wrapped, model, tokenizer, target: Path) -> None:
-    """``save_pretrained`` into a temporary folder, then rename (atomic like the checkpoints)."""
+    """:func:`~longgen_core.models.convert.save_longgen` (atomic, with a manifest, like the
+    checkpoints); a disk that refuses it raises :class:`CheckpointWriteError` (the checkpoints stay)."""
     state = accelerator.get_state_dict(wrapped)  # gathers FSDP shards; every process must call it
     if accelerator.is_main_process:
-        tmp = target.with_name(target.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, state_dict={k[len("lm."):]: v for k, v in state.items()})
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        write_manifest(tmp)  # load_longgen verifies it
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.replace(target)
+        try:
+            save_longgen(model, target, tokenizer, state_dict={k[len("lm."):]: v for k, v in state.items()})
+        except OSError as err:
+            last = latest_checkpoint(target.parent / CKPT_DIR)
+            raise CheckpointWriteError(
+                f"the final model could not be written to {target}: {err.strerror or err}; the last good "
+                f"checkpoint is {last.name if last else 'none'} (run again to resume and write it)") from err
     accelerator.wait_for_everyone()
 
 

@@ -1,8 +1,9 @@
 """Command-line options that set preset fields, shared by every command that trains
 (``train``, ``train measure``, ``experiments``): one parser for ``--set FIELD VALUE``, its VALUE
 read by :func:`longgen_core.cli_values.parse_value` (JSON, else a Python literal, else the text);
-and the checks ``train`` and ``train measure`` make before any work (:func:`checked_overrides`,
-:func:`refuse_cpu_for_gpu_preset`).
+the checks ``train`` and ``train measure`` make before any work (:func:`checked_overrides`,
+:func:`refuse_cpu_for_gpu_preset`); and how they all report a run that failed on the way
+(:data:`RUN_FAILURES`, :func:`run_failed`: one line, exit code 1).
 
 Example::
 
@@ -13,14 +14,22 @@ Example::
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..cli_values import parse_value
 from ..devices import refuse_without_cuda
+from ..manifest import IntegrityError
+from .checkpoint import CheckpointWriteError
 from .presets import DEFAULT_PRESET, PRESETS, get_preset, is_gpu_scale
 
 __all__ = ["parse_value", "common_arguments", "preset_overrides", "missing_sources", "checked_overrides",
-           "refuse_cpu_for_gpu_preset"]
+           "refuse_cpu_for_gpu_preset", "RUN_FAILED", "RUN_FAILURES", "run_failed"]
+
+RUN_FAILED = 1  # the run, not the command line, went wrong (argparse's 2 is for bad input)
+# A disk that refused a checkpoint or the final model, a saved file that no longer matches its
+# manifest. Caught before ValueError: IntegrityError is one, but no usage text helps with it.
+RUN_FAILURES = (CheckpointWriteError, IntegrityError)
 
 
 def common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -101,3 +110,14 @@ def refuse_cpu_for_gpu_preset(args, command: str, what: str = "train") -> int:
     preset = get_preset(args.preset, **preset_overrides(args))
     return refuse_without_cuda(command, f"{what} preset {preset.name} ({preset.seq_len:,}-token sequences, "
                                         f"{preset.steps} steps)", args.device)
+
+
+def run_failed(prog: str, err: Exception) -> int:
+    """Print one of :data:`RUN_FAILURES` as one line on stderr (no traceback); return :data:`RUN_FAILED`.
+
+    Example: ``except RUN_FAILURES as err: return run_failed(parser.prog, err)`` prints
+    "python -m longgen_core.train: error: checkpoint step-0000020 could not be written to
+    runs/x/checkpoints: No space left on device; the last good checkpoint is step-0000010" (exit 1).
+    """
+    print(f"{prog}: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
+    return RUN_FAILED
