@@ -68,6 +68,8 @@ def main(argv=None) -> int:
     m.add_argument("--device", default=None, help="default: cuda; without a CUDA GPU the command "
                    "refuses to start unless given --device cpu")
     m.add_argument("--time-budget", type=float, default=None, help="seconds; later cells are skipped")
+    m.add_argument("--unfused-norms", action="store_true", help="keep transformers' RMSNorm (7 kernels a "
+                   "call) in both models instead of one F.rms_norm")
     m.set_defaults(func=_run_model)
     g = sub.add_parser("generate", help="SmolLM2 model.generate() from long prompts: full vs hybrid tokens/s")
     g.add_argument("--out", default="figures/bench_generate.json", help="results JSON")

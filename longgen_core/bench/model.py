@@ -53,6 +53,7 @@ from ..jsonio import write_json_atomic
 from ..models.base import llama2_7b_config
 from ..models.cache import LongGenCache, kv_bytes_formula, kv_cache_bytes
 from ..models.convert import layer_map, to_longgen
+from ..models.fused import fuse_rms_norms
 from ..models.static import StaticDecoder, round_capacity
 from ..patterns import sink_window
 from ..train.loss import CausalLMLoss
@@ -69,14 +70,22 @@ def llama7b_shaped(layers: int, max_positions: int):
     return config
 
 
-def build_models(config, device, dtype, pattern=None, backend: str = "auto", seed: int = 0):
-    """(full, hybrid): the same random weights, the hybrid converted in place on a deep copy."""
+def build_models(config, device, dtype, pattern=None, backend: str = "auto", seed: int = 0,
+                 fused_norms: bool = True):
+    """(full, hybrid): the same random weights, the hybrid converted in place on a deep copy.
+
+    ``fused_norms``: both models' RMSNorms run as one ``F.rms_norm`` each
+    (:func:`~longgen_core.models.fused.fuse_rms_norms`, what the training loop uses): the work both
+    models share, the same either way, costs less, so the time left is more the attention's.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         with torch.device(device):
             full = LlamaForCausalLM(config)
     full = full.to(dtype).eval()
     full.set_attn_implementation("sdpa")
+    if fused_norms:
+        fuse_rms_norms(full)  # before the copy: the hybrid (and as_static_full) inherit them
     hybrid = to_longgen(copy.deepcopy(full), pattern=pattern, backend=backend).eval()
     return full, hybrid
 
@@ -386,7 +395,7 @@ def _header(config, hybrid, pattern, dtype, device: str, reps: int, decode_steps
 def run_model_bench(lengths, layers: int = 6, device: str = "cuda", dtype=torch.bfloat16, config=None,
                     pattern=None, backend: str = "auto", reps: int = 3, decode_steps: int = 16,
                     decode_batch: int = 8, chunk: int = 4096, metrics=METRICS, time_budget=None,
-                    log=print) -> dict:
+                    log=print, fused_norms: bool = True) -> dict:
     """Measure every (attention, N, metric) cell; return the results dict (see the module doc).
 
     Example (CPU, a tiny model; times mean nothing there)::
@@ -401,8 +410,11 @@ def run_model_bench(lengths, layers: int = 6, device: str = "cuda", dtype=torch.
     pattern = pattern if pattern is not None else sink_window(64, 4096)
     if config is None:
         config = llama7b_shaped(layers, max(lengths) + decode_steps * (reps + 4) + 16)
-    full, hybrid = build_models(config, device, dtype, pattern, backend)
+    full, hybrid = build_models(config, device, dtype, pattern, backend, fused_norms=fused_norms)
     results = _header(config, hybrid, pattern, dtype, device, reps, decode_steps, decode_batch, chunk)
+    results["fused_norms"] = fused_norms
+    if fused_norms:
+        results["notes"].append("both models: RMSNorm as one F.rms_norm call (fuse_rms_norms, as in training).")
     plan = _Plan(_timer(device), reps, decode_steps, decode_batch, chunk, dtype, metrics,
                  torch.device(device).type == "cuda")
     rec = _Recorder(results, deadline, plan, lambda s: log(f"[{time.time() - start:6.1f}s] {s}"))
@@ -497,7 +509,8 @@ def run_cli(args) -> int:
     results = run_model_bench(lengths, layers=args.layers, device=device, reps=args.reps,
                               decode_steps=args.decode_steps, decode_batch=args.decode_batch,
                               chunk=args.loss_chunk, metrics=tuple(args.metrics.split(",")),
-                              time_budget=args.time_budget, log=lambda s: print(s, flush=True))
+                              time_budget=args.time_budget, log=lambda s: print(s, flush=True),
+                              fused_norms=not args.unfused_norms)
     write_json_atomic(args.out, results)
     png = args.png or str(Path(args.out).with_suffix(".png"))
     try:
