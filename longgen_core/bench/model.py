@@ -500,11 +500,9 @@ def save_plot(results: dict, path) -> None:
 
 
 def run_cli(args) -> int:
-    """The ``model`` subcommand of :mod:`longgen_core.bench.cli`."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        print("bench model: no CUDA GPU", file=sys.stderr)
-        return 2
+    """The ``model`` subcommand of :mod:`longgen_core.bench.cli`, which has already refused to start
+    without CUDA unless given ``--device cpu`` (:func:`longgen_core.devices.refuse_without_cuda`)."""
+    device = args.device or "cuda"
     lengths = [int(x) for x in args.lengths.split(",")]
     results = run_model_bench(lengths, layers=args.layers, device=device, reps=args.reps,
                               decode_steps=args.decode_steps, decode_batch=args.decode_batch,
