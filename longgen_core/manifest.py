@@ -22,18 +22,47 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
+
+from safetensors import SafetensorError
 
 from .jsonio import read_json, write_json_atomic
 
-__all__ = ["MANIFEST_FILE", "IntegrityError", "file_digest", "write_manifest", "verify_manifest"]
+__all__ = ["MANIFEST_FILE", "IntegrityError", "WRITE_ERRORS", "write_failure", "file_digest", "write_manifest",
+           "verify_manifest"]
 
 MANIFEST_FILE = "manifest.json"
 _CHUNK = 1 << 24  # 16 MiB reads: hashing a 28 GB checkpoint never holds more than this
 
 
+# What a disk that refuses a file raises while such a folder is written: OSError from Python's own
+# writes, and SafetensorError -- not an OSError -- from safetensors' writer (which save_pretrained
+# uses too): on a full 600 MB tmpfs it raised "Error while serializing: I/O error: No space left
+# on device (os error 28)".
+WRITE_ERRORS = (OSError, SafetensorError)
+
+
 class IntegrityError(ValueError):
     """A file of a folder differs from its manifest (or the manifest is missing or unreadable)."""
+
+
+def write_failure(err: Exception) -> str:
+    """Why one of :data:`WRITE_ERRORS` happened, in a few words (the system's message when it has one).
+
+    Example::
+
+        >>> import errno
+        >>> write_failure(OSError(errno.ENOSPC, "No space left on device"))
+        'No space left on device'
+        >>> write_failure(SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"))
+        'No space left on device'
+    """
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = " ".join(str(err).splitlines())
+    found = re.search(r"I/O error: (.*?)(?: \(os error \d+\))?$", text)
+    return found.group(1) if found else text
 
 
 def file_digest(path: str | Path) -> str:

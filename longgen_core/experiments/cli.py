@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..devices import refuse_without_cuda
-from ..train.options import RUN_FAILURES, run_failed
-from ..train.presets import get_preset, is_gpu_scale
+from ..train.options import RUN_FAILURES, refuse_cpu_for_gpu_preset, run_failed
 from . import extension, miniature
 
 __all__ = ["main", "refuse_cpu_for_gpu_plan"]
@@ -48,8 +46,5 @@ def refuse_cpu_for_gpu_plan(args) -> int:
         return 0
     name = args.preset if args.command == "miniature" else args.plan
     plan = (miniature.PLANS if args.command == "miniature" else extension.PLANS)[name]
-    if not (is_gpu_scale(plan.preset) or args.device == "cuda"):
-        return 0
-    preset = get_preset(plan.preset, **plan.train)
-    work = f"train and score the {name} plan ({preset.seq_len:,}-token sequences, {preset.steps} steps an arm)"
-    return refuse_without_cuda(f"experiments {args.command}", work, args.device)
+    return refuse_cpu_for_gpu_preset(f"experiments {args.command}", f"train and score the {name} plan", plan.preset,
+                                     dict(plan.train), args.device, each=" an arm")

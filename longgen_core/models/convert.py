@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from . import attention as hf_attention
-from ..manifest import MANIFEST_FILE, verify_manifest, write_manifest
+from ..manifest import MANIFEST_FILE, WRITE_ERRORS, verify_manifest, write_manifest
 from ..patterns import Pattern, default_full_layers, sink_window
 from .cache import evict_by_default
 from .rope import rebuild_rotary
@@ -235,7 +235,7 @@ def save_longgen(model, path, tokenizer=None, state_dict: dict | None = None) ->
     returns the folder. Training writes its ``final/`` with it.
 
     The files go into ``<path>.tmp`` -- ``manifest.json`` last -- which is then renamed to ``path``:
-    a crash or a full disk (OSError, the partial folder removed) never leaves a half-written model
+    a crash or a full disk (OSError or SafetensorError, the partial folder removed) never leaves a half-written model
     there. An existing ``path`` is replaced only when it is empty or holds a manifest (a model saved
     here before); a folder holding anything else raises ValueError and is left as it was.
 
@@ -258,7 +258,7 @@ def save_longgen(model, path, tokenizer=None, state_dict: dict | None = None) ->
         write_manifest(tmp)  # last: marks the folder complete
         shutil.rmtree(target, ignore_errors=True)  # a directory cannot be renamed over a non-empty one
         tmp.replace(target)
-    except OSError:
+    except WRITE_ERRORS:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk stays full until the partial folder goes
         raise
     return target

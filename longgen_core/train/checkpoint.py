@@ -46,9 +46,9 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from ..jsonio import read_json, write_json_atomic
-from ..manifest import MANIFEST_FILE, IntegrityError, verify_manifest, write_manifest
+from ..manifest import MANIFEST_FILE, WRITE_ERRORS, IntegrityError, verify_manifest, write_failure, write_manifest
 
-__all__ = ["STATE_FILE", "CheckpointWriteError", "checkpoint_name", "list_checkpoints", "latest_checkpoint",
+__all__ = ["STATE_FILE", "CheckpointWriteError", "refuse_sharded", "checkpoint_name", "list_checkpoints", "latest_checkpoint",
            "resume_point", "remove_stale", "save_checkpoint", "load_checkpoint"]
 
 STATE_FILE = "trainer_state.json"
@@ -177,6 +177,18 @@ def _write_parts(accelerator, tmp: Path, step: int, state: dict, model, optimize
         write_json_atomic(tmp / STATE_FILE, {"step": step, **state})
 
 
+def refuse_sharded(accelerator) -> None:
+    """Raise ValueError when accelerate shards the optimizer state (FSDP, DeepSpeed, Megatron-LM):
+    these checkpoints hold one full copy of it, written by the main process. :func:`train` calls it
+    before loading anything when the run will checkpoint, so that it fails at once, not at the first
+    save hours later."""
+    engine = accelerator.distributed_type.value
+    if engine in _SHARDED:
+        raise ValueError(f"checkpoints under {engine} are not supported (its optimizer state is sharded; "
+                         "longgen_core checkpoints hold one full copy): train with DDP or one process, or "
+                         "without checkpoints (--no-checkpoints; only final/ is written, and nothing resumes)")
+
+
 def save_checkpoint(accelerator, root: str | Path, step: int, state: dict, model, optimizer, scheduler,
                     keep: int = 2) -> Path:
     """Save ``model`` (as prepared), ``optimizer``, ``scheduler``, the RNG states and ``state`` as
@@ -187,9 +199,7 @@ def save_checkpoint(accelerator, root: str | Path, step: int, state: dict, model
     """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    if accelerator.distributed_type.value in _SHARDED:
-        raise NotImplementedError(f"checkpoints under {accelerator.distributed_type.value} are not supported "
-                                  "(its optimizer state is sharded); train with DDP or one process")
+    refuse_sharded(accelerator)
     root = Path(root)
     final, tmp = root / checkpoint_name(step), root / (_TMP + checkpoint_name(step))
     try:
@@ -207,11 +217,11 @@ def save_checkpoint(accelerator, root: str | Path, step: int, state: dict, model
             os.replace(tmp, final)
             for old in list_checkpoints(root)[:-keep]:
                 shutil.rmtree(old, ignore_errors=True)
-    except OSError as err:
+    except WRITE_ERRORS as err:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk stays full until the partial folder goes
         previous = latest_checkpoint(root)
         raise CheckpointWriteError(
-            f"checkpoint {checkpoint_name(step)} could not be written to {root}: {err.strerror or err}; "
+            f"checkpoint {checkpoint_name(step)} could not be written to {root}: {write_failure(err)}; "
             f"the last good checkpoint is {previous.name if previous else 'none'}") from err
     accelerator.wait_for_everyone()
     return final
@@ -228,6 +238,7 @@ def load_checkpoint(accelerator, path: str | Path, model, optimizer, scheduler) 
     """Restore ``model``, ``optimizer``, ``scheduler`` and this process's RNG states from the
     checkpoint at ``path`` (verified against its manifest first); return its trainer state."""
     path = Path(path)
+    refuse_sharded(accelerator)
     _check_files(path)
     verify_manifest(path)
     rank = accelerator.process_index

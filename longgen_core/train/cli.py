@@ -22,10 +22,7 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["measure"]:
-        try:
-            return measure_main(argv[1:])
-        except RUN_FAILURES as err:
-            return run_failed("python -m longgen_core.train measure", err)
+        return measure_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m longgen_core.train",
                                      description="Long-context finetuning on accelerate (LongGen hybrid or full attention)",
                                      epilog="`python -m longgen_core.train measure --help`: the "
@@ -34,15 +31,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention", choices=ATTENTIONS, default="hybrid")
     parser.add_argument("--run-dir", type=Path, help="output folder (default runs/<preset>-<attention>)")
     parser.add_argument("--no-resume", action="store_true", help="start over instead of resuming run-dir")
+    parser.add_argument("--no-checkpoints", action="store_true",
+                        help="write no checkpoints (only final/; nothing to resume): what FSDP and DeepSpeed "
+                             "need, whose sharded optimizer state the checkpoints cannot hold")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     overrides = checked_overrides(parser, args)  # a bad --set or --model stops here, not mid-run
-    refused = refuse_cpu_for_gpu_preset(args, "train")
+    refused = refuse_cpu_for_gpu_preset("train", f"train preset {args.preset}", args.preset, overrides, args.device)
     if refused:
         return refused
     try:
         result = train(args.preset, args.attention, args.run_dir, resume=not args.no_resume,
-                       progress=not args.no_progress, **overrides)
+                       checkpoints=not args.no_checkpoints, progress=not args.no_progress, **overrides)
     except RUN_FAILURES as err:
         return run_failed(parser.prog, err)
     except ValueError as err:

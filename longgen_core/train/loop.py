@@ -77,12 +77,13 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ..bench.results import software_versions
 from ..data.stream import Prefetcher, TrainingStream
 from ..jsonio import read_json, write_json_atomic
+from ..manifest import WRITE_ERRORS, write_failure
 from ..models.base import load_model, setup_smollm2, smollm2_dir
 from ..models.convert import layer_map, save_longgen, to_longgen
 from ..models.fused import fuse_rms_norms
 from ..models.rope import rope_theta_of, set_rope
-from .checkpoint import (CheckpointWriteError, latest_checkpoint, load_checkpoint, remove_stale, resume_point,
-                         save_checkpoint)
+from .checkpoint import (CheckpointWriteError, latest_checkpoint, load_checkpoint, refuse_sharded, remove_stale,
+                         resume_point, save_checkpoint)
 from .loss import CausalLMLoss
 from .presets import DEFAULT_PRESET, PRESETS, Preset, base_config, get_preset
 
@@ -338,7 +339,7 @@ def train(preset: str | Preset = DEFAULT_PRESET, attention: str = "hybrid", run_
     if attention not in ATTENTIONS:
         raise ValueError(f"attention must be one of {ATTENTIONS}, got {attention!r}")
     run_dir = Path(run_dir) if run_dir is not None else RUNS_DIR / f"{preset.name}-{attention}"
-    run = _setup(preset, attention, run_dir, resume)
+    run = _setup(preset, attention, run_dir, resume, checkpoints)
     start = run.step
     end = preset.steps if stop_after is None else min(preset.steps, stop_after)
     bar = tqdm(total=preset.steps, initial=start, desc=f"{preset.name} {attention}", unit="step",
@@ -424,10 +425,12 @@ class StepRecord:
     began: float
 
 
-def _setup(preset: Preset, attention: str, run_dir: Path, resume: bool) -> _Run:
+def _setup(preset: Preset, attention: str, run_dir: Path, resume: bool, checkpoints: bool) -> _Run:
     """Accelerator, data, model, optimizer and the run folder; on ``resume`` the newest checkpoint
     restored into them (its step, tokens and time in the returned :class:`_Run`)."""
     accelerator = _accelerator(preset)
+    if checkpoints:
+        refuse_sharded(accelerator)
     set_seed(preset.seed)
     # Data first: a bad corpus fails before the model is loaded.
     tokenizer = load_tokenizer(preset)
@@ -606,10 +609,10 @@ def _save_final(accelerator, wrapped, model, tokenizer, target: Path) -> None:
     if accelerator.is_main_process:
         try:
             save_longgen(model, target, tokenizer, state_dict={k[len("lm."):]: v for k, v in state.items()})
-        except OSError as err:
+        except WRITE_ERRORS as err:
             last = latest_checkpoint(target.parent / CKPT_DIR)
             raise CheckpointWriteError(
-                f"the final model could not be written to {target}: {err.strerror or err}; the last good "
+                f"the final model could not be written to {target}: {write_failure(err)}; the last good "
                 f"checkpoint is {last.name if last else 'none'} (run again to resume and write it)") from err
     accelerator.wait_for_everyone()
 

@@ -99,17 +99,25 @@ def checked_overrides(parser: argparse.ArgumentParser, args) -> dict:
     return overrides
 
 
-def refuse_cpu_for_gpu_preset(args, command: str, what: str = "train") -> int:
-    """Exit code 2 (with one line on stderr) when ``args.preset`` is GPU-scale, or ``--device cuda``
-    was asked for, and no CUDA GPU is visible; ``0`` to go on. ``--device cpu`` lets it start.
+def refuse_cpu_for_gpu_preset(command: str, work: str, preset: str, overrides: dict, device: str | None,
+                              each: str = "") -> int:
+    """Exit code 2 (with one line on stderr) when ``preset`` is GPU-scale, or ``device`` is
+    ``"cuda"``, and no CUDA GPU is visible; ``0`` to go on. ``--device cpu`` lets it start.
 
-    Example: ``refused = refuse_cpu_for_gpu_preset(args, "train measure", "train twice (full, hybrid)")``.
+    ``work`` completes "refusing to ..."; the preset's sequence length and steps (``each``: e.g.
+    ``" an arm"``) follow it. Every command that trains calls it before any work: ``train``,
+    ``train measure`` and both ``experiments``.
+
+    Example: ``refuse_cpu_for_gpu_preset("train", "train preset gpu-small", "gpu-small", {}, None)`` on
+    a laptop prints "train: no CUDA GPU is visible; refusing to train preset gpu-small (32,768-token
+    sequences, 100 steps) on the CPU (hours at this scale); pass --device cpu to run it there anyway"
+    and returns 2.
     """
-    if not (is_gpu_scale(args.preset) or args.device == "cuda"):
+    if not (is_gpu_scale(preset) or device == "cuda"):
         return 0
-    preset = get_preset(args.preset, **preset_overrides(args))
-    return refuse_without_cuda(command, f"{what} preset {preset.name} ({preset.seq_len:,}-token sequences, "
-                                        f"{preset.steps} steps)", args.device)
+    chosen = get_preset(preset, **overrides)
+    return refuse_without_cuda(command, f"{work} ({chosen.seq_len:,}-token sequences, {chosen.steps} steps{each})",
+                               device)
 
 
 def run_failed(prog: str, err: Exception) -> int:
