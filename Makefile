@@ -1,5 +1,7 @@
 # The README's commands. Thin wrappers: the logic lives in longgen_core.
-#   make demo   set up (if needed), then execute every notebook at the default CPU preset
+#   make demo   set up (if needed), then execute every notebook at the default CPU preset into
+#               runs/demo/ (executed copies, logs, figures; git-ignored: the checkout stays clean)
+#   make refresh  the same, into the committed notebooks and figures/ (maintainers, before a commit)
 #   make test   set up (if needed), then run the unit tests and the notebook tests
 # A virtualenv is created in .venv unless one is already active.
 
@@ -13,7 +15,7 @@ STAMP := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),$(VENV))/.longgen-installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 PRESET ?= cpu-tiny
 
-.PHONY: setup demo notebooks test test-unit test-notebooks test-browser
+.PHONY: setup demo refresh notebooks test test-unit test-notebooks test-browser
 
 setup: $(STAMP)
 
@@ -26,6 +28,9 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 demo: setup
+	$(PYTHON) -m longgen_core.runner --out runs/demo
+
+refresh: setup
 	$(PYTHON) -m longgen_core.runner --in-place
 
 # Batch run for GPU nodes: make notebooks PRESET=gpu-small OUT=runs/

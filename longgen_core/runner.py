@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from .cli_values import parse_value  # the -p VALUE rule (tests use runner.parse_value)
 
+FIGURE_DIR_ENV = "LONGGEN_FIGURE_DIR"  # where plots.save_figure writes (default: figures/)
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 
 
@@ -73,9 +75,21 @@ def run_notebooks(notebooks: list[Path], out: Path | None, preset: str | None = 
                   overrides: dict | None = None, timeout: int | None = None) -> list[dict]:
     """Execute ``notebooks`` in order; stop at the first failure. Returns the summary rows.
 
-    ``out=None`` executes in place (the committed copies); otherwise into ``out/``, with a log
-    per notebook.
+    ``out=None`` executes in place (the committed copies, figures into ``figures/``); otherwise
+    into ``out/``, with a log per notebook and the figures the notebooks save in ``out/figures``
+    (unless ``$LONGGEN_FIGURE_DIR`` says where), so a run leaves the checkout as it was.
     """
+    redirect = out is not None and not os.environ.get(FIGURE_DIR_ENV)
+    if redirect:  # absolute: the kernels run in the notebooks' folder and inherit this environment
+        os.environ[FIGURE_DIR_ENV] = str((out / "figures").resolve())
+    try:
+        return _run_each(notebooks, out, preset, overrides, timeout)
+    finally:
+        if redirect:
+            del os.environ[FIGURE_DIR_ENV]
+
+
+def _run_each(notebooks, out, preset, overrides, timeout) -> list[dict]:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 

@@ -1,6 +1,7 @@
 """The papermill batch runner: parameters it passes, stop at first failure, summary table."""
 
 import json
+import os
 
 import nbformat
 import pytest
@@ -40,6 +41,20 @@ def test_runs_in_order_stops_at_first_failure_and_writes_summary(tmp_path, capsy
     assert "boom in cell" in capsys.readouterr().err
     assert json.loads((out / "summary.json").read_text()) == rows
     assert "| 02_fails.ipynb | gpu-small | failed |" in (out / "summary.md").read_text()
+
+
+def test_a_run_into_a_folder_saves_the_figures_there_not_in_figures(tmp_path, monkeypatch):
+    monkeypatch.delenv("LONGGEN_FIGURE_DIR", raising=False)  # conftest points every test at runs/
+    src, out = tmp_path / "nbs", tmp_path / "runs"
+    src.mkdir()
+    nb = make_notebook(src / "01_fig.ipynb", [
+        "import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as plt\n"
+        "from longgen_core.plots import save_figure\nprint(save_figure(plt.figure(), 'zz_runner_probe'))"])
+    rows = runner.run_notebooks([nb], out)
+    assert rows[0]["status"] == "ok"
+    assert (out / "figures" / "zz_runner_probe.png").is_file()
+    assert not (runner.NOTEBOOKS_DIR.parent / "figures" / "zz_runner_probe.png").exists()
+    assert "LONGGEN_FIGURE_DIR" not in os.environ  # restored after the run
 
 
 def test_cli_needs_exactly_one_destination(tmp_path):
