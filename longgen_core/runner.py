@@ -109,6 +109,8 @@ def _run_each(notebooks, out, preset, overrides, timeout) -> list[dict]:
         except PapermillExecutionError as exc:
             status = "failed"
             error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n" + "\n".join(exc.traceback)
+        if out is None:
+            _drop_machine_paths(nb)
         rows.append({"notebook": nb.name, "preset": preset or "default", "status": status,
                      "wall_s": round(time.perf_counter() - start, 1)})
         if error is not None:
@@ -118,6 +120,19 @@ def _run_each(notebooks, out, preset, overrides, timeout) -> list[dict]:
         write_summary(rows, out)
     print(summary_table(rows))
     return rows
+
+
+def _drop_machine_paths(path: Path) -> None:
+    """Papermill records the absolute input and output paths in the notebook's metadata; a
+    committed copy (an in-place run) keeps them relative to the repository instead."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    record = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        if record.get(key):
+            record[key] = f"notebooks/{path.name}"
+    nbformat.write(nb, path)
 
 
 def summary_table(rows: list[dict]) -> str:

@@ -57,6 +57,14 @@ def test_a_run_into_a_folder_saves_the_figures_there_not_in_figures(tmp_path, mo
     assert "LONGGEN_FIGURE_DIR" not in os.environ  # restored after the run
 
 
+def test_an_in_place_run_keeps_no_machine_path_in_the_metadata(tmp_path):
+    nb = make_notebook(tmp_path / "01_here.ipynb", ["print(STEPS)"])
+    assert runner.run_notebooks([nb], None)[0]["status"] == "ok"
+    record = nbformat.read(nb, 4).metadata["papermill"]
+    assert record["input_path"] == record["output_path"] == "notebooks/01_here.ipynb"
+    assert str(tmp_path) not in nb.read_text()
+
+
 def test_cli_needs_exactly_one_destination(tmp_path):
     with pytest.raises(SystemExit):
         runner.main(["--in-place", "--out", str(tmp_path)])

@@ -71,7 +71,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
-from tqdm import tqdm
+from tqdm.auto import tqdm  # one widget bar in a notebook, a text bar in a terminal
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..bench.results import software_versions
@@ -508,7 +508,9 @@ def _claim_run_dir(run_dir: Path, fresh: bool) -> None:
         aside = run_dir.with_name(run_dir.name + ".previous")
         shutil.rmtree(aside, ignore_errors=True)  # one earlier run is kept, not every one
         run_dir.rename(aside)
-        print(f"[train] starting over: the earlier run in {run_dir} was moved to {aside}", flush=True)
+        # names only: the folder's full path is the caller's, and would land in notebooks' outputs
+        print(f"[train] starting over: the earlier run in {run_dir.name}/ was moved beside it to {aside.name}/",
+              flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / RUN_MARKER).write_text("a longgen_core training run: config.json, log.jsonl, checkpoints/, final/\n")
 
