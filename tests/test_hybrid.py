@@ -341,7 +341,7 @@ def test_kernel_routing_hands_the_ops_contract_tensors(monkeypatch):
     hybrid = to_longgen(tiny_llama(), pattern=sink_window(SINK, WINDOW))
     prompt = random_ids(30, seed=9)
     expected, _ = generate_with_cache(hybrid, prompt, 30, eos_token_id=None)
-    monkeypatch.setattr(hf_attention, "_kernel_ops", lambda backend, query, reindex: FakeOps)
+    monkeypatch.setattr(hf_attention, "kernel_ops", lambda backend, query, reindex: FakeOps)
     got, _ = generate_with_cache(hybrid, prompt, 30, eos_token_id=None)
     assert torch.equal(got, expected)
     assert calls == {"prefill": 4, "decode": 4 * 29}  # 4 sparse layers, 1 prefill + 29 decode steps
@@ -363,6 +363,6 @@ def test_real_triton_kernels_generate_the_same_tokens(monkeypatch):
     hybrid = to_longgen(tiny_llama(), pattern=sink_window(2, 16))
     prompt = random_ids(24)
     expected, _ = generate_with_cache(hybrid, prompt, 12, eos_token_id=None)
-    monkeypatch.setattr(hf_attention, "_kernel_ops", lambda backend, query, reindex: ops)
+    monkeypatch.setattr(hf_attention, "kernel_ops", lambda backend, query, reindex: ops)
     got, _ = generate_with_cache(hybrid, prompt, 12, eos_token_id=None)
     assert torch.equal(got, expected)

@@ -244,7 +244,7 @@ def test_bf16_autocast_reaches_the_sparse_attention_in_bf16(monkeypatch):
         seen.append(query.dtype)
         return None  # keep the SDPA path on the CPU
 
-    monkeypatch.setattr(hf_attention, "_kernel_ops", spy)
+    monkeypatch.setattr(hf_attention, "kernel_ops", spy)
     model, _ = tr.build_model(tr.get_preset("cpu-tiny", **MICRO), "hybrid")
     loss = CausalLMLoss(model, 32)
     ids = torch.randint(0, 49152, (1, 64), generator=torch.Generator().manual_seed(0))

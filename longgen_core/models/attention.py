@@ -47,13 +47,12 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
 from ..kernels.reference import reference_attention
-from .cache import EvictingLayer
-from .static import StaticLayer
 from ..patterns import Pattern
 
 __all__ = ["ATTN_IMPLEMENTATIONS", "CACHE_KWARG", "POSITIONS_KWARG", "PATTERN_ATTR", "REINDEX_ATTR",
            "register", "install_cache_hooks", "attention_modules", "slot_attention", "rotate",
-           "rope_inv_freq", "check_position_ids", "ForwardPositions", "longgen_attention_forward"]
+           "rope_inv_freq", "check_position_ids", "ForwardPositions", "longgen_attention_forward", "kernel_ops",
+           "SLOT_LAYER_ATTR"]
 
 ATTN_IMPLEMENTATIONS = {"auto": "longgen", "sdpa": "longgen_sdpa", "reference": "longgen_reference"}
 CACHE_KWARG = "longgen_cache"
@@ -61,7 +60,13 @@ POSITIONS_KWARG = "longgen_positions"
 PATTERN_ATTR = "longgen_pattern"  # on each attention module: its layer's Pattern
 REINDEX_ATTR = "longgen_reindex"  # on each attention module: StreamingLLM re-indexing of its sinks
 _HOOKED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
-SLOT_LAYERS = (EvictingLayer, StaticLayer)  # cache layers that say which positions their slots hold
+# Cache layers that say which positions their slots hold (cache.EvictingLayer, static.StaticLayer)
+# carry this class attribute; read by name so that this module imports neither of theirs.
+SLOT_LAYER_ATTR = "holds_slots"
+
+
+def _holds_slots(layer) -> bool:
+    return getattr(layer, SLOT_LAYER_ATTR, False)
 
 
 # ---------------------------------------------------------------------- positions
@@ -108,11 +113,11 @@ def _positions(module, query, key, kwargs):
     cache = kwargs[CACHE_KWARG]
     layer = cache.layers[module.layer_idx] if cache is not None and hasattr(cache, "layers") else None
     pos_ids = kwargs.get("position_ids")
-    if layer is not None and not isinstance(layer, SLOT_LAYERS) and layer.get_seq_length() != n_k:
+    if layer is not None and not _holds_slots(layer) and layer.get_seq_length() != n_k:
         raise ValueError(f"LongGen attention works with LongGenCache or a cache that keeps every token "
                          f"(DynamicCache); {type(layer).__name__} holds {n_k} keys after "
                          f"{layer.get_seq_length()} tokens")
-    if isinstance(layer, SLOT_LAYERS):
+    if _holds_slots(layer):
         q_pos, k_pos, contiguous = layer.query_positions, layer.returned_positions, layer.contiguous
     elif n_q == n_k:
         q_pos = pos_ids[0].to(device) if pos_ids is not None else torch.arange(n_k, device=device)
@@ -125,7 +130,7 @@ def _positions(module, query, key, kwargs):
         # the cache. The check synchronises with the GPU, so it runs once per model forward; called
         # without the model's hook (a submodule run on its own), every layer checks.
         start = (kwargs.get(POSITIONS_KWARG) or ForwardPositions()).start_of(pos_ids, n_q)
-        expected = (layer.seen - n_q if isinstance(layer, SLOT_LAYERS) else
+        expected = (layer.seen - n_q if _holds_slots(layer) else
                     n_k - n_q if n_q != n_k else None)
         if expected is not None and start != expected:
             raise ValueError(f"position_ids start at {start} but the cache holds {expected} earlier tokens: "
@@ -207,7 +212,7 @@ def _full_attention(query, key, value, scale):
                                           enable_gqa=group > 1 and query.shape[2] == 1)
 
 
-def _kernel_ops(backend: str, query: torch.Tensor, reindex: bool):
+def kernel_ops(backend: str, query: torch.Tensor, reindex: bool):
     """``longgen_core.kernels.api`` when its Triton kernels should run, else ``None``.
 
     Only for backend "auto", CUDA, original positions and a dtype / head_dim the kernels support;
@@ -255,7 +260,7 @@ def _forward(backend: str, module, query, key, value, attention_mask, scaling=No
         # Plain causal attention over the whole prefix: let SDPA pick its fastest kernel.
         out = _full_attention(query, key, value, scaling)
     else:
-        ops = _kernel_ops(backend, query, reindex)
+        ops = kernel_ops(backend, query, reindex)
         if ops is not None and pattern.kind != "full" and contiguous and n_q == n_k:
             out = ops.sparse_attention(query, key, value, pattern, scale=scaling)
         elif ops is not None and n_q == 1:  # slots in any order (full layers too: a static cache)

@@ -81,6 +81,7 @@ class EvictingLayer(DynamicLayer):
     """
 
     is_croppable = False
+    holds_slots = True  # the attention functions read the slot positions (attention.SLOT_LAYER_ATTR)
     grow = 1024  # tokens of room a full layer's buffer gains when it must grow while decoding
 
     def __init__(self, pattern: Pattern | None = None, num_heads: int = 1):

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .attention import PATTERN_ATTR, REINDEX_ATTR, _kernel_ops, slot_attention
+from .attention import PATTERN_ATTR, REINDEX_ATTR, kernel_ops, slot_attention
 
 __all__ = ["DecodeStep", "unsupported", "rms_norm", "rope_store"]
 
@@ -197,7 +197,7 @@ class DecodeStep:
                        for i, layer in enumerate(decoder.layers)]
         # the attention function's own choice of kernels (CUDA, half precision, a supported head size),
         # asked with an empty query of the cache's dtype, device and head size
-        self.ops = _kernel_ops("auto", cache.layers[0].keys[:0, :0, :0], reindex=False)
+        self.ops = kernel_ops("auto", cache.layers[0].keys[:0, :0, :0], reindex=False)
         self.cuda = model.device.type == "cuda"
 
     def _residual(self, residual: torch.Tensor, x: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:

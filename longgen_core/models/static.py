@@ -71,6 +71,7 @@ class StaticLayer(DynamicLayer):
     """
 
     is_croppable = False
+    holds_slots = True  # the attention functions read the slot positions (attention.SLOT_LAYER_ATTR)
 
     def __init__(self, pattern: Pattern, clock: "StaticLongGenCache"):
         super().__init__()
