@@ -157,11 +157,13 @@ def rope_inv_freq(config, head_dim: int, device=None) -> torch.Tensor:
     return inv.to(device=device, dtype=torch.float32)
 
 
-def rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ``(B, H, N, D)`` by ``delta`` ``(N,)`` positions (Hugging Face's half-split RoPE)."""
+def rotate(x: torch.Tensor, delta: torch.Tensor, inv_freq: torch.Tensor, scaling: float = 1.0) -> torch.Tensor:
+    """Rotate ``x`` ``(B, H, N, D)`` by ``delta`` ``(N,)`` positions (Hugging Face's half-split RoPE,
+    its arithmetic too: cos and sin, times the rotary module's ``attention_scaling``, rounded to
+    ``x``'s dtype)."""
     angles = delta.to(torch.float32).view(-1, 1) * inv_freq.view(1, -1)  # (N, D/2)
     emb = torch.cat([angles, angles], dim=-1)
-    cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+    cos, sin = (emb.cos() * scaling).to(x.dtype), (emb.sin() * scaling).to(x.dtype)
     half = x.shape[-1] // 2
     rotated_half = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated_half * sin

@@ -37,12 +37,10 @@ from ..manifest import MANIFEST_FILE, WRITE_ERRORS, verify_manifest, write_manif
 from ..patterns import Pattern, default_full_layers, sink_window
 from .cache import evict_by_default
 from .rope import rebuild_rotary
-from .settings import SETTINGS_KEY, check_settings, get_settings, layer_patterns, make_settings
+from .settings import SETTINGS_KEY, SUPPORTED_MODEL_TYPES, check_settings, get_settings, layer_patterns, make_settings
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "convert_config", "to_longgen", "to_posthoc_streaming", "save_longgen",
            "load_longgen", "use_backend", "attach_patterns", "layer_map", "looks_local"]
-
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 def _check_architecture(config) -> None:

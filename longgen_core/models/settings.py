@@ -48,6 +48,7 @@ __all__ = [
     "check_full_layers",
     "check_settings",
     "SETTINGS_KEYS",
+    "SUPPORTED_MODEL_TYPES",
 ]
 
 SETTINGS_KEY = "longgen"
@@ -55,6 +56,8 @@ MODES = ("hybrid", "posthoc")
 POSITION_MODES = ("original", "reindex")
 SETTINGS_KEYS = ("version", "mode", "full_layers", "pattern", "positions")  # exactly these, no others
 _VERSION = 1
+# Llama-family decoders with RoPE: what the conversion accepts (convert) and the fused decode step runs (decode_step)
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
 def get_settings(config) -> dict | None:

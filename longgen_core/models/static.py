@@ -16,7 +16,7 @@ that never move, so on CUDA it is captured once as a graph and replayed:
   token back: no host synchronisation, no shape that changes, no Python branch that depends on
   the step. With ``graphs=True`` (CUDA only) the step is captured once and replayed.
   The step itself is :class:`~longgen_core.models.decode_step.DecodeStep` (the same math as
-  transformers' modules in ~14 kernels per layer instead of ~43) for the Llama-family models it
+  transformers' modules in ~17 kernels per layer instead of ~43) for the Llama-family models it
   supports, else the model's own forward; ``fused_step=False`` picks the latter.
 - :func:`static_generate`: ``model.generate``-compatible greedy output ``(B, n + T)`` (stopping
   at ``eos_token_id``, ``min_new_tokens``, padding finished rows), for a model converted with
@@ -42,6 +42,7 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from ..patterns import Pattern
+from .decode_step import DecodeStep, unsupported
 from .settings import layer_patterns
 
 __all__ = ["CAPACITY_STEP", "StaticLayer", "StaticLongGenCache", "StaticDecoder", "static_generate",
@@ -189,8 +190,6 @@ class StaticDecoder:
     """
 
     def __init__(self, model, batch: int, capacity: int, graphs: bool = False, fused_step: bool = True):
-        from .decode_step import DecodeStep, unsupported  # imports models.attention, which imports this module
-
         device = model.device
         if graphs and device.type != "cuda":
             raise ValueError(f"CUDA graphs need a CUDA model, this one is on {device}: pass graphs=False")
