@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..devices import refuse_without_cuda
+from .baselines import IMPLS
 from .generate import run_cli as run_generate
 from .kernels import run_kernels
 from .model import METRICS
@@ -22,6 +24,10 @@ def _run_model(args) -> int:
 
 def _run_kernels(args) -> int:
     """The ``kernels`` subcommand (:mod:`longgen_core.bench.kernels`): CUDA only."""
+    unknown = sorted(set(args.impls.split(",")) - set(IMPLS))
+    if unknown:
+        print(f"bench kernels: unknown --impls {','.join(unknown)}; choose from {','.join(IMPLS)}", file=sys.stderr)
+        return 2
     refused = refuse_without_cuda("bench kernels", f"time the Triton kernels at N = {args.n}", override=None)
     return refused or run_kernels(args)
 
@@ -43,7 +49,9 @@ def main(argv=None) -> int:
     k.add_argument("--n", default="16384,32768,65536,131072", help="comma-separated sequence lengths")
     k.add_argument("--patterns", default="sink_window,strided", help="from: sink_window,strided")
     k.add_argument("--passes", default="fwd,fwdbwd,decode", help="from: fwd,fwdbwd,decode")
-    k.add_argument("--impls", default="longgen,flex,sdpa_full", help="from: longgen,flex,sdpa_full")
+    k.add_argument("--impls", default=",".join(IMPLS),
+                   help=f"from: {','.join(IMPLS)} (flex_flash and fa4 need flash-attn-4; "
+                   "rows of what cannot run say why)")
     k.add_argument("--heads", type=int, default=32)
     k.add_argument("--kv-heads", type=int, default=32)
     k.add_argument("--head-dim", type=int, default=128)

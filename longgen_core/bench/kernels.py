@@ -5,17 +5,25 @@
     KV bytes, prefill, decode (batch 1 and 8) and a training step; see :mod:`longgen_core.bench.model`.
 
 ``python -m longgen_core.bench kernels --out figures/bench_kernels.json``
-    The sparse attention kernels of :mod:`longgen_core.kernels` against, in the same run, full
-    causal SDPA (flash backend) and FlexAttention with a compiled ``create_block_mask`` of the same
-    pattern. The shape of one Llama-2-7B layer: batch 1, 32 heads, head_dim 128, bf16, N in 16K..128K; decode at
+    The sparse attention kernels of :mod:`longgen_core.kernels` against, in the same run, the
+    baselines of :mod:`.baselines`: FlexAttention with a compiled ``create_block_mask`` of the same
+    pattern on its Triton backend (``flex``) and its FLASH backend (``flex_flash``: FA4's kernels),
+    FlashAttention-4 itself (``fa4``: the window without the sink, the nearest pattern it can run,
+    beside ours on that same window; and full causal), and full causal SDPA (flash backend). The
+    shape of one Llama-2-7B layer: batch 1, 32 heads, head_dim 128, bf16, N in 16K..128K; decode at
     batch 8. Correctness is checked on the device against FlexAttention (and the float64
-    reference at a small size) before anything is timed.
+    reference at a small size) before anything is timed, the baselines included; rows of a
+    baseline that cannot run here (flash-attn-4 missing, a pattern FA4 cannot express) carry
+    ``unavailable`` with the reason.
 
 JSON layout (``figures/bench_kernels.json``)::
 
     {"device", "torch", "triton", "date", "copy_gbps", "matmul_tflops", "check": {...},
-     "rows": [{"impl": "longgen" | "flex" | "sdpa_full", "pattern", "n", "pass": "fwd" | "fwdbwd"
-               | "decode", "ms", "tflops", "gbps", ...}]}
+     "versions": {...}, "rows": [{"impl": "longgen" | "flex" | "flex_flash" | "fa4" | "sdpa_full",
+               "pattern", "n", "pass": "fwd" | "fwdbwd" | "decode", "ms", "tflops", "gbps", ...}]}
+
+FA4 rows on the window it runs in place of sink + window carry ``instead_of`` (the pattern they
+stand in for).
 
 ``tflops`` counts the useful FLOPs of the kept (query, key) pairs
 (:func:`longgen_core.patterns.attention_flops`); decode rows add ``batch``, ``cache``
@@ -30,7 +38,6 @@ alone (no GPU): notebook 02 uses them.
 from __future__ import annotations
 
 import datetime
-import functools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,7 +45,8 @@ from pathlib import Path
 
 from ..jsonio import read_json as load_results  # noqa: F401 -- the names notebooks 02 and 06 import
 from ..jsonio import write_json_atomic as write_results
-from .results import copy_gbps
+from .baselines import fa4, fa4_counterpart, flex, unavailable
+from .results import copy_gbps, software_versions
 
 # torch and triton are imported inside the functions that time things: the table and figure
 # helpers need only the JSON (notebook 02 on a laptop).
@@ -47,7 +55,6 @@ __all__ = ["results_table", "plot_results", "save_plot",
            "kernel_patterns", "median_ms"]
 
 PASSES = ("fwd", "fwdbwd", "decode")
-IMPLS = ("longgen", "flex", "sdpa_full")
 
 
 def _row_key(row):
@@ -56,8 +63,10 @@ def _row_key(row):
 
 def results_table(results: dict, digits: int = 1) -> str:
     """Plain-text table: one line per (pattern, pass, impl[, cache]), one column per N (ms),
-    then the speed-up of longgen over flex and over full SDPA at the largest N. Deterministic for
-    a given JSON (the notebook's text twin of the figure).
+    then the speed-up of longgen at the largest N over each baseline: FlexAttention (both
+    backends) on the same pattern, FA4 on the same pattern or on the window it runs instead of
+    sink + window (named), full SDPA. Deterministic for a given JSON (the notebook's text twin
+    of the figure); rows that could not run are listed with the reason.
 
     Example line: ``sink_window_64_4096  fwd     longgen         1.2    2.3    4.6    9.2``
     """
@@ -65,9 +74,12 @@ def results_table(results: dict, digits: int = 1) -> str:
     ns = sorted({r["n"] for r in rows})
     lines = [f"{'pattern':24s} {'pass':7s} {'impl':16s}" + "".join(f"{n // 1024:>8d}K" for n in ns)]
     groups: dict = {}
+    stand_ins: dict = {}  # (pattern FA4 cannot run, pass) -> (the pattern it ran, {n: ms})
     for r in rows:
         name = r["impl"] + (f"/{r['cache']}" if r.get("cache") and r["impl"] == "longgen" else "")
         groups.setdefault((r["pattern"], r["pass"], name), {})[r["n"]] = r["ms"]
+        if r.get("instead_of"):
+            stand_ins.setdefault((r["instead_of"], r["pass"]), (r["pattern"], {}))[1][r["n"]] = r["ms"]
     for (pattern, pass_, name), by_n in sorted(groups.items()):
         cells = "".join(f"{by_n[n]:9.{digits}f}" if n in by_n else f"{'-':>9s}" for n in ns)
         lines.append(f"{pattern:24s} {pass_:7s} {name:16s}{cells}")
@@ -77,10 +89,19 @@ def results_table(results: dict, digits: int = 1) -> str:
         for (pattern, pass_, name), by_n in sorted(groups.items()):
             if not name.startswith("longgen") or n not in by_n or name.endswith("evicted"):
                 continue
-            for other in ("flex", "sdpa_full"):
-                ref = groups.get((pattern if other == "flex" else "full_causal", pass_, other), {})
+            for other in ("flex", "flex_flash", "fa4", "sdpa_full"):
+                label, ref = other, groups.get((pattern, pass_, other), {})
+                if other == "sdpa_full":
+                    ref = groups.get(("full_causal", pass_, other), {})
+                elif other == "fa4" and not ref and (pattern, pass_) in stand_ins:
+                    ran, ref = stand_ins[(pattern, pass_)]
+                    label = f"fa4 on {ran}"
                 if n in ref:
-                    lines.append(f"  {pattern:24s} {pass_:7s} vs {other:9s} {ref[n] / by_n[n]:6.2f}x")
+                    lines.append(f"  {pattern:24s} {pass_:7s} vs {label:9s} {ref[n] / by_n[n]:6.2f}x")
+    missing = sorted({(r["impl"], r["pattern"], r["unavailable"]) for r in results["rows"] if r.get("unavailable")})
+    if missing:
+        lines.append("not run:")
+        lines += [f"  {impl} {pattern}: {why}" for impl, pattern, why in missing]
     return "\n".join(lines)
 
 
@@ -94,7 +115,8 @@ def plot_results(results: dict):
     fig, axes = plt.subplots(1, len(passes), figsize=(4.2 * len(passes), 3.9), squeeze=False)
     patterns = sorted({r["pattern"] for r in results["rows"]})
     colour = {name: f"C{i}" for i, name in enumerate(patterns)}
-    style = {"longgen": "-o", "flex": "--s", "sdpa_full": ":^", "longgen evicted": "-.D"}
+    style = {"longgen": "-o", "flex": "--s", "flex_flash": "--v", "fa4": ":x", "sdpa_full": ":^",
+             "longgen evicted": "-.D"}
     handles = {}
     for ax, pass_ in zip(axes[0], passes):
         lines: dict = {}
@@ -150,39 +172,6 @@ def median_ms(fn, rep: int = 100) -> float:
     return float(do_bench(fn, warmup=25, rep=rep, return_mode="median"))
 
 
-def _flex(pattern, n_kv: int, n_q: int, heads: int, device):
-    """A compiled FlexAttention callable with the block mask of ``pattern`` (queries at the end)."""
-    import torch
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    off = n_kv - n_q
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return pattern.mask_mod(b, h, q_idx + off, kv_idx)
-
-    block_mask = create_block_mask(mask_mod, B=None, H=heads if pattern.per_head else None,
-                                   Q_LEN=n_q, KV_LEN=n_kv, device=device, _compile=True)
-    compiled = _compiled_flex()
-
-    def run(q, k, v, return_lse=False):
-        return compiled(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1],
-                        return_lse=return_lse)
-
-    return run
-
-
-@functools.cache
-def _compiled_flex():
-    """``torch.compile(flex_attention)``, compiled once per process."""
-    import torch
-    from torch.nn.attention.flex_attention import flex_attention
-
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, 256)
-    return torch.compile(flex_attention)
-
-
 def _tuned(tuned: dict | None, pattern, head_dim: int, dtype):
     """The config a :func:`tune` sweep found for this call (key ``(tile, head_dim, element
     bytes)``), or ``None``: the kernels' own default."""
@@ -226,11 +215,32 @@ def check_on_device(heads: int = 32, head_dim: int = 128, log=print, tuned: dict
         except Exception as e:  # noqa: BLE001
             errs = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
         errs = errs if isinstance(errs, dict) else {"err": errs}
-        ok = all(isinstance(e, float) and e < bound for e in errs.values())
         out[key] = errs
+        if "unavailable" in errs:  # a baseline this machine lacks: said, not failed
+            log(f"check {key}: unavailable ({errs['unavailable']})")
+            return
+        ok = all(isinstance(e, float) and e < bound for e in errs.values())
         out["passed"] &= ok
         log(f"check {key}: {'ok' if ok else 'FAILED'} "
             + " ".join(f"{a}={b:.1e}" if isinstance(b, float) else f"{a}={b}" for a, b in errs.items()))
+
+    def versus(truth, fn, q, k, v, do, dtype):
+        """Relative errors of ``fn`` in ``dtype`` (output, lse, gradients) against ``truth``."""
+        leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        with torch.no_grad():  # the lse apart: FlexAttention's FLASH backward refuses a graph through it
+            _, lse = fn(*leaves, return_lse=True)
+        o = fn(*leaves)
+        g = torch.autograd.grad(o, leaves, do.to(dtype))
+        errs = {"out": _rel(o, truth["o"]), "lse": _rel(lse, truth["lse"])}
+        errs.update({f"d{x}": _rel(a, b) for x, a, b in zip("qkv", g, truth["g"])})
+        return errs
+
+    def flex_truth(pattern, q, k, v, do, truth):
+        """fp32 FlexAttention (Triton backend): output, lse and gradients into ``truth``."""
+        leaves32 = [t.clone().requires_grad_() for t in (q, k, v)]
+        truth["o"], truth["lse"] = flex(pattern, q.shape[2], q.shape[2], heads)(*leaves32, return_lse=True)
+        truth["g"] = torch.autograd.grad(truth["o"], leaves32, do)
+        return {}
 
     torch.manual_seed(0)
     for name, pattern in kernel_patterns(heads).items():
@@ -239,29 +249,43 @@ def check_on_device(heads: int = 32, head_dim: int = 128, log=print, tuned: dict
         k, v = (torch.randn(1, kv_heads, n, head_dim, device="cuda") for _ in range(2))
         do = torch.randn_like(q)
         truth = {}
+        record(f"{name}_flex_fp32", lambda: flex_truth(pattern, q, k, v, do, truth), 1.0)
 
-        def flex_truth():
-            flex = _flex(pattern, n, n, heads, "cuda")
-            leaves32 = [t.clone().requires_grad_() for t in (q, k, v)]
-            truth["o"], truth["lse"] = flex(*leaves32, return_lse=True)  # fp32 FlexAttention
-            truth["g"] = torch.autograd.grad(truth["o"], leaves32, do)
-            return {}
+        def ours(dtype):
+            return lambda q, k, v, return_lse=False: sparse_attention(
+                q, k, v, pattern, return_lse=return_lse, config=_tuned(tuned, pattern, head_dim, dtype))
 
-        record(f"{name}_flex_fp32", flex_truth, 1.0)
-
-        def vs_flex(dtype):
-            leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-            o, lse = sparse_attention(*leaves, pattern, return_lse=True,
-                                      config=_tuned(tuned, pattern, head_dim, dtype))
-            g = torch.autograd.grad(o, leaves, do.to(dtype))
-            errs = {"out": _rel(o, truth["o"]), "lse": _rel(lse, truth["lse"])}
-            errs.update({f"d{x}": _rel(a, b) for x, a, b in zip("qkv", g, truth["g"])})
+        def flex_flash_vs_flex():
+            if unavailable("flex_flash"):
+                return {"unavailable": unavailable("flex_flash")}
+            errs = versus(truth, flex(pattern, n, n, heads, backend="FLASH"), q, k, v, do, torch.bfloat16)
+            # its log-sum-exp is on another scale (0.31 relative to FlexAttention's on an H200,
+            # torch 2.11): nothing here uses it, so it is not compared
+            errs.pop("lse")
             return errs
 
         if "o" in truth:
             for dtype in (torch.bfloat16, torch.float16):
-                record(f"{name}_vs_flex_n{n}_kv{kv_heads}_{str(dtype)[6:]}", lambda d=dtype: vs_flex(d), 2e-2)
+                record(f"{name}_vs_flex_n{n}_kv{kv_heads}_{str(dtype)[6:]}",
+                       lambda d=dtype: versus(truth, ours(d), q, k, v, do, d), 2e-2)
+            record(f"{name}_flex_flash_vs_flex_n{n}_kv{kv_heads}_bfloat16", flex_flash_vs_flex, 2e-2)
         del q, k, v, do, truth
+        counterpart, _ = fa4_counterpart(pattern)
+        if counterpart is not None:  # FA4 itself, on the pattern it can run, past its window
+            n = 2 * counterpart.window_tokens + 77 if counterpart.kind == "sliding_window" else 4096 + 77
+            q = torch.randn(1, heads, n, head_dim, device="cuda")
+            k, v = (torch.randn(1, kv_heads, n, head_dim, device="cuda") for _ in range(2))
+            do = torch.randn_like(q)
+            truth = {}
+
+            def fa4_vs_flex():
+                if unavailable("fa4"):
+                    return {"unavailable": unavailable("fa4")}
+                flex_truth(counterpart, q, k, v, do, truth)
+                return versus(truth, fa4(counterpart), q, k, v, do, torch.bfloat16)
+
+            record(f"fa4_{counterpart.name}_vs_flex_n{n}_kv{kv_heads}_bfloat16", fa4_vs_flex, 2e-2)
+            del q, k, v, do, truth
 
         def vs_reference(dtype, d, n=1000):
             q, k, v = (torch.randn(2, 4, n, d, device="cuda", dtype=torch.float64) for _ in range(3))
@@ -289,6 +313,16 @@ def check_on_device(heads: int = 32, head_dim: int = 128, log=print, tuned: dict
                                   config=_tuned(tuned, pattern, head_dim, dt)),
                     reference_decode(q.double(), kc.double(), vc.double(), p, pattern)),
                     1e-4 if dtype == torch.float32 else 1e-2)
+        if counterpart is not None:  # FA4's decode (its own split heuristic) on the full cache
+
+            def fa4_decode():
+                if unavailable("fa4"):
+                    return {"unavailable": unavailable("fa4")}
+                bf = [t.to(torch.bfloat16) for t in (q, k, v)]
+                return _rel(fa4(counterpart, num_splits=0)(*bf),
+                            reference_decode(*(t.double() for t in bf), pos, counterpart))
+
+            record(f"fa4_{counterpart.name}_decode_full_bfloat16", fa4_decode, 1e-2)
         del q, k, v, caches
         torch.cuda.empty_cache()
     return out
@@ -367,27 +401,53 @@ class _Sweep:
                  + (f" {row['tflops']:6.1f} TFLOP/s" if row["tflops"] else "")
                  + (f" {row['gbps']:7.1f} GB/s" if row["gbps"] else ""))
 
-    def flex(self, pattern, name: str, n_kv: int, n_q: int, what: str):
-        """:func:`_flex` for ``pattern``, or ``None`` (logged) when its block mask cannot be built or
-        the deadline has passed."""
-        if "flex" not in self.impls or time.time() >= self.deadline:
+    def skip(self, impl, pattern_name, n, pass_, why: str, **extra) -> None:
+        """A row for what cannot run here (a missing package, a pattern it cannot express)."""
+        self.rows.append({"impl": impl, "pattern": pattern_name, "n": n, "pass": pass_, "ms": None,
+                          "tflops": None, "gbps": None, "unavailable": why, **extra})
+
+    def wants(self, impl, pattern_name, n, **extra) -> bool:
+        """Is ``impl`` asked for and able to run here? If asked for but not able, its rows say why."""
+        if impl not in self.impls:
+            return False
+        why = unavailable(impl)
+        if why:
+            for pass_ in ["decode"] if extra else [x for x in self.passes if x != "decode"]:
+                self.skip(impl, pattern_name, n, pass_, why, **extra)
+        return not why
+
+    def flex(self, pattern, name: str, n_kv: int, n_q: int, what: str, impl: str = "flex"):
+        """:func:`~.baselines.flex` for ``pattern`` (``impl`` ``"flex"``: its Triton backend,
+        ``"flex_flash"``: FA4's kernels), or ``None`` (logged) when it is not asked for, cannot run
+        here, its block mask cannot be built, or the deadline has passed."""
+        if time.time() >= self.deadline:
+            return None
+        extra = {"cache": "full", "batch": self.decode_batch} if n_q == 1 else {}
+        if not self.wants(impl, pattern.name, n_kv, **extra):
             return None
         try:
-            return _flex(pattern, n_kv, n_q, self.heads, "cuda")
+            return flex(pattern, n_kv, n_q, self.heads, backend="FLASH" if impl == "flex_flash" else "TRITON")
         except Exception as e:  # noqa: BLE001
-            self.log(f"FAILED flex {what} {name} {n_kv}: {e}")
+            self.log(f"FAILED {impl} {what} {name} {n_kv}: {e}")
             return None
+
+
+def _fa4_layout(t):
+    """``t`` ``(B, H, N, D)`` as a view of ``(B, N, H, D)`` memory: FA4's own layout, no copy."""
+    return t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_(t.requires_grad)
 
 
 def _time_attention(sweep: _Sweep, n: int, gen) -> None:
-    """fwd and fwdbwd rows at length ``n``: longgen and FlexAttention per pattern, then full causal
-    SDPA (flash). Batch 1, bf16, ``q`` ``(1, heads, n, head_dim)``, ``k``/``v`` with ``kv_heads``."""
+    """fwd and fwdbwd rows at length ``n``: per pattern longgen and FlexAttention (Triton and
+    FLASH backends), FA4 on the window without the sink (and longgen on that same window), then
+    full causal SDPA (flash) and FA4. Batch 1, bf16, ``q`` ``(1, heads, n, head_dim)``, ``k``/``v``
+    with ``kv_heads``. Rows of what cannot run here say why (``unavailable``)."""
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from ..kernels import sparse_attention  # triton: imported where a kernel runs
-    from ..patterns import attention_flops, full_causal
+    from ..patterns import full_causal
 
     heads, kv_heads, head_dim, dt = sweep.heads, sweep.kv_heads, sweep.head_dim, torch.bfloat16
     q = torch.randn(1, heads, n, head_dim, device="cuda", dtype=dt, generator=gen).requires_grad_()
@@ -395,42 +455,67 @@ def _time_attention(sweep: _Sweep, n: int, gen) -> None:
     v = torch.randn(1, kv_heads, n, head_dim, device="cuda", dtype=dt, generator=gen).requires_grad_()
     do = torch.randn_like(q)
     for name, p in sweep.patterns:
-        flops = {x: attention_flops(p, n, heads, head_dim, pass_=x) for x in ("fwd", "fwdbwd")}
         fns = {}
         if "longgen" in sweep.impls:
             fns["longgen"] = lambda q, k, v, p=p: sparse_attention(q, k, v, p, config=sweep.config(p))
-        flex = sweep.flex(p, name, n, n, "block mask")
-        if flex is not None:
-            fns["flex"] = flex
-        for impl, f in fns.items():
-            if "fwd" in sweep.passes:
-                sweep.time(impl, p.name, n, "fwd", lambda f=f: f(q, k, v), flops["fwd"])
-            if "fwdbwd" in sweep.passes:
-                sweep.time(impl, p.name, n, "fwdbwd",
-                           lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do), flops["fwdbwd"])
+        for impl in ("flex", "flex_flash"):
+            f = sweep.flex(p, name, n, n, "block mask", impl)
+            if f is not None:
+                fns[impl] = f
+        _time_fwd_bwd(sweep, p, n, fns, (q, k, v, do))
+        counterpart, why = fa4_counterpart(p)
+        if "fa4" in sweep.impls and counterpart is None:
+            for pass_ in set(sweep.passes) - {"decode"}:
+                sweep.skip("fa4", p.name, n, pass_, why)
+        elif counterpart is not None and counterpart.name != p.name and sweep.wants("fa4", counterpart.name, n):
+            # FA4 runs the window without the sink; ours on that same pattern, for a like-for-like row
+            fns = {"fa4": fa4(counterpart)}
+            if "longgen" in sweep.impls:
+                fns["longgen"] = lambda q, k, v: sparse_attention(q, k, v, counterpart,
+                                                                  config=sweep.config(counterpart))
+            _time_fwd_bwd(sweep, counterpart, n, fns, (q, k, v, do), instead_of=p.name)
+    fc = full_causal()
     if "sdpa_full" in sweep.impls:
-        fc = full_causal()
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-            sdpa = lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
-            if "fwd" in sweep.passes:
-                sweep.time("sdpa_full", fc.name, n, "fwd", sdpa, attention_flops(fc, n, heads, head_dim))
-            if "fwdbwd" in sweep.passes:
-                sweep.time("sdpa_full", fc.name, n, "fwdbwd", lambda: torch.autograd.grad(sdpa(), (q, k, v), do),
-                           attention_flops(fc, n, heads, head_dim, pass_="fwdbwd"))
+            sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+            _time_fwd_bwd(sweep, fc, n, {"sdpa_full": sdpa}, (q, k, v, do))
+    if sweep.wants("fa4", fc.name, n):
+        _time_fwd_bwd(sweep, fc, n, {"fa4": fa4(fc)}, (q, k, v, do))
     del q, k, v, do
     torch.cuda.empty_cache()
 
 
+def _time_fwd_bwd(sweep: _Sweep, pattern, n: int, fns: dict, tensors, instead_of: str = "") -> None:
+    """fwd and fwdbwd rows of each ``{impl: f(q, k, v)}`` on ``pattern``; FA4 gets its own
+    layout (:func:`_fa4_layout`) of the same values, so no transpose is timed. ``instead_of``:
+    the pattern FA4's rows stand in for (sink + window), recorded in those rows."""
+    import torch
+
+    from ..patterns import attention_flops
+
+    flops = {x: attention_flops(pattern, n, sweep.heads, sweep.head_dim, pass_=x) for x in ("fwd", "fwdbwd")}
+    for impl, f in fns.items():
+        q, k, v, do = [_fa4_layout(t) for t in tensors] if impl == "fa4" else tensors
+        extra = {"instead_of": instead_of} if impl == "fa4" and instead_of else {}
+        if "fwd" in sweep.passes:
+            sweep.time(impl, pattern.name, n, "fwd", lambda f=f, q=q, k=k, v=v: f(q, k, v), flops["fwd"], **extra)
+        if "fwdbwd" in sweep.passes:
+            sweep.time(impl, pattern.name, n, "fwdbwd", lambda f=f, q=q, k=k, v=v, do=do:
+                       torch.autograd.grad(f(q, k, v), (q, k, v), do), flops["fwdbwd"], **extra)
+
+
 def _time_decode(sweep: _Sweep, n: int, gen) -> None:
     """decode rows at context ``n``: one query per sequence at batch ``decode_batch`` on a full
-    cache of ``n`` positions (longgen skips the dropped chunks; flex; full SDPA) and, for
-    sink + window, longgen on the evicted cache the hybrid keeps."""
+    cache of ``n`` positions (longgen skips the dropped chunks; FlexAttention on both backends;
+    FA4 on the window without the sink; full SDPA and full FA4) and, for sink + window, longgen
+    on the evicted cache the hybrid keeps."""
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from ..kernels import sparse_decode  # triton: imported where a kernel runs
     from ..kernels.api import DecodePlan
+    from ..patterns import full_causal
 
     heads, kv_heads, head_dim, b, dt = sweep.heads, sweep.kv_heads, sweep.head_dim, sweep.decode_batch, torch.bfloat16
     qd = torch.randn(b, heads, 1, head_dim, device="cuda", dtype=dt, generator=gen)
@@ -444,23 +529,45 @@ def _time_decode(sweep: _Sweep, n: int, gen) -> None:
             # the cache does not change between calls: its visible-chunk plan is built once
             sweep.time("longgen", p.name, n, "decode", lambda p=p, plan=DecodePlan(): sparse_decode(
                 qd, kd, vd, pos, p, config=sweep.config(p), plan=plan), flops, nbytes, cache="full", batch=b)
-            if p.kind == "sink_window":
+            if p.kind == "sink_window":  # with the query's position, as the evicting cache calls it
                 kc, vc, pc = _evicted_cache(kd, vd, p, n)
+                qpos = torch.tensor([n - 1], device="cuda")
                 sweep.time("longgen", p.name, n, "decode", lambda p=p, kc=kc, vc=vc, pc=pc:
-                           sparse_decode(qd, kc, vc, pc, p, config=sweep.config(p)), flops, nbytes, cache="evicted",
-                           batch=b)
+                           sparse_decode(qd, kc, vc, pc, p, q_positions=qpos, config=sweep.config(p)), flops, nbytes,
+                           cache="evicted", batch=b)
                 del kc, vc
-        flex = sweep.flex(p, name, n, 1, "decode")
-        if flex is not None:
-            sweep.time("flex", p.name, n, "decode", lambda f=flex: f(qd, kd, vd), flops, nbytes, cache="full", batch=b)
+        for impl in ("flex", "flex_flash"):
+            f = sweep.flex(p, name, n, 1, "decode", impl)
+            if f is not None:
+                sweep.time(impl, p.name, n, "decode", lambda f=f: f(qd, kd, vd), flops, nbytes, cache="full",
+                           batch=b)
+        counterpart, why = fa4_counterpart(p)
+        if "fa4" in sweep.impls and counterpart is None:
+            sweep.skip("fa4", p.name, n, "decode", why, cache="full", batch=b)
+        elif counterpart is not None and sweep.wants("fa4", counterpart.name, n, cache="full", batch=b):
+            _time_fa4_decode(sweep, counterpart, n, (qd, kd, vd), instead_of=p.name)
+    full_bytes = 2 * b * kv_heads * n * head_dim * 2
     if "sdpa_full" in sweep.impls:
-        full_bytes = 2 * b * kv_heads * n * head_dim * 2
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]):
             sweep.time("sdpa_full", "full_causal", n, "decode",
                        lambda: F.scaled_dot_product_attention(qd, kd, vd, enable_gqa=kv_heads != heads),
                        4.0 * b * heads * n * head_dim, full_bytes, cache="full", batch=b)
+    fc = full_causal()
+    if sweep.wants("fa4", fc.name, n, cache="full", batch=b):
+        _time_fa4_decode(sweep, fc, n, (qd, kd, vd))
     del qd, kd, vd
     torch.cuda.empty_cache()
+
+
+def _time_fa4_decode(sweep: _Sweep, pattern, n: int, tensors, instead_of: str = "") -> None:
+    """A decode row of FA4 on ``pattern`` over the full cache (its own split heuristic over the
+    keys, ``num_splits=0``; its own layout, see :func:`_fa4_layout`)."""
+    qd, kd, vd = [_fa4_layout(t) for t in tensors]
+    b = qd.shape[0]
+    visible, nbytes = _decode_bytes(pattern, n, b, sweep.kv_heads, sweep.head_dim, sweep.heads)
+    f = fa4(pattern, num_splits=0)
+    sweep.time("fa4", pattern.name, n, "decode", lambda: f(qd, kd, vd), 4.0 * b * sweep.heads * visible * sweep.head_dim,
+               nbytes, cache="full", batch=b, **({"instead_of": instead_of} if instead_of else {}))
 
 
 def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch, deadline, log=print,
@@ -597,7 +704,7 @@ def profile_kernels(ns, heads: int, head_dim: int, decode_batch: int, log=print,
                    for _ in range(3))
         do = torch.randn_like(q)
         impls = {"longgen": lambda q, k, v: sparse_attention(q, k, v, p, config=cfg),
-                 "flex": _flex(p, n, n, heads, "cuda")}
+                 "flex": flex(p, n, n, heads)}
         for impl, f in impls.items():
             key = f"{impl}_fwdbwd_{n}"
             out[key] = kernel_times(lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do))
@@ -626,7 +733,7 @@ def run_kernels(args) -> int:
     deadline = start + args.time_budget if args.time_budget else float("inf")
     log = lambda s: print(f"[{time.time() - start:6.1f}s] {s}", flush=True)  # noqa: E731
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "triton": triton.__version__,
+               "triton": triton.__version__, "versions": software_versions(),
                "date": datetime.date.today().isoformat(), "heads": args.heads, "kv_heads": args.kv_heads,
                "head_dim": args.head_dim, "dtype": "bfloat16", "batch": 1, "decode_batch": args.decode_batch}
     results.update(_device_ceilings())

@@ -6,20 +6,32 @@ from __future__ import annotations
 __all__ = ["copy_gbps", "software_versions"]
 
 
+# Baselines a result may have been measured against, recorded where they are installed
+OPTIONAL_PACKAGES = ("triton", "flash-attn-4", "nvidia-cutlass-dsl", "quack-kernels")
+
+
 def software_versions() -> dict:
-    """Versions of the packages a result depends on (triton only where it is installed)."""
+    """Versions of the packages a result depends on; those of :data:`OPTIONAL_PACKAGES` only
+    where they are installed (CPU-only torch may come without triton).
+
+    Example::
+
+        >>> {"torch", "transformers", "accelerate"} <= set(software_versions())
+        True
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
     import accelerate
     import torch
     import transformers
 
     out = {"torch": torch.__version__, "transformers": transformers.__version__,
            "accelerate": accelerate.__version__}
-    try:
-        import triton
-
-        out["triton"] = triton.__version__
-    except ImportError:  # CPU-only installs of some platforms ship torch without triton
-        pass
+    for name in OPTIONAL_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
     return out
 
 

@@ -1,0 +1,185 @@
+"""The attention implementations ours are timed against, in one place (GPU).
+
+Each builder returns a callable ``f(q, k, v, return_lse=False)`` on ``(B, H, N, D)`` tensors (the
+layout of :func:`longgen_core.kernels.sparse_attention`), queries at the end of the keys:
+
+- :func:`flex`: PyTorch's FlexAttention, compiled, with the block mask of the pattern's
+  ``mask_mod``; ``backend="FLASH"`` runs FlashAttention-4's CuTe kernels under it (Hopper and
+  Blackwell, flash-attn-4 installed), ``"TRITON"`` its own Triton kernels.
+- :func:`fa4`: FlashAttention-4's ``flash_attn_func`` itself, for the patterns its arguments can
+  say: full causal and a causal sliding window (``window_size=(W - 1, 0)``). It has no attention
+  sink (its ``learnable_sink`` is a per-head logit, not sink tokens) and no strided blocks:
+  :func:`fa4_counterpart` names the nearest pattern it can run, and why.
+
+:func:`unavailable` says why an implementation cannot run here (``None`` when it can), so that a
+benchmark row can say so instead of failing.
+
+Example (on a Hopper GPU with flash-attn-4)::
+
+    from longgen_core.patterns import sliding_window
+    f = fa4(sliding_window(4096))
+    o = f(q, k, v)                  # (B, H, N, D), the same as sparse_attention(q, k, v, pattern)
+"""
+
+from __future__ import annotations
+
+import functools
+
+__all__ = ["IMPLS", "fa4", "fa4_counterpart", "flex", "unavailable"]
+
+IMPLS = ("longgen", "flex", "flex_flash", "fa4", "sdpa_full")
+
+
+@functools.cache
+def _fa4_missing() -> str | None:
+    """Why FA4 cannot be imported here, or ``None``: importing it is the only sure test (a
+    package that is present may still lack its CuTe DSL libraries)."""
+    try:
+        import flash_attn.cute  # noqa: F401
+    except ModuleNotFoundError as e:
+        if e.name in ("flash_attn", "flash_attn.cute"):
+            return "flash-attn-4 (flash_attn.cute) is not installed"
+        return f"flash-attn-4 cannot be imported: {type(e).__name__}: {e}"
+    except Exception as e:  # noqa: BLE001 -- e.g. a CUDA library it needs fails to load
+        return f"flash-attn-4 cannot be imported: {type(e).__name__}: {e}"
+    return None
+
+
+def unavailable(impl: str, device="cuda") -> str | None:
+    """Why ``impl`` (one of :data:`IMPLS`) cannot run on ``device``, or ``None`` when it can.
+
+    Example::
+
+        >>> unavailable("nonsense")
+        Traceback (most recent call last):
+        ...
+        ValueError: unknown implementation 'nonsense'; choose from longgen, flex, flex_flash, fa4, sdpa_full
+    """
+    import torch
+
+    if impl not in IMPLS:
+        raise ValueError(f"unknown implementation {impl!r}; choose from {', '.join(IMPLS)}")
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return "needs a CUDA GPU"
+    if impl in ("flex_flash", "fa4"):
+        missing = _fa4_missing()
+        if missing:
+            return missing
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 9:
+            return f"FlashAttention-4 needs compute capability 9.0 or newer, this GPU has {major}.{minor}"
+    return None
+
+
+def fa4_counterpart(pattern):
+    """``(pattern FA4 can run, note)``: ``pattern`` itself for full and sliding-window patterns;
+    for sink + window, the same window without the sink (fewer kept pairs: FA4 has no sink
+    tokens); ``(None, why)`` for the strided pattern.
+
+    Example::
+
+        >>> from longgen_core.patterns import sink_window
+        >>> p, note = fa4_counterpart(sink_window(64, 4096))
+        >>> p.name, note
+        ('sliding_window_4096', 'window only: FA4 has no sink tokens')
+    """
+    from ..patterns import sliding_window
+
+    if pattern.kind in ("full", "sliding_window"):
+        return pattern, ""
+    if pattern.kind == "sink_window":
+        return sliding_window(pattern.window_tokens), "window only: FA4 has no sink tokens"
+    return None, f"FA4's arguments cannot express the {pattern.kind} pattern"
+
+
+def _fa4_window(pattern) -> tuple:
+    if pattern.kind == "full":
+        return (None, None)
+    if pattern.kind == "sliding_window":  # keys q - W + 1 .. q
+        return (pattern.window_tokens - 1, 0)
+    raise ValueError(f"FA4 runs full and sliding-window patterns, not {pattern.kind} "
+                     "(see fa4_counterpart)")
+
+
+def fa4(pattern, num_splits: int = 1):
+    """FlashAttention-4 on ``(B, H, N, D)`` tensors for a full or sliding-window ``pattern``.
+
+    FA4 works in ``(B, N, H, D)``: the callable hands it transposed views, so inputs laid out as
+    ``x.transpose(1, 2).contiguous().transpose(1, 2)`` (what the benchmark builds) reach it
+    contiguous, with no copy. Fewer queries than keys align at the end (FA4's bottom-right
+    causal convention, the same as ours). ``num_splits=0``: FA4's own split heuristic over the
+    keys (decode, one query per sequence). Returns ``o`` (and the log-sum-exp ``(B, H, N)`` with
+    ``return_lse=True``).
+    """
+    import torch
+    from flash_attn.cute import flash_attn_func
+
+    window = _fa4_window(pattern)
+    if num_splits != 1 and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9:
+        num_splits = 1  # flash-attn-4 4.0.0b36 on Hopper: "SplitKV not supported on SM 9.0"
+
+    def run(q, k, v, return_lse=False):
+        o, lse = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
+                                 window_size=window, num_splits=num_splits, return_lse=True)
+        o = o.transpose(1, 2)
+        return (o, lse) if return_lse else o
+
+    return run
+
+
+def flex(pattern, n_kv: int, n_q: int, heads: int, device="cuda", backend: str = "TRITON"):
+    """Compiled FlexAttention with the block mask of ``pattern`` (``n_q`` queries at the end of
+    ``n_kv`` keys); ``backend``: ``"TRITON"`` or ``"FLASH"`` (FA4's kernels)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    if backend not in ("TRITON", "FLASH"):
+        raise ValueError(f"backend must be 'TRITON' or 'FLASH', not {backend!r}")
+    off = n_kv - n_q
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return pattern.mask_mod(b, h, q_idx + off, kv_idx)
+
+    block_mask = create_block_mask(mask_mod, B=None, H=heads if pattern.per_head else None,
+                                   Q_LEN=n_q, KV_LEN=n_kv, device=device, _compile=True)
+    # FLASH inlines the mask into a CuTe kernel and cannot take the symbolic sizes and offsets
+    # of a dynamically compiled call: one static compile per shape there
+    compiled = _compiled_flex_static() if backend == "FLASH" else _compiled_flex()
+    options = {"BACKEND": "FLASH"} if backend == "FLASH" else None
+
+    def run(q, k, v, return_lse=False):
+        return compiled(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1],
+                        return_lse=return_lse, kernel_options=options)
+
+    return run
+
+
+def _raise_recompile_limit():
+    import torch
+
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, 256)
+
+
+@functools.cache
+def _compiled_flex():
+    """``torch.compile(flex_attention)``, compiled once per process."""
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    _raise_recompile_limit()
+    return torch.compile(flex_attention)
+
+
+@functools.cache
+def _compiled_flex_static():
+    """A static (``dynamic=False``) compile of a wrapper of ``flex_attention``: a frame of its
+    own, so its compiles do not share the dynamic one's cache entries."""
+    import torch
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def flex_attention_static(*args, **kwargs):
+        return flex_attention(*args, **kwargs)
+
+    _raise_recompile_limit()
+    return torch.compile(flex_attention_static, dynamic=False)
