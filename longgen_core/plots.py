@@ -25,9 +25,10 @@ import torch
 from matplotlib.colors import ListedColormap
 
 from .formatting import format_table, format_tokens  # noqa: F401 -- importable from plots too
+from .paths import figures_dir
 from .patterns import TILE_EMPTY, TILE_FULL, TILE_PARTIAL, BlockLayout, Pattern
 
-FIGURES_DIR = Path(__file__).resolve().parent.parent / "figures"
+FIGURES_DIR = figures_dir()
 TILE_COLORS = ListedColormap(["#f4f4f4", "#f2a65a", "#3b6ea8"])  # empty, needs mask, fully kept
 TILE_CHARS = {TILE_EMPTY: ".", TILE_PARTIAL: "+", TILE_FULL: "#"}
 

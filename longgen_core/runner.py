@@ -23,9 +23,10 @@ import time
 from pathlib import Path
 
 from .cli_values import parse_value  # the -p VALUE rule (tests use runner.parse_value)
+from .paths import notebooks_dir
 
 FIGURE_DIR_ENV = "LONGGEN_FIGURE_DIR"  # where plots.save_figure writes (default: figures/)
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = notebooks_dir()
 
 
 def numbered_notebooks(directory: Path = NOTEBOOKS_DIR) -> list[Path]:

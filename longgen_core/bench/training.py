@@ -38,6 +38,7 @@ import torch
 
 from ..jsonio import read_json as load_results  # noqa: F401 -- notebook 04 imports it from here
 from ..jsonio import write_json_atomic
+from ..paths import figures_dir
 from ..train.loop import train
 from ..train.options import RUN_FAILURES, checked_overrides, common_arguments, refuse_cpu_for_gpu_preset, run_failed
 from ..train.presets import get_preset
@@ -48,7 +49,7 @@ __all__ = ["TARGET_SPEEDUP", "FIGURES_DIR", "measure", "timed_summary", "load_re
            "plot_results", "main"]
 
 TARGET_SPEEDUP = TRAIN_TARGET_SPEEDUP  # the name this module has always exported
-FIGURES_DIR = Path(__file__).resolve().parents[2] / "figures"
+FIGURES_DIR = figures_dir()
 GIB = 2**30
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from ..manifest import MANIFEST_FILE, verify_manifest, write_manifest
+from .. import paths
 
 __all__ = [
     "SMOLLM2_WHEEL",
@@ -56,9 +57,9 @@ _PROVENANCE = "provenance.json"
 
 
 def data_dir() -> Path:
-    """Folder for fetched artefacts: ``$LONGGEN_DATA_DIR`` if set, else the repository's ``data/``."""
-    env = os.environ.get("LONGGEN_DATA_DIR")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "data"
+    """Folder for fetched artefacts: ``$LONGGEN_DATA_DIR`` if set, else ``data/`` of the checkout
+    (or of the current directory for an installed wheel): :func:`longgen_core.paths.data_dir`."""
+    return paths.data_dir()
 
 
 def smollm2_dir() -> Path:

@@ -82,6 +82,7 @@ from ..models.base import load_model, setup_smollm2, smollm2_dir
 from ..models.convert import layer_map, save_longgen, to_longgen
 from ..models.fused import fuse_rms_norms
 from ..models.rope import rope_theta_of, set_rope
+from ..paths import runs_dir
 from .checkpoint import (CheckpointWriteError, latest_checkpoint, load_checkpoint, refuse_sharded, remove_stale,
                          resume_point, save_checkpoint)
 from .loss import CausalLMLoss
@@ -91,7 +92,7 @@ __all__ = ["ATTENTIONS", "RUNS_DIR", "TrainResult", "train", "build_model", "loa
            "compute_in_autocast_dtype", "base_model", "truncate_layers", "warmup_cosine", "read_log", "plot_loss", "loss_summary"]
 
 ATTENTIONS = ("hybrid", "full", "all_sparse")  # all_sparse: the pattern in every layer, none full
-RUNS_DIR = Path(__file__).resolve().parents[2] / "runs"  # git-ignored
+RUNS_DIR = runs_dir()  # git-ignored in a checkout
 LOG_FILE, CONFIG_FILE, FINAL_DIR, CKPT_DIR = "log.jsonl", "config.json", "final", "checkpoints"
 RUN_MARKER = ".longgen-run"  # marks a folder as a training run (see _claim_run_dir)
 
