@@ -28,35 +28,48 @@ def _load(name: str, figures: Path) -> dict | None:
 
 
 def _kernel_table(bench: dict) -> list[str]:
-    rows = bench["rows"]
+    """One line per (pattern, N, pass) that LongGen ran: its time beside each baseline of the
+    same run (FlexAttention on both backends, FA4 on the same pattern or on the window it runs
+    instead of sink + window, full-attention SDPA and FA4), and the speed-up over the fastest
+    sparse baseline."""
+    rows = [r for r in bench["rows"] if r.get("ms") is not None]
     # decode rows may come twice (full-length and evicted cache): keep the evicted one, the
     # layout the hybrid model serves with
     rows = sorted(rows, key=lambda r: r.get("cache") == "evicted")
     by_key = {(r["impl"], r["pattern"], r["n"], r["pass"]): r for r in rows}
+    stand_in = {(r["instead_of"], r["n"], r["pass"]): r for r in rows if r.get("instead_of")}
     patterns = sorted({r["pattern"] for r in rows if r["impl"] == "longgen"})
-    lines = [f"**Attention kernels** ({bench['device']}, torch {bench['torch']}, triton {bench['triton']}, "
-             f"{bench['date']}; B={bench.get('batch', 1)}, {bench.get('heads', '?')} heads, head_dim "
+    lines = [f"**Attention kernels** ({bench['device']}, torch {bench['torch']}, triton {bench['triton']}"
+             + (f", flash-attn-4 {bench['versions']['flash-attn-4']}" if "flash-attn-4" in bench.get("versions", {})
+                else "")
+             + f", {bench['date']}; B={bench.get('batch', 1)}, {bench.get('heads', '?')} heads, head_dim "
              f"{bench.get('head_dim', '?')}, {bench.get('dtype', '')}; decode at batch {bench.get('decode_batch', '?')} "
-             "with the evicted cache; `python -m longgen_core.bench kernels`; median ms)", "",
-             "| pattern | N | pass | LongGen ms | FlexAttention ms | full SDPA ms | vs Flex | vs SDPA | LongGen TFLOP/s or GB/s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "with the evicted cache; `python -m longgen_core.bench kernels`; median ms; † FA4 on the window "
+             "without the sink, the nearest pattern it can run)", "",
+             "| pattern | N | pass | LongGen | Flex (Triton) | Flex (FLASH) | FA4 | full SDPA | full FA4 "
+             "| vs fastest sparse | LongGen TFLOP/s or GB/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for pattern in patterns:
         for n in sorted({r["n"] for r in rows if r["pattern"] == pattern}):
             for pass_ in ("fwd", "fwdbwd", "decode"):
                 ours = by_key.get(("longgen", pattern, n, pass_))
                 if ours is None:
                     continue
-                flex = by_key.get(("flex", pattern, n, pass_))
-                sdpa = by_key.get(("sdpa_full", "full_causal", n, pass_))
-                cells = [pattern, f"{n // 1024}K", pass_, f"{ours['ms']:.2f}",
-                         f"{flex['ms']:.2f}" if flex else "–", f"{sdpa['ms']:.2f}" if sdpa else "–",
-                         f"{flex['ms'] / ours['ms']:.2f}x" if flex else "–",
-                         f"{sdpa['ms'] / ours['ms']:.1f}x" if sdpa else "–",
+                fa4 = by_key.get(("fa4", pattern, n, pass_))
+                fa4_mark = ""
+                if fa4 is None and (pattern, n, pass_) in stand_in:
+                    fa4, fa4_mark = stand_in[(pattern, n, pass_)], " †"
+                sparse = [by_key.get(("flex", pattern, n, pass_)), by_key.get(("flex_flash", pattern, n, pass_)), fa4]
+                full = [by_key.get((impl, "full_causal", n, pass_)) for impl in ("sdpa_full", "fa4")]
+                times = [f"{r['ms']:.2f}" if r else "–" for r in sparse + full]
+                times[2] += fa4_mark if fa4 else ""
+                fastest = min((r["ms"] for r in sparse if r), default=None)
+                cells = [pattern, f"{n // 1024}K", pass_, f"{ours['ms']:.2f}", *times,
+                         f"{fastest / ours['ms']:.2f}x" if fastest else "–",
                          f"{ours['gbps']:.0f} GB/s" if pass_ == "decode" and ours.get("gbps")
                          else f"{ours['tflops']:.0f}" if ours.get("tflops") else "–"]
                 lines.append("| " + " | ".join(cells) + " |")
     return lines
-
 
 
 def _model_metrics(bench: dict) -> list[tuple[str, str, str]]:

@@ -18,8 +18,26 @@ def test_kernel_table_from_rows(tmp_path):
     (tmp_path / "bench_kernels.json").write_text(json.dumps(
         {"device": "GPU X", "torch": "2.11", "triton": "3.6", "date": "2026-11-23", "rows": rows}))
     text = report.render(tmp_path)
-    assert "| sink_window_64_4096 | 128K | fwd | 10.00 | 20.00 | 250.00 | 2.00x | 25.0x | 500 |" in text
+    assert "| sink_window_64_4096 | 128K | fwd | 10.00 | 20.00 | – | – | 250.00 | – | 2.00x | 500 |" in text
     assert "GPU X" in text
+
+
+def test_kernel_table_puts_fa4_on_the_window_beside_sink_and_window(tmp_path):
+    def row(impl, pattern, ms, **extra):
+        return {"impl": impl, "pattern": pattern, "n": 131072, "pass": "fwd", "ms": ms, "tflops": 1.0, **extra}
+
+    rows = [row("longgen", "sink_window_64_4096", 10.0), row("flex", "sink_window_64_4096", 20.0),
+            row("flex_flash", "sink_window_64_4096", 8.0),
+            row("fa4", "sliding_window_4096", 7.5, instead_of="sink_window_64_4096"),
+            row("longgen", "sliding_window_4096", 9.0), row("sdpa_full", "full_causal", 250.0),
+            row("fa4", "full_causal", 125.0), row("fa4", "strided_64_16_8_hetero", None, unavailable="cannot")]
+    (tmp_path / "bench_kernels.json").write_text(json.dumps(
+        {"device": "GPU X", "torch": "2.11", "triton": "3.6", "date": "2026-12-03", "rows": rows,
+         "versions": {"flash-attn-4": "4.0.0b36"}}))
+    text = report.render(tmp_path)
+    assert "flash-attn-4 4.0.0b36" in text
+    assert "| sink_window_64_4096 | 128K | fwd | 10.00 | 20.00 | 8.00 | 7.50 † | 250.00 | 125.00 | 0.75x | 1 |" in text
+    assert "| sliding_window_4096 | 128K | fwd | 9.00 | – | – | 7.50 | 250.00 | 125.00 | 0.83x | 1 |" in text
 
 
 def test_update_readme_rewrites_only_the_block(tmp_path):
