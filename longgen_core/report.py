@@ -44,7 +44,8 @@ def _kernel_table(bench: dict) -> list[str]:
                 else "")
              + f", {bench['date']}; B={bench.get('batch', 1)}, {bench.get('heads', '?')} heads, head_dim "
              f"{bench.get('head_dim', '?')}, {bench.get('dtype', '')}; decode at batch {bench.get('decode_batch', '?')} "
-             "with the evicted cache; `python -m longgen_core.bench kernels`; median ms; † FA4 on the window "
+             f"with the evicted cache; `{bench.get('command', 'python -m longgen_core.bench kernels')}`; median ms; "
+             "† FA4 on the window "
              "without the sink, the nearest pattern it can run)", "",
              "| pattern | N | pass | LongGen | Flex (Triton) | Flex (FLASH) | FA4 | full SDPA | full FA4 "
              "| vs fastest sparse | LongGen TFLOP/s or GB/s |",
@@ -253,7 +254,8 @@ def render(figures: Path | None = None) -> str:
              f"{PAPER['decode_speedup']}x. Our measurements, regenerated from `figures/*.json` by "
              "`python -m longgen_core.report`:", ""]
     found = False
-    for name, table in (("bench_kernels.json", _kernel_table), ("bench_model.json", _model_table),
+    for name, table in (("bench_kernels.json", _kernel_table), ("bench_kernels_fa4.json", _kernel_table),
+                        ("bench_model.json", _model_table),
                         ("bench_generate.json", _generate_table),
                         ("train_gpu_small.json", _train_table), ("miniature.json", _miniature_table),
                         ("experiment_128k.json", _extension_table)):

@@ -480,7 +480,10 @@ def _time_attention(sweep: _Sweep, n: int, gen) -> None:
             sdpa = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
             _time_fwd_bwd(sweep, fc, n, {"sdpa_full": sdpa}, (q, k, v, do))
     if sweep.wants("fa4", fc.name, n):
-        _time_fwd_bwd(sweep, fc, n, {"fa4": fa4(fc)}, (q, k, v, do))
+        fns = {"fa4": fa4(fc)}
+        if "longgen" in sweep.impls:  # our kernels on dense causal: how far Triton is from FA4 there
+            fns["longgen"] = lambda q, k, v: sparse_attention(q, k, v, fc, config=sweep.config(fc))
+        _time_fwd_bwd(sweep, fc, n, fns, (q, k, v, do))
     del q, k, v, do
     torch.cuda.empty_cache()
 
@@ -735,7 +738,8 @@ def run_kernels(args) -> int:
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                "triton": triton.__version__, "versions": software_versions(),
                "date": datetime.date.today().isoformat(), "heads": args.heads, "kv_heads": args.kv_heads,
-               "head_dim": args.head_dim, "dtype": "bfloat16", "batch": 1, "decode_batch": args.decode_batch}
+               "head_dim": args.head_dim, "dtype": "bfloat16", "batch": 1, "decode_batch": args.decode_batch,
+               "command": "python -m longgen_core.bench " + " ".join(sys.argv[1:])}
     results.update(_device_ceilings())
     log(f"device {results['device']}: copy {results['copy_gbps']:.0f} GB/s, "
         f"bf16 matmul {results['matmul_tflops']:.0f} TFLOP/s")
