@@ -142,7 +142,7 @@ def test_why_fa4_cannot_be_imported(monkeypatch, broken, why):
 
 def test_flex_backend_is_checked():
     with pytest.raises(ValueError, match="'TRITON' or 'FLASH'"):
-        baselines.flex(full_causal(), 128, 128, 1, "cpu", backend="CUTE")
+        baselines.flex(full_causal(), backend="CUTE")
 
 
 def test_rows_of_what_cannot_run_say_why():

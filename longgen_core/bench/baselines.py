@@ -4,7 +4,7 @@ Each builder returns a callable ``f(q, k, v, return_lse=False)`` on ``(B, H, N, 
 layout of :func:`longgen_core.kernels.sparse_attention`), queries at the end of the keys:
 
 - :func:`flex`: PyTorch's FlexAttention, compiled, with the block mask of the pattern's
-  ``mask_mod``; ``backend="FLASH"`` runs FlashAttention-4's CuTe kernels under it (Hopper and
+  ``mask_mod`` (:mod:`longgen_core.kernels.flex`); ``backend="FLASH"`` runs FlashAttention-4's CuTe kernels under it (Hopper and
   Blackwell, flash-attn-4 installed), ``"TRITON"`` its own Triton kernels.
 - :func:`fa4`: FlashAttention-4's ``flash_attn_func`` itself, for the patterns its arguments can
   say: full causal and a causal sliding window (``window_size=(W - 1, 0)``). It has no attention
@@ -127,59 +127,17 @@ def fa4(pattern, num_splits: int = 1):
     return run
 
 
-def flex(pattern, n_kv: int, n_q: int, heads: int, device="cuda", backend: str = "TRITON"):
-    """Compiled FlexAttention with the block mask of ``pattern`` (``n_q`` queries at the end of
-    ``n_kv`` keys); ``backend``: ``"TRITON"`` or ``"FLASH"`` (FA4's kernels)."""
-    from torch.nn.attention.flex_attention import create_block_mask
+def flex(pattern, backend: str = "TRITON"):
+    """FlexAttention with the block mask of ``pattern``:
+    :func:`longgen_core.kernels.flex.flex_attention`, the function the models' ``backend="flex"``
+    runs; ``backend``: ``"TRITON"`` or ``"FLASH"`` (FA4's kernels). The block mask of each shape
+    is built by its first call and cached, so a warm-up call keeps it out of the timing."""
+    from ..kernels.flex import BACKENDS, flex_attention
 
-    if backend not in ("TRITON", "FLASH"):
+    if backend not in BACKENDS:
         raise ValueError(f"backend must be 'TRITON' or 'FLASH', not {backend!r}")
-    off = n_kv - n_q
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return pattern.mask_mod(b, h, q_idx + off, kv_idx)
-
-    block_mask = create_block_mask(mask_mod, B=None, H=heads if pattern.per_head else None,
-                                   Q_LEN=n_q, KV_LEN=n_kv, device=device, _compile=True)
-    # FLASH inlines the mask into a CuTe kernel and cannot take the symbolic sizes and offsets
-    # of a dynamically compiled call: one static compile per shape there
-    compiled = _compiled_flex_static() if backend == "FLASH" else _compiled_flex()
-    options = {"BACKEND": "FLASH"} if backend == "FLASH" else None
 
     def run(q, k, v, return_lse=False):
-        return compiled(q, k, v, block_mask=block_mask, enable_gqa=q.shape[1] != k.shape[1],
-                        return_lse=return_lse, kernel_options=options)
+        return flex_attention(q, k, v, pattern, backend=backend, return_lse=return_lse)
 
     return run
-
-
-def _raise_recompile_limit():
-    import torch
-
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(torch._dynamo.config, name):
-            setattr(torch._dynamo.config, name, 256)
-
-
-@functools.cache
-def _compiled_flex():
-    """``torch.compile(flex_attention)``, compiled once per process."""
-    import torch
-    from torch.nn.attention.flex_attention import flex_attention
-
-    _raise_recompile_limit()
-    return torch.compile(flex_attention)
-
-
-@functools.cache
-def _compiled_flex_static():
-    """A static (``dynamic=False``) compile of a wrapper of ``flex_attention``: a frame of its
-    own, so its compiles do not share the dynamic one's cache entries."""
-    import torch
-    from torch.nn.attention.flex_attention import flex_attention
-
-    def flex_attention_static(*args, **kwargs):
-        return flex_attention(*args, **kwargs)
-
-    _raise_recompile_limit()
-    return torch.compile(flex_attention_static, dynamic=False)

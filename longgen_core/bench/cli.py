@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..devices import refuse_without_cuda
+from ..models.attention import ATTN_IMPLEMENTATIONS
 from .baselines import IMPLS
 from .generate import run_cli as run_generate
 from .kernels import run_kernels
@@ -76,6 +77,9 @@ def main(argv=None) -> int:
     m.add_argument("--device", default=None, help="default: cuda; without a CUDA GPU the command "
                    "refuses to start unless given --device cpu")
     m.add_argument("--time-budget", type=float, default=None, help="seconds; later cells are skipped")
+    m.add_argument("--backend", default="auto", choices=list(ATTN_IMPLEMENTATIONS),
+                   help="the hybrid's attention backend: auto (our Triton kernels), flex / flex_flash "
+                   "(FlexAttention, Triton / FA4 backend), sdpa (masked SDPA) or reference")
     m.add_argument("--unfused-norms", action="store_true", help="keep transformers' RMSNorm (7 kernels a "
                    "call) in both models instead of one F.rms_norm")
     m.set_defaults(func=_run_model)

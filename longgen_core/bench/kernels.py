@@ -238,7 +238,7 @@ def check_on_device(heads: int = 32, head_dim: int = 128, log=print, tuned: dict
     def flex_truth(pattern, q, k, v, do, truth):
         """fp32 FlexAttention (Triton backend): output, lse and gradients into ``truth``."""
         leaves32 = [t.clone().requires_grad_() for t in (q, k, v)]
-        truth["o"], truth["lse"] = flex(pattern, q.shape[2], q.shape[2], heads)(*leaves32, return_lse=True)
+        truth["o"], truth["lse"] = flex(pattern)(*leaves32, return_lse=True)
         truth["g"] = torch.autograd.grad(truth["o"], leaves32, do)
         return {}
 
@@ -258,7 +258,7 @@ def check_on_device(heads: int = 32, head_dim: int = 128, log=print, tuned: dict
         def flex_flash_vs_flex():
             if unavailable("flex_flash"):
                 return {"unavailable": unavailable("flex_flash")}
-            errs = versus(truth, flex(pattern, n, n, heads, backend="FLASH"), q, k, v, do, torch.bfloat16)
+            errs = versus(truth, flex(pattern, backend="FLASH"), q, k, v, do, torch.bfloat16)
             # its log-sum-exp is on another scale (0.31 relative to FlexAttention's on an H200,
             # torch 2.11): nothing here uses it, so it is not compared
             errs.pop("lse")
@@ -416,20 +416,16 @@ class _Sweep:
                 self.skip(impl, pattern_name, n, pass_, why, **extra)
         return not why
 
-    def flex(self, pattern, name: str, n_kv: int, n_q: int, what: str, impl: str = "flex"):
+    def flex(self, pattern, n_kv: int, n_q: int, impl: str = "flex"):
         """:func:`~.baselines.flex` for ``pattern`` (``impl`` ``"flex"``: its Triton backend,
-        ``"flex_flash"``: FA4's kernels), or ``None`` (logged) when it is not asked for, cannot run
-        here, its block mask cannot be built, or the deadline has passed."""
+        ``"flex_flash"``: FA4's kernels), or ``None`` when it is not asked for, cannot run here, or
+        the deadline has passed (a failure to build its block mask shows in the timed row)."""
         if time.time() >= self.deadline:
             return None
         extra = {"cache": "full", "batch": self.decode_batch} if n_q == 1 else {}
         if not self.wants(impl, pattern.name, n_kv, **extra):
             return None
-        try:
-            return flex(pattern, n_kv, n_q, self.heads, backend="FLASH" if impl == "flex_flash" else "TRITON")
-        except Exception as e:  # noqa: BLE001
-            self.log(f"FAILED {impl} {what} {name} {n_kv}: {e}")
-            return None
+        return flex(pattern, backend="FLASH" if impl == "flex_flash" else "TRITON")
 
 
 def _fa4_layout(t):
@@ -459,7 +455,7 @@ def _time_attention(sweep: _Sweep, n: int, gen) -> None:
         if "longgen" in sweep.impls:
             fns["longgen"] = lambda q, k, v, p=p: sparse_attention(q, k, v, p, config=sweep.config(p))
         for impl in ("flex", "flex_flash"):
-            f = sweep.flex(p, name, n, n, "block mask", impl)
+            f = sweep.flex(p, n, n, impl)
             if f is not None:
                 fns[impl] = f
         _time_fwd_bwd(sweep, p, n, fns, (q, k, v, do))
@@ -540,7 +536,7 @@ def _time_decode(sweep: _Sweep, n: int, gen) -> None:
                            cache="evicted", batch=b)
                 del kc, vc
         for impl in ("flex", "flex_flash"):
-            f = sweep.flex(p, name, n, 1, "decode", impl)
+            f = sweep.flex(p, n, 1, impl)
             if f is not None:
                 sweep.time(impl, p.name, n, "decode", lambda f=f: f(qd, kd, vd), flops, nbytes, cache="full",
                            batch=b)
@@ -707,7 +703,7 @@ def profile_kernels(ns, heads: int, head_dim: int, decode_batch: int, log=print,
                    for _ in range(3))
         do = torch.randn_like(q)
         impls = {"longgen": lambda q, k, v: sparse_attention(q, k, v, p, config=cfg),
-                 "flex": flex(p, n, n, heads)}
+                 "flex": flex(p)}
         for impl, f in impls.items():
             key = f"{impl}_fwdbwd_{n}"
             out[key] = kernel_times(lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do))

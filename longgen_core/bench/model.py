@@ -412,6 +412,7 @@ def run_model_bench(lengths, layers: int = 6, device: str = "cuda", dtype=torch.
         config = llama7b_shaped(layers, max(lengths) + decode_steps * (reps + 4) + 16)
     full, hybrid = build_models(config, device, dtype, pattern, backend, fused_norms=fused_norms)
     results = _header(config, hybrid, pattern, dtype, device, reps, decode_steps, decode_batch, chunk)
+    results["backend"] = backend  # the hybrid's attention backend (models.attention.ATTN_IMPLEMENTATIONS)
     results["fused_norms"] = fused_norms
     if fused_norms:
         results["notes"].append("both models: RMSNorm as one F.rms_norm call (fuse_rms_norms, as in training).")
@@ -508,7 +509,7 @@ def run_cli(args) -> int:
                               decode_steps=args.decode_steps, decode_batch=args.decode_batch,
                               chunk=args.loss_chunk, metrics=tuple(args.metrics.split(",")),
                               time_budget=args.time_budget, log=lambda s: print(s, flush=True),
-                              fused_norms=not args.unfused_norms)
+                              fused_norms=not args.unfused_norms, backend=args.backend)
     write_json_atomic(args.out, results)
     png = args.png or str(Path(args.out).with_suffix(".png"))
     try:

@@ -5,6 +5,7 @@
 - :mod:`.api`: checks, layouts, launches and autograd: :func:`sparse_attention` (prefill and
   training) and :func:`sparse_decode` (new tokens against a KV cache), ``backend="triton"`` or
   ``"reference"``.
+- :mod:`.flex`: PyTorch's FlexAttention for a pattern (the models' ``backend="flex"``).
 - :mod:`.tutorial`: the small teaching kernels of notebook 02.
 """
 

@@ -29,6 +29,11 @@ Backends (attention implementations):
 - ``"longgen_sdpa"``: always the masked SDPA path.
 - ``"longgen_reference"``: :func:`~longgen_core.kernels.reference.reference_attention`, the
   dense oracle; only for a full prefix (no eviction), e.g. to recompute generation from scratch.
+- ``"longgen_flex"``: PyTorch's FlexAttention with the pattern's block mask
+  (:func:`~longgen_core.kernels.flex.flex_attention`) for prefill and training over a full
+  prefix (compiled on CUDA; the CPU has its forward only); decoding steps and evicting caches
+  take the masked SDPA path, as full layers take plain SDPA. ``"longgen_flex_fa4"``: the same
+  with FlexAttention's FLASH backend (FA4's kernels; CUDA, Hopper or newer, flash-attn-4).
 
 Positions ``"reindex"`` (post-hoc baseline only): StreamingLLM gives each cached key its index in
 the cache. Within the window the distances are unchanged; a sink key ``j`` seen from query ``q``
@@ -46,6 +51,7 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface
 
+from ..kernels.flex import flex_attention
 from ..kernels.reference import reference_attention
 from ..patterns import Pattern
 
@@ -54,7 +60,9 @@ __all__ = ["ATTN_IMPLEMENTATIONS", "CACHE_KWARG", "POSITIONS_KWARG", "PATTERN_AT
            "rope_inv_freq", "check_position_ids", "ForwardPositions", "longgen_attention_forward", "kernel_ops",
            "SLOT_LAYER_ATTR"]
 
-ATTN_IMPLEMENTATIONS = {"auto": "longgen", "sdpa": "longgen_sdpa", "reference": "longgen_reference"}
+# (no "flash" in a name: transformers reads such a name as a FlashAttention kernel from the hub)
+ATTN_IMPLEMENTATIONS = {"auto": "longgen", "sdpa": "longgen_sdpa", "reference": "longgen_reference",
+                        "flex": "longgen_flex", "flex_flash": "longgen_flex_fa4"}
 CACHE_KWARG = "longgen_cache"
 POSITIONS_KWARG = "longgen_positions"
 PATTERN_ATTR = "longgen_pattern"  # on each attention module: its layer's Pattern
@@ -261,6 +269,11 @@ def _forward(backend: str, module, query, key, value, attention_mask, scaling=No
     elif pattern.kind == "full" and contiguous and n_q in (1, n_k):
         # Plain causal attention over the whole prefix: let SDPA pick its fastest kernel.
         out = _full_attention(query, key, value, scaling)
+    elif backend in ("flex", "flex_flash") and contiguous and not reindex and n_q > 1:
+        # a block mask per (pattern, length): built once for a prefill or a training length,
+        # so single-token steps (a new length each) take the slot path below instead
+        out = flex_attention(query, key, value, pattern, scale=scaling,
+                             backend="FLASH" if backend == "flex_flash" else "TRITON")
     else:
         ops = kernel_ops(backend, query, reindex)
         if ops is not None and pattern.kind != "full" and contiguous and n_q == n_k:
@@ -286,6 +299,14 @@ def _reference_forward(module, query, key, value, attention_mask, scaling=None, 
     return _forward("reference", module, query, key, value, attention_mask, scaling, dropout, **kwargs)
 
 
+def _flex_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    return _forward("flex", module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+
+def _flex_flash_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    return _forward("flex_flash", module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+
 def _padding_guard(*args, attention_mask=None, **kwargs):
     """Mask function for the LongGen implementations: masks come from the patterns, so return
     ``None``; but refuse padded batches instead of silently attending to padding."""
@@ -297,8 +318,9 @@ def _padding_guard(*args, attention_mask=None, **kwargs):
 
 
 def register() -> None:
-    """Register the three LongGen attention implementations (idempotent)."""
-    functions = {"auto": longgen_attention_forward, "sdpa": _sdpa_forward, "reference": _reference_forward}
+    """Register the LongGen attention implementations of :data:`ATTN_IMPLEMENTATIONS` (idempotent)."""
+    functions = {"auto": longgen_attention_forward, "sdpa": _sdpa_forward, "reference": _reference_forward,
+                 "flex": _flex_forward, "flex_flash": _flex_flash_forward}
     for backend, name in ATTN_IMPLEMENTATIONS.items():
         AttentionInterface.register(name, functions[backend])
         AttentionMaskInterface.register(name, _padding_guard)

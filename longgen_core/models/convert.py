@@ -185,7 +185,9 @@ def to_posthoc_streaming(model, full_layers: list[int] | None = None, pattern: P
 
 
 def use_backend(model, backend: str):
-    """Switch a converted model's attention backend: ``"auto"``, ``"sdpa"`` or ``"reference"``."""
+    """Switch a converted model's attention backend: a key of
+    :data:`~longgen_core.models.attention.ATTN_IMPLEMENTATIONS` (``"auto"``, ``"sdpa"``,
+    ``"reference"``, ``"flex"``, ``"flex_flash"``)."""
     if get_settings(model.config) is None:
         raise ValueError("model is not converted: call to_longgen or to_posthoc_streaming first")
     return _apply(model, backend)
