@@ -57,3 +57,18 @@ def test_bad_task_and_samples(smollm2):
         evaluate.retrieval_grid(model, tok, "trivia")
     with pytest.raises(ValueError, match="samples"):
         evaluate.retrieval_grid(model, tok, "passkey", samples=0)
+
+
+def test_the_retrieval_heatmap_shows_every_score_on_its_cell():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from longgen_core.evaluate.retrieval import plot_grid
+
+    result = {"lengths": [1024, 2048], "depths": [0.1, 0.5, 0.9], "scores": [[1, 0.5], [0, 1], [0.25, 0.75]],
+              "task": "passkey"}
+    ax = plot_grid(result).axes[0]
+    assert [t.get_text() for t in ax.texts] == ["1.00", "0.50", "0.00", "1.00", "0.25", "0.75"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1K", "2K"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["10%", "50%", "90%"]
+    assert ax.get_title() == "passkey" and ax.get_xlabel() == "context length"

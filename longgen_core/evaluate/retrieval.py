@@ -134,21 +134,20 @@ def perplexity_by_length(model, tokenizer, lengths, source: str = "kjv", num_seq
 
 
 def plot_grid(result: dict, title: str | None = None, ax=None):
-    """The paper-style retrieval heatmap: depth (rows) x context length (columns), red to green."""
+    """The paper-style retrieval heatmap: depth (rows) x context length (columns), red to green,
+    each cell annotated with its score (seaborn's ``heatmap``; ``ax.texts`` holds the numbers)."""
     import matplotlib.pyplot as plt
+    import seaborn as sns
 
     if ax is None:
         fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(result["lengths"]), 0.9 + 0.45 * len(result["depths"])))
     else:
         fig = ax.figure
-    scores = torch.tensor(result["scores"])
-    ax.imshow(scores, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(result["lengths"])),
-                  [format_tokens(n) for n in result["lengths"]])
-    ax.set_yticks(range(len(result["depths"])), [f"{d:.0%}" for d in result["depths"]])
-    for i in range(scores.shape[0]):
-        for j in range(scores.shape[1]):
-            ax.text(j, i, f"{scores[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    sns.heatmap(result["scores"], ax=ax, cmap="RdYlGn", vmin=0, vmax=1, annot=True, fmt=".2f", cbar=False,
+                annot_kws={"fontsize": 7}, linewidths=0.5, linecolor="white",
+                xticklabels=[format_tokens(n) for n in result["lengths"]],
+                yticklabels=[f"{d:.0%}" for d in result["depths"]])
+    ax.tick_params(axis="y", rotation=0)
     ax.set_xlabel("context length")
     ax.set_ylabel("needle depth")
     ax.set_title(title or result.get("variant", result["task"]), fontsize=10)
