@@ -43,3 +43,21 @@ def test_committed_outputs_are_clean(path):
     if path.stat().st_size > 3 * 2**20:
         problems.append(f"{path.stat().st_size / 2**20:.1f} MB")
     assert not problems, f"{path.name}: " + "; ".join(problems) + " -- re-execute it with `make refresh`"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_the_first_cell_says_what_you_learn_how_long_it_takes_and_where_to_run_it(path):
+    nb = json.loads(path.read_text())
+    first = "".join(nb["cells"][0]["source"])
+    assert nb["cells"][0]["cell_type"] == "markdown" and first.startswith(f"# {path.name[:2]} ·")
+    assert "**What you will learn**" in first and "**Time**" in first
+    assert f"https://mybinder.org/v2/gh/<owner>/<repo>/HEAD?labpath=notebooks%2F{path.name}" in first
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_the_files_a_notebook_points_to_exist(path):
+    """Every ``longgen_core/...`` path written in a markdown cell names a file or folder of the repository."""
+    root = path.parent.parent
+    named = {m.rstrip("/.,") for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "markdown"
+             for m in re.findall(r"longgen_core/[\w/.]+", "".join(c["source"]))}
+    assert [p for p in sorted(named) if not (root / p).exists()] == []
