@@ -104,6 +104,10 @@ def _model_table(bench: dict) -> list[str]:
              f"{v['reps']}; `python -m longgen_core.bench model`)", "",
              "| metric | N | full | hybrid | full / hybrid | paper (7B, 128K) | target (128K) |",
              "|---|---|---|---|---|---|---|"]
+    on_fa4 = any(r["attention"] == "full_fa4" for r in rows)  # the full model on FlashAttention-4 too
+    if on_fa4:
+        lines[-2] += " full on FA4 | full on FA4 / hybrid |"
+        lines[-1] += "---|---|"
     notes, above = [], {}
     # Amdahl: the full layers cost the same in both models, so full / hybrid <= layers / full layers
     layer_map = bench.get("layer_map") or ""
@@ -132,9 +136,18 @@ def _model_table(bench: dict) -> list[str]:
                     ratio += " †"
                     above.setdefault(label, []).append(format_tokens(n))
             at_top = n == PAPER_N
-            lines.append(f"| {label} | {format_tokens(n)} | {shown[0]} | {shown[1]} | {ratio} | "
-                         f"{_vs(key, None, PAPER[key]) if at_top else ''} | "
-                         f"{_vs(key, score, TARGETS[key], target=True) if at_top else ''} |")
+            line = (f"| {label} | {format_tokens(n)} | {shown[0]} | {shown[1]} | {ratio} | "
+                    f"{_vs(key, None, PAPER[key]) if at_top else ''} | "
+                    f"{_vs(key, score, TARGETS[key], target=True) if at_top else ''} |")
+            if on_fa4:  # no graphed decode path for it: those cells stay empty, without a note
+                r = by.get(("full_fa4", n, metric))
+                x = None if r is None else r["value"]
+                if metric == "kv_bytes":
+                    line += f" {MISSING if x is None else f'{x / 2**30:.2f} GiB'} | |"
+                else:
+                    line += (f" {MISSING if x is None else f'{x:.2f}'} | "
+                             f"{MISSING if x is None or not h else f'{x / h:.2f}x'} |")
+            lines.append(line)
     paragraphs = []
     if notes:
         paragraphs.append(f"{MISSING} = no value: " + "; ".join(notes) + ".")

@@ -20,7 +20,8 @@ from longgen_core.kernels import reference_attention
 from longgen_core.patterns import full_causal, sink_window, sliding_window, strided
 
 
-def _fa4_semantics(q, k, v, causal=False, window_size=(None, None), num_splits=1, return_lse=False, **_):
+def _fa4_semantics(q, k, v, causal=False, window_size=(None, None), num_splits=1, return_lse=False,
+                   softmax_scale=None, **_):
     """FA4's ``flash_attn_func`` as its docstring states it, densely: ``(B, N, H, D)`` tensors,
     query ``i`` aligned to key ``i + Nk - Nq`` (bottom right), keys within ``window_size`` =
     (left, right) of it, ``causal`` = right 0; GQA by head groups. Returns ``(out, lse)``."""
@@ -37,7 +38,7 @@ def _fa4_semantics(q, k, v, causal=False, window_size=(None, None), num_splits=1
         keep &= j <= i + right
     qh, kh, vh = (t.transpose(1, 2).double() for t in (q, k, v))
     kh, vh = (t.repeat_interleave(h // hk, dim=1) for t in (kh, vh))
-    s = (qh @ kh.transpose(-1, -2)) / math.sqrt(d)
+    s = (qh @ kh.transpose(-1, -2)) * (softmax_scale if softmax_scale is not None else 1 / math.sqrt(d))
     s = s.masked_fill(~keep, float("-inf"))
     lse = torch.logsumexp(s, dim=-1)
     out = (torch.softmax(s, dim=-1) @ vh).to(q.dtype).transpose(1, 2).contiguous()
@@ -177,3 +178,45 @@ def test_the_table_compares_with_fa4_on_the_window_it_ran_and_lists_what_did_not
 def test_unknown_implementations_are_refused_before_the_gpu_is_looked_for(capsys):
     assert bench_cli.main(["kernels", "--impls", "longgen,fa3"]) == 2
     assert "unknown --impls fa3; choose from longgen,flex,flex_flash,fa4,sdpa_full" in capsys.readouterr().err
+
+
+def test_a_full_model_on_fa4_equals_sdpa_in_prefill_and_decoding(fake_fa4, monkeypatch):
+    from longgen_core.models.base import tiny_llama
+
+    monkeypatch.setattr(baselines, "_fa4_missing", lambda: None)  # the stand-in is "installed"
+    sdpa = tiny_llama().double().eval()
+    on_fa4 = tiny_llama().double().eval()
+    on_fa4.set_attn_implementation(baselines.register_fa4_attention())
+    ids = torch.randint(3, 500, (1, 50), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(on_fa4(ids).logits, sdpa(ids).logits)
+        tokens = on_fa4.generate(ids, max_new_tokens=12, do_sample=False)
+        assert torch.equal(tokens, sdpa.generate(ids, max_new_tokens=12, do_sample=False))
+    assert {c["shapes"][0][1] for c in fake_fa4} == {50, 1}  # prefill, then one query per step
+    assert all(c["causal"] and c["softmax_scale"] == pytest.approx(16 ** -0.5) for c in fake_fa4)
+
+
+def test_bench_model_says_why_full_attention_on_fa4_was_not_measured():
+    from longgen_core.bench.model import run_model_bench
+    from longgen_core.models.base import tiny_llama
+
+    res = run_model_bench([48], device="cpu", dtype=torch.float32, config=tiny_llama().config,
+                          pattern=sink_window(4, 16), reps=1, decode_steps=2, decode_batch=2,
+                          metrics=("prefill_ms",))
+    assert {r["attention"] for r in res["rows"]} == {"full", "hybrid"} and "ratios_full_fa4" not in res
+    assert any(n.startswith("full attention through FlashAttention-4 not measured: needs a CUDA GPU")
+               for n in res["notes"])
+
+
+def test_bench_model_times_the_full_model_on_fa4_where_it_runs(fake_fa4, monkeypatch):
+    from longgen_core.bench.model import results_table, run_model_bench
+    from longgen_core.models.base import tiny_llama
+
+    monkeypatch.setattr(baselines, "unavailable", lambda impl, device="cuda": None)  # as on a Hopper GPU
+    res = run_model_bench([48], device="cpu", dtype=torch.float32, config=tiny_llama().config,
+                          pattern=sink_window(4, 16), reps=1, decode_steps=2, decode_batch=2,
+                          metrics=("prefill_ms", "decode_ms_b1"))
+    rows = {(r["attention"], r["metric"]) for r in res["rows"] if r["value"] is not None}
+    assert rows == {(a, m) for a in ("full", "hybrid", "full_fa4") for m in ("prefill_ms", "decode_ms_b1")}
+    assert set(res["ratios_full_fa4"]) == {"prefill_ms", "decode_ms_b1"} and fake_fa4
+    assert any(line.split()[1] == "full_fa4" for line in results_table(res).splitlines()[1:])

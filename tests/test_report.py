@@ -129,3 +129,13 @@ def test_generate_table_from_rows(tmp_path):
     assert "**Generation** (GPU X" in text
     assert "| 32K | 1 | 10.0 | 100.0 | 150.0 | 1.50x | 15.00x | 0.5, 0.3 |" in text
     assert "| 128K | 8 | - | - | - | - | - |" in text  # out of memory: no number, no ratio
+
+
+def test_model_table_shows_the_full_model_on_fa4_where_it_was_measured(tmp_path):
+    rows = [{"attention": a, "n": 131072, "metric": "prefill_ms", "value": v}
+            for a, v in (("full", 3000.0), ("hybrid", 1500.0), ("full_fa4", 2400.0))]
+    (tmp_path / "bench_model.json").write_text(json.dumps(model_bench(rows)))
+    text = report.render(tmp_path)
+    assert "| full / hybrid | paper (7B, 128K) | target (128K) | full on FA4 | full on FA4 / hybrid |" in text
+    line = next(x for x in text.splitlines() if x.startswith("| prefill ms | 128K"))
+    assert line.endswith("| 2400.00 | 1.60x |") and "| 3000.00 | 1500.00 | 2.00x |" in line

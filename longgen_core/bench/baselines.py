@@ -10,6 +10,8 @@ layout of :func:`longgen_core.kernels.sparse_attention`), queries at the end of 
   say: full causal and a causal sliding window (``window_size=(W - 1, 0)``). It has no attention
   sink (its ``learnable_sink`` is a per-head logit, not sink tokens) and no strided blocks:
   :func:`fa4_counterpart` names the nearest pattern it can run, and why.
+- :func:`fa4_attention`: FA4 as a transformers attention function (full causal), registered by
+  :func:`register_fa4_attention`: the full-attention model of ``bench model`` on FA4.
 
 :func:`unavailable` says why an implementation cannot run here (``None`` when it can), so that a
 benchmark row can say so instead of failing.
@@ -25,7 +27,12 @@ from __future__ import annotations
 
 import functools
 
-__all__ = ["IMPLS", "fa4", "fa4_counterpart", "flex", "unavailable"]
+__all__ = ["IMPLS", "FA4_ATTENTION", "fa4", "fa4_counterpart", "fa4_attention", "flex", "register_fa4_attention",
+           "unavailable"]
+
+# the name under which :func:`register_fa4_attention` registers FA4 with transformers (no "flash"
+# in it: transformers reads such a name as a kernel to fetch from the hub)
+FA4_ATTENTION = "fa4_causal"
 
 IMPLS = ("longgen", "flex", "flex_flash", "fa4", "sdpa_full")
 
@@ -108,8 +115,8 @@ def fa4(pattern, num_splits: int = 1):
     ``x.transpose(1, 2).contiguous().transpose(1, 2)`` (what the benchmark builds) reach it
     contiguous, with no copy. Fewer queries than keys align at the end (FA4's bottom-right
     causal convention, the same as ours). ``num_splits=0``: FA4's own split heuristic over the
-    keys (decode, one query per sequence). Returns ``o`` (and the log-sum-exp ``(B, H, N)`` with
-    ``return_lse=True``).
+    keys (decode, one query per sequence). The callable takes ``scale`` (default ``1 / sqrt(D)``)
+    and returns ``o`` (and the log-sum-exp ``(B, H, N)`` with ``return_lse=True``).
     """
     import torch
     from flash_attn.cute import flash_attn_func
@@ -118,9 +125,9 @@ def fa4(pattern, num_splits: int = 1):
     if num_splits != 1 and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9:
         num_splits = 1  # flash-attn-4 4.0.0b36 on Hopper: "SplitKV not supported on SM 9.0"
 
-    def run(q, k, v, return_lse=False):
+    def run(q, k, v, return_lse=False, scale=None):
         o, lse = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True,
-                                 window_size=window, num_splits=num_splits, return_lse=True)
+                                 softmax_scale=scale, window_size=window, num_splits=num_splits, return_lse=True)
         o = o.transpose(1, 2)
         return (o, lse) if return_lse else o
 
@@ -141,3 +148,32 @@ def flex(pattern, backend: str = "TRITON"):
         return flex_attention(q, k, v, pattern, backend=backend, return_lse=return_lse)
 
     return run
+
+
+def fa4_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Full causal attention through FA4 as transformers calls an attention function:
+    ``query`` ``(B, H, Nq, D)``, ``key``/``value`` ``(B, Hk, Nk, D)`` (RoPE applied, the cache
+    updated; fewer queries than keys: the last ones, as in decoding); returns ``(B, Nq, H, D)``
+    and no weights. The projections transformers transposes are ``(B, N, H, D)`` in memory,
+    FA4's layout, so nothing is copied."""
+    if attention_mask is not None:
+        raise ValueError("fa4_attention is causal over the whole prefix: no custom attention mask")
+    if dropout and module.training:
+        raise ValueError(f"fa4_attention has no dropout, got {dropout}")
+    from ..patterns import full_causal
+
+    return fa4(full_causal())(query, key, value, scale=scaling).transpose(1, 2), None
+
+
+def register_fa4_attention() -> str:
+    """Register :func:`fa4_attention` with transformers' ``AttentionInterface`` under
+    :data:`FA4_ATTENTION` (with a mask function that builds none and refuses padded batches);
+    returns the name, for ``model.set_attn_implementation(name)``. Idempotent."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    from ..models.attention import padding_guard
+
+    AttentionInterface.register(FA4_ATTENTION, fa4_attention)
+    AttentionMaskInterface.register(FA4_ATTENTION, padding_guard)
+    return FA4_ATTENTION

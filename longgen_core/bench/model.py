@@ -5,9 +5,12 @@
 A Llama-2-7B-shaped decoder (hidden 4096, 32 heads = 32 KV heads, head_dim 128, MLP 11008,
 vocab 32000, random weights, bf16) with ``--layers`` decoder layers (default 6: 2 full + 4 sparse,
 LongGen's middle-third mix; the full 32 layers do not fit the training step at 128K on one GPU).
-The full-attention model (transformers' SDPA attention) and a deep copy converted with
-:func:`longgen_core.models.convert.to_longgen` (sink 64 + window 4096) are timed in the same run, both
-with :class:`~longgen_core.models.cache.LongGenCache` (all full layers for the full model), per N:
+The full-attention model (transformers' SDPA attention), a deep copy converted with
+:func:`longgen_core.models.convert.to_longgen` (sink 64 + window 4096) and, where FlashAttention-4
+runs, a third copy of the full model with FA4 as its attention (``full_fa4``,
+:func:`~longgen_core.bench.baselines.fa4_attention`: the best full-attention kernel on Hopper) are
+timed in the same run, all with :class:`~longgen_core.models.cache.LongGenCache` (all full layers for
+the full models), per N:
 
 - ``kv_bytes``: :func:`longgen_core.models.cache.kv_cache_bytes` summed over layers after a prefill of N
   tokens (hybrid rows also carry ``kv_bytes_formula``);
@@ -61,7 +64,7 @@ from .results import copy_gbps, software_versions
 
 METRICS = ("kv_bytes", "prefill_ms", "decode_ms_b1", "decode_ms_b8", "decode_graph_ms_b1", "decode_graph_ms_b8",
            "train_step_ms")
-ATTENTIONS = ("full", "hybrid")
+ATTENTIONS = ("full", "hybrid", "full_fa4")  # full_fa4: only where FlashAttention-4 runs
 
 
 def llama7b_shaped(layers: int, max_positions: int):
@@ -352,8 +355,9 @@ def _measure(rec: _Recorder, attention: str, model, ids: torch.Tensor, token: to
     rec.cell(attention, n, f"decode_ms_b{plan.decode_batch}", cells.decode_ms_at_batch)
     cells.cache = None
     plan.free()
-    for batch in dict.fromkeys((1, plan.decode_batch)):
-        rec.cell(attention, n, f"decode_graph_ms_b{batch}", lambda: cells.decode_graph_ms(batch))
+    if static_model is not None:  # the graphed serving path exists for converted models only
+        for batch in dict.fromkeys((1, plan.decode_batch)):
+            rec.cell(attention, n, f"decode_graph_ms_b{batch}", lambda: cells.decode_graph_ms(batch))
     rec.cell(attention, n, "train_step_ms", cells.train_step_ms)
 
 
@@ -395,7 +399,7 @@ def _header(config, hybrid, pattern, dtype, device: str, reps: int, decode_steps
 def run_model_bench(lengths, layers: int = 6, device: str = "cuda", dtype=torch.bfloat16, config=None,
                     pattern=None, backend: str = "auto", reps: int = 3, decode_steps: int = 16,
                     decode_batch: int = 8, chunk: int = 4096, metrics=METRICS, time_budget=None,
-                    log=print, fused_norms: bool = True) -> dict:
+                    log=print, fused_norms: bool = True, with_fa4: bool = True) -> dict:
     """Measure every (attention, N, metric) cell; return the results dict (see the module doc).
 
     Example (CPU, a tiny model; times mean nothing there)::
@@ -423,26 +427,50 @@ def run_model_bench(lengths, layers: int = 6, device: str = "cuda", dtype=torch.
     static_full = as_static_full(full, backend) if graphed else None
     if graphed and plan.is_cuda:
         plan.copy_gbps = results["copy_gbps"] = round(copy_gbps(device), 1)
+    models = [("full", full, static_full), ("hybrid", hybrid, hybrid)]
+    full_fa4 = _full_on_fa4(full, device, results["notes"]) if with_fa4 else None
+    if full_fa4 is not None:
+        models.append(("full_fa4", full_fa4, None))
     gen = torch.Generator().manual_seed(1)
     for n in lengths:
         ids = torch.randint(0, config.vocab_size, (1, n), generator=gen).to(device)
         token = torch.randint(0, config.vocab_size, (1, 1), generator=gen).to(device)
-        for attention, model, static_model in zip(ATTENTIONS, (full, hybrid), (static_full, hybrid)):
+        for attention, model, static_model in models:
             _measure(rec, attention, model, ids, token, static_model)
             plan.free()
     results["ratios"] = ratios(results)
+    if full_fa4 is not None:
+        results["ratios_full_fa4"] = ratios(results, "full_fa4")
     results["wall_s"] = round(time.time() - start, 1)
     return results
 
 
-def ratios(results: dict) -> dict:
-    """``{metric: {n: full / hybrid}}`` (speed-up for times, reduction factor for bytes)."""
+def _full_on_fa4(full, device, notes: list):
+    """A copy of the full model whose attention runs FlashAttention-4
+    (:func:`~longgen_core.bench.baselines.fa4_attention`), or ``None`` with a note saying why
+    it cannot run here."""
+    from .baselines import register_fa4_attention, unavailable
+
+    why = unavailable("fa4", device)
+    if why:
+        notes.append(f"full attention through FlashAttention-4 not measured: {why}")
+        return None
+    model = copy.deepcopy(full)
+    model.set_attn_implementation(register_fa4_attention())
+    notes.append("full_fa4: the full model with FlashAttention-4 (flash_attn.cute) as its attention, through "
+                 "transformers' loop (no graphed decode path: that exists for converted models).")
+    return model
+
+
+def ratios(results: dict, baseline: str = "full") -> dict:
+    """``{metric: {n: baseline / hybrid}}`` (speed-up for times, reduction factor for bytes);
+    ``baseline``: ``"full"`` (SDPA) or ``"full_fa4"``."""
     by = {(r["attention"], r["n"], r["metric"]): r["value"] for r in results["rows"]}
     out: dict = {}
     for (att, n, metric), v in by.items():
         if att != "hybrid":
             continue
-        f = by.get(("full", n, metric))
+        f = by.get((baseline, n, metric))
         if f is not None and v:
             out.setdefault(metric, {})[str(n)] = f / v
     return out
@@ -454,8 +482,9 @@ def results_table(results: dict) -> str:
     by = {(r["attention"], r["n"], r["metric"]): r["value"] for r in rows}
     metrics = [m for m in METRICS if any(r["metric"] == m for r in rows)]
     lines = [f"{'metric':15s} {'attn':7s}" + "".join(f"{n // 1024:>11d}K" for n in ns)]
+    attentions = [a for a in ATTENTIONS if any(r["attention"] == a for r in rows)]
     for m in metrics:
-        for att in ATTENTIONS:
+        for att in attentions:
             cells = []
             for n in ns:
                 v = by.get((att, n, m))

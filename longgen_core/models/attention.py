@@ -58,7 +58,7 @@ from ..patterns import Pattern
 __all__ = ["ATTN_IMPLEMENTATIONS", "CACHE_KWARG", "POSITIONS_KWARG", "PATTERN_ATTR", "REINDEX_ATTR",
            "register", "install_cache_hooks", "attention_modules", "slot_attention", "rotate",
            "rope_inv_freq", "check_position_ids", "ForwardPositions", "longgen_attention_forward", "kernel_ops",
-           "SLOT_LAYER_ATTR"]
+           "SLOT_LAYER_ATTR", "padding_guard"]
 
 # (no "flash" in a name: transformers reads such a name as a FlashAttention kernel from the hub)
 ATTN_IMPLEMENTATIONS = {"auto": "longgen", "sdpa": "longgen_sdpa", "reference": "longgen_reference",
@@ -307,7 +307,7 @@ def _flex_flash_forward(module, query, key, value, attention_mask, scaling=None,
     return _forward("flex_flash", module, query, key, value, attention_mask, scaling, dropout, **kwargs)
 
 
-def _padding_guard(*args, attention_mask=None, **kwargs):
+def padding_guard(*args, attention_mask=None, **kwargs):
     """Mask function for the LongGen implementations: masks come from the patterns, so return
     ``None``; but refuse padded batches instead of silently attending to padding."""
     if isinstance(attention_mask, torch.Tensor) and attention_mask.dtype == torch.bool \
@@ -323,7 +323,7 @@ def register() -> None:
                  "flex": _flex_forward, "flex_flash": _flex_flash_forward}
     for backend, name in ATTN_IMPLEMENTATIONS.items():
         AttentionInterface.register(name, functions[backend])
-        AttentionMaskInterface.register(name, _padding_guard)
+        AttentionMaskInterface.register(name, padding_guard)
 
 
 def _forward_cache(module, args, kwargs):
