@@ -28,7 +28,7 @@ from longgen_core.patterns import sink_window
 from longgen_core.train import checkpoint as ckpt
 from longgen_core.train import cli as train_cli
 from longgen_core.train import loop as tr
-from test_train import run, straight  # noqa: F401 -- straight: the uninterrupted 6-step micro run
+from test_train import run
 
 
 def losses(result):

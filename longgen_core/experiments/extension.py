@@ -54,7 +54,7 @@ from ..evaluate.retrieval import outside_window_score, perplexity_by_length, ret
 from ..models.convert import layer_map, load_longgen, to_posthoc_streaming
 from ..models.rope import rope_theta_of
 from ..jsonio import write_json_atomic
-from ..train.loop import base_model, load_tokenizer, read_log, train
+from ..train.loop import base_model, load_tokenizer, train
 from ..train.presets import get_preset
 from . import miniature
 

@@ -85,7 +85,7 @@ from ..models.rope import rope_theta_of, set_rope
 from .checkpoint import (CheckpointWriteError, latest_checkpoint, load_checkpoint, refuse_sharded, remove_stale,
                          resume_point, save_checkpoint)
 from .loss import CausalLMLoss
-from .presets import DEFAULT_PRESET, PRESETS, Preset, base_config, get_preset
+from .presets import DEFAULT_PRESET, Preset, base_config, get_preset
 
 __all__ = ["ATTENTIONS", "RUNS_DIR", "TrainResult", "train", "build_model", "load_tokenizer", "set_trainable",
            "compute_in_autocast_dtype", "base_model", "truncate_layers", "warmup_cosine", "read_log", "plot_loss", "loss_summary"]
