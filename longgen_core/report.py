@@ -36,9 +36,11 @@ def _kernel_table(bench: dict) -> list[str]:
     patterns = sorted({r["pattern"] for r in rows if r["impl"] == "longgen"})
     lines = [f"**Attention kernels** ({bench['device']}, torch {bench['torch']}, triton {bench['triton']}, "
              f"{bench['date']}; B={bench.get('batch', 1)}, {bench.get('heads', '?')} heads, head_dim "
-             f"{bench.get('head_dim', '?')}, {bench.get('dtype', '')}; decode at batch {bench.get('decode_batch', '?')} "
-             "with the evicted cache; `python -m longgen_core.bench kernels`; median ms)", "",
-             "| pattern | N | pass | LongGen ms | FlexAttention ms | full SDPA ms | vs Flex | vs SDPA | LongGen TFLOP/s or GB/s |",
+             f"{bench.get('head_dim', '?')}, {bench.get('dtype', '')}; decode at batch "
+             f"{bench.get('decode_batch', '?')} with the evicted cache; `python -m longgen_core.bench kernels`; "
+             "median ms)", "",
+             "| pattern | N | pass | LongGen ms | FlexAttention ms | full SDPA ms | vs Flex | vs SDPA "
+             "| LongGen TFLOP/s or GB/s |",
              "|---|---|---|---|---|---|---|---|---|"]
     for pattern in patterns:
         for n in sorted({r["n"] for r in rows if r["pattern"] == pattern}):
@@ -190,9 +192,10 @@ def _miniature_table(mini: dict) -> list[str]:
     met = summary.get("met", {})
     lines += ["", f"Targets at {format_tokens(summary['longest'])}: hybrid ≥ {summary['targets']['hybrid_min']} — "
               f"{TARGET_WORDS[met.get('hybrid_min')]}; within {summary['targets']['hybrid_gap_max']} of full — "
-              f"{TARGET_WORDS[met.get('hybrid_gap')]}; StreamingLLM ≤ {summary['targets']['streaming_outside_max']} on "
-              f"needles outside its window — {TARGET_WORDS[met.get('streaming_outside')]}. Paper: the hybrid keeps NIAH "
-              "close to full attention at 128K; post-hoc eviction fails outside its window."]
+              f"{TARGET_WORDS[met.get('hybrid_gap')]}; StreamingLLM ≤ "
+              f"{summary['targets']['streaming_outside_max']} on needles outside its window — "
+              f"{TARGET_WORDS[met.get('streaming_outside')]}. Paper: the hybrid keeps NIAH close to full attention "
+              "at 128K; post-hoc eviction fails outside its window."]
     return lines
 
 

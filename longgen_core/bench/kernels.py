@@ -580,8 +580,9 @@ def _time_fa4_decode(sweep: _Sweep, pattern, n: int, tensors, instead_of: str = 
     b = qd.shape[0]
     visible, nbytes = _decode_bytes(pattern, n, b, sweep.kv_heads, sweep.head_dim, sweep.heads)
     f = fa4(pattern, num_splits=0)
-    sweep.time("fa4", pattern.name, n, "decode", lambda: f(qd, kd, vd), 4.0 * b * sweep.heads * visible * sweep.head_dim,
-               nbytes, cache="full", batch=b, **({"instead_of": instead_of} if instead_of else {}))
+    sweep.time("fa4", pattern.name, n, "decode", lambda: f(qd, kd, vd),
+               4.0 * b * sweep.heads * visible * sweep.head_dim, nbytes, cache="full", batch=b,
+               **({"instead_of": instead_of} if instead_of else {}))
 
 
 def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch, deadline, log=print,

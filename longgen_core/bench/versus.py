@@ -9,9 +9,9 @@ commit's package, extracted beside the checkout under another name::
     python -m longgen_core.bench.versus --root runs/old --package longgen_old \\
         --kernels attention.ops --patterns patterns --out figures/kernels_versus_a910ee6.json
 
-Both versions run their own default launch settings, and each is timed twice, interleaved. Before anything is timed, each pass's
-outputs (and gradients) of the two versions are compared; the JSON records the largest
-difference next to the times.
+Both versions run their own default launch settings, and each is timed twice, interleaved.
+Before anything is timed, each pass's outputs (and gradients) of the two versions are compared;
+the JSON records the largest difference next to the times.
 
 JSON layout::
 

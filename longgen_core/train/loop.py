@@ -88,7 +88,8 @@ from .loss import CausalLMLoss
 from .presets import DEFAULT_PRESET, Preset, base_config, get_preset
 
 __all__ = ["ATTENTIONS", "RUNS_DIR", "TrainResult", "train", "build_model", "load_tokenizer", "set_trainable",
-           "compute_in_autocast_dtype", "base_model", "truncate_layers", "warmup_cosine", "read_log", "plot_loss", "loss_summary"]
+           "compute_in_autocast_dtype", "base_model", "truncate_layers", "warmup_cosine", "read_log", "plot_loss",
+           "loss_summary"]
 
 ATTENTIONS = ("hybrid", "full", "all_sparse")  # all_sparse: the pattern in every layer, none full
 RUNS_DIR = Path(__file__).resolve().parents[2] / "runs"  # git-ignored
@@ -296,7 +297,8 @@ def _check_run_config(run_dir: Path, record: dict) -> None:
         old = read_json(existing)
         if (old.get("preset"), old.get("attention")) != (record["preset"], record["attention"]):
             raise ValueError(f"{run_dir} holds a run with another configuration ({existing}); resume it "
-                             f"with the same preset and attention, use another run_dir, or start over (resume=False; --no-resume on the command line)")
+                             "with the same preset and attention, use another run_dir, or start over "
+                             "(resume=False; --no-resume on the command line)")
 
 
 def _mixed_precision(preset: Preset) -> str:
