@@ -2,7 +2,7 @@
 #   make demo   set up (if needed), then execute every notebook at the default CPU preset into
 #               runs/demo/ (executed copies, logs, figures; git-ignored: the checkout stays clean)
 #   make refresh  the same, into the committed notebooks and figures/ (maintainers, before a commit)
-#   make test   set up (if needed), then run the unit tests and the notebook tests
+#   make test   set up (if needed), then lint (ruff), then run the unit tests and the notebook tests
 # A virtualenv is created in .venv unless one is already active.
 
 VENV ?= .venv
@@ -15,7 +15,7 @@ STAMP := $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),$(VENV))/.longgen-installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 PRESET ?= cpu-tiny
 
-.PHONY: setup demo refresh notebooks test test-unit test-notebooks test-browser
+.PHONY: setup demo refresh notebooks lint test test-unit test-notebooks test-browser
 
 setup: $(STAMP)
 
@@ -38,7 +38,11 @@ OUT ?= runs
 notebooks: setup
 	$(PYTHON) -m longgen_core.runner --preset $(PRESET) --out $(OUT)
 
-test: setup
+# pyflakes and pycodestyle over the package, the tests and the notebooks (rules: pyproject.toml)
+lint: setup
+	$(PYTHON) -m ruff check longgen_core tests notebooks
+
+test: setup lint
 	$(PYTHON) -m pytest tests --nbval-lax $(NOTEBOOKS) --durations=15
 
 # Real-browser notebook test (needs Debian's chromium: apt-get install chromium); part of `make test`

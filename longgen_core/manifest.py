@@ -16,7 +16,8 @@ Example::
     >>> verify_manifest(folder)  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    longgen_core.manifest.IntegrityError: weights.bin in ... does not match its manifest (SHA-256 differs): the file is corrupted or was changed after it was written
+    longgen_core.manifest.IntegrityError: weights.bin in ... does not match its manifest (SHA-256 differs):
+    the file is corrupted or was changed after it was written
 """
 
 from __future__ import annotations

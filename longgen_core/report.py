@@ -43,10 +43,10 @@ def _kernel_table(bench: dict) -> list[str]:
              + (f", flash-attn-4 {bench['versions']['flash-attn-4']}" if "flash-attn-4" in bench.get("versions", {})
                 else "")
              + f", {bench['date']}; B={bench.get('batch', 1)}, {bench.get('heads', '?')} heads, head_dim "
-             f"{bench.get('head_dim', '?')}, {bench.get('dtype', '')}; decode at batch {bench.get('decode_batch', '?')} "
-             f"with the evicted cache; `{bench.get('command', 'python -m longgen_core.bench kernels')}`; median ms; "
-             "† FA4 on the window "
-             "without the sink, the nearest pattern it can run)", "",
+             f"{bench.get('head_dim', '?')}, {bench.get('dtype', '')}; decode at batch "
+             f"{bench.get('decode_batch', '?')} with the evicted cache; "
+             f"`{bench.get('command', 'python -m longgen_core.bench kernels')}`; median ms; "
+             "† FA4 on the window without the sink, the nearest pattern it can run)", "",
              "| pattern | N | pass | LongGen | Flex (Triton) | Flex (FLASH) | FA4 | full SDPA | full FA4 "
              "| vs fastest sparse | LongGen TFLOP/s or GB/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -217,9 +217,10 @@ def _miniature_table(mini: dict) -> list[str]:
     met = summary.get("met", {})
     lines += ["", f"Targets at {format_tokens(summary['longest'])}: hybrid ≥ {summary['targets']['hybrid_min']} — "
               f"{TARGET_WORDS[met.get('hybrid_min')]}; within {summary['targets']['hybrid_gap_max']} of full — "
-              f"{TARGET_WORDS[met.get('hybrid_gap')]}; StreamingLLM ≤ {summary['targets']['streaming_outside_max']} on "
-              f"needles outside its window — {TARGET_WORDS[met.get('streaming_outside')]}. Paper: the hybrid keeps NIAH "
-              "close to full attention at 128K; post-hoc eviction fails outside its window."]
+              f"{TARGET_WORDS[met.get('hybrid_gap')]}; StreamingLLM ≤ "
+              f"{summary['targets']['streaming_outside_max']} on needles outside its window — "
+              f"{TARGET_WORDS[met.get('streaming_outside')]}. Paper: the hybrid keeps NIAH close to full attention "
+              "at 128K; post-hoc eviction fails outside its window."]
     return lines
 
 

@@ -9,8 +9,18 @@ Figures the notebooks save while nbval executes them go to ``runs/test-figures``
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("LONGGEN_FIGURE_DIR", str(Path(__file__).resolve().parent.parent / "runs" / "test-figures"))
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted 6-step micro run (test_train's ``run``) that the resume tests of
+    test_train and test_faults compare against; one per module."""
+    from test_train import run
+
+    return run(tmp_path_factory.mktemp("straight"))

@@ -172,7 +172,8 @@ def test_the_table_compares_with_fa4_on_the_window_it_ran_and_lists_what_did_not
     assert speedups["sink_window_64_4096 fwd vs fa4 on sliding_window_4096"] == "0.75x"
     assert speedups["sink_window_64_4096 fwd vs flex_flash"] == "1.25x"
     assert speedups["sliding_window_4096 fwd vs fa4"] == "0.77x"  # like for like
-    assert lines[-2:] == ["not run:", "  fa4 strided_64_16_8_hetero: FA4's arguments cannot express the strided pattern"]
+    assert lines[-2:] == ["not run:",
+                          "  fa4 strided_64_16_8_hetero: FA4's arguments cannot express the strided pattern"]
 
 
 def test_unknown_implementations_are_refused_before_the_gpu_is_looked_for(capsys):

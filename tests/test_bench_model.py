@@ -93,7 +93,8 @@ def test_generate_bench_times_both_models_on_the_cpu(tmp_path):
     result = json.loads(out.read_text())
     assert result["device"] == "cpu" and result["pattern"] == "sink_window_4_32"
     served = {("full", "transformers"), ("full", "longgen"), ("hybrid", "longgen")}
-    assert {(r["attention"], r["serving"], r["batch"]) for r in result["rows"]} == {(*s, b) for s in served for b in (1, 2)}
+    assert ({(r["attention"], r["serving"], r["batch"]) for r in result["rows"]}
+            == {(*s, b) for s in served for b in (1, 2)})
     assert not any(r["cuda_graphs"] for r in result["rows"])  # the CPU runs transformers' loop
     for r in result["rows"]:
         assert r["prompt_tokens"] == 96 and r["tokens_per_s"] > 0

@@ -31,8 +31,8 @@ def random_ids(n, vocab=500, seed=0):
     return torch.randint(3, vocab, (1, n), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("module", [longgen_core.models.cache, longgen_core.models.settings, longgen_core.models.convert,
-                                    longgen_core.models.base],
+@pytest.mark.parametrize("module", [longgen_core.models.cache, longgen_core.models.settings,
+                                    longgen_core.models.convert, longgen_core.models.base],
                          ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)

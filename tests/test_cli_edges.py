@@ -106,8 +106,10 @@ def test_train_device_cpu_or_a_cpu_preset_passes_the_check(no_cuda, monkeypatch,
 
 
 @pytest.mark.parametrize("argv,words", [
-    (["miniature", "--preset", "gpu-small"], "train and score the gpu-small plan (16,384-token sequences, 300 steps an arm)"),
-    (["extension", "--plan", "gpu-128k"], "train and score the gpu-128k plan (131,072-token sequences, 60 steps an arm)")])
+    (["miniature", "--preset", "gpu-small"],
+     "train and score the gpu-small plan (16,384-token sequences, 300 steps an arm)"),
+    (["extension", "--plan", "gpu-128k"],
+     "train and score the gpu-128k plan (131,072-token sequences, 60 steps an arm)")])
 def test_experiments_refuse_a_gpu_plan_on_a_cpu(no_cuda, monkeypatch, capsys, argv, words):
     monkeypatch.setattr(miniature, "main_miniature", never)
     monkeypatch.setattr(extension, "main_extension", never)
@@ -135,7 +137,8 @@ def test_experiments_device_cpu_merging_or_a_cpu_plan_pass_the_check(no_cuda, mo
     (["--set", "lr", '"abc"', "--set", "seed", "1.5"],
      ["lr must be a number, got 'abc' (str)", "seed must be an int, got 1.5 (float)"]),
     (["--set", "full_layers", "5"], ["full_layers must be a list or None, got 5 (int)"]),
-    (["--steps", "3", "--set", "gradient_checkpointing", "1"], ["gradient_checkpointing must be true or false, got 1 (int)"]),
+    (["--steps", "3", "--set", "gradient_checkpointing", "1"],
+     ["gradient_checkpointing must be true or false, got 1 (int)"]),
     (["--model", "/nonexistent"], ["model '/nonexistent': no such directory; give 'smollm2', 'tiny', a folder "
                                    "written by save_pretrained, or a hub id such as meta-llama/Llama-2-7b-hf"]),
     (["--tokenizer", "./nope"], ["tokenizer './nope': no such directory; give 'smollm2', 'tiny', a folder "

@@ -36,7 +36,8 @@ def _layer(pattern, batch=2, kv_heads=2, dim=16, capacity=64):
     return layer
 
 
-@pytest.mark.parametrize("pattern", [sink_window(4, 8), sliding_window(8), full_causal()], ids=["ring", "window", "full"])
+@pytest.mark.parametrize("pattern", [sink_window(4, 8), sliding_window(8), full_causal()],
+                         ids=["ring", "window", "full"])
 @pytest.mark.parametrize("position", [2, 4, 29])  # inside the sinks, the first ring slot, a wrapped ring
 def test_rope_store_kernel_equals_pytorch(pattern, position):
     gen = torch.Generator().manual_seed(position)
@@ -45,7 +46,8 @@ def test_rope_store_kernel_equals_pytorch(pattern, position):
     inv_freq = (1.0 / 500.0 ** (torch.arange(0, dim, 2).float() / dim)).to(DEVICE)
     pos = torch.tensor([position], device=DEVICE)
     layers = [_layer(pattern) for _ in range(2)]
-    outs = [rope_store(q, k, v, pos, layer, inv_freq, 0.9, triton_kernel=use) for layer, use in zip(layers, (False, True))]
+    outs = [rope_store(q, k, v, pos, layer, inv_freq, 0.9, triton_kernel=use)
+            for layer, use in zip(layers, (False, True))]
     torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
     slot = int(layers[0].slot_of(pos))
     assert layers[0].positions.tolist() == layers[1].positions.tolist()

@@ -20,10 +20,10 @@ import longgen_core.jsonio
 import longgen_core.manifest
 import longgen_core.notebook_params
 
-MODULES = [longgen_core.patterns.masks, longgen_core.kernels.reference, longgen_core.plots, longgen_core.data.corpora, longgen_core.data.stream,
-           longgen_core.models.convert, longgen_core.models.fused, longgen_core, longgen_core.train.options,
-           longgen_core.bench.targets, longgen_core.cli_values, longgen_core.jsonio, longgen_core.manifest,
-           longgen_core.formatting, longgen_core.notebook_params]
+MODULES = [longgen_core.patterns.masks, longgen_core.kernels.reference, longgen_core.plots, longgen_core.data.corpora,
+           longgen_core.data.stream, longgen_core.models.convert, longgen_core.models.fused, longgen_core,
+           longgen_core.train.options, longgen_core.bench.targets, longgen_core.cli_values, longgen_core.jsonio,
+           longgen_core.manifest, longgen_core.formatting, longgen_core.notebook_params]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

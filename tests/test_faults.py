@@ -28,7 +28,7 @@ from longgen_core.patterns import sink_window
 from longgen_core.train import checkpoint as ckpt
 from longgen_core.train import cli as train_cli
 from longgen_core.train import loop as tr
-from test_train import run, straight  # noqa: F401 -- straight: the uninterrupted 6-step micro run
+from test_train import run
 
 
 def losses(result):
@@ -164,7 +164,8 @@ def test_a_sharded_run_that_would_checkpoint_is_refused_before_any_work(tmp_path
     def nothing_may_load(preset):
         raise AssertionError("the run loaded its tokenizer before refusing")
 
-    monkeypatch.setattr(tr, "_accelerator", lambda preset: SimpleNamespace(distributed_type=SimpleNamespace(value=engine)))
+    monkeypatch.setattr(tr, "_accelerator",
+                        lambda preset: SimpleNamespace(distributed_type=SimpleNamespace(value=engine)))
     monkeypatch.setattr(tr, "load_tokenizer", nothing_may_load)
     with pytest.raises(ValueError, match=f"checkpoints under {engine} are not supported .*--no-checkpoints"):
         run(tmp_path)

@@ -11,9 +11,12 @@ def test_readme_results_match_the_json():
 
 def test_kernel_table_from_rows(tmp_path):
     rows = [
-        {"impl": "longgen", "pattern": "sink_window_64_4096", "n": 131072, "pass": "fwd", "ms": 10.0, "tflops": 500.0, "gbps": None},
-        {"impl": "flex", "pattern": "sink_window_64_4096", "n": 131072, "pass": "fwd", "ms": 20.0, "tflops": 250.0, "gbps": None},
-        {"impl": "sdpa_full", "pattern": "full_causal", "n": 131072, "pass": "fwd", "ms": 250.0, "tflops": 560.0, "gbps": None},
+        {"impl": "longgen", "pattern": "sink_window_64_4096", "n": 131072, "pass": "fwd", "ms": 10.0,
+         "tflops": 500.0, "gbps": None},
+        {"impl": "flex", "pattern": "sink_window_64_4096", "n": 131072, "pass": "fwd", "ms": 20.0,
+         "tflops": 250.0, "gbps": None},
+        {"impl": "sdpa_full", "pattern": "full_causal", "n": 131072, "pass": "fwd", "ms": 250.0,
+         "tflops": 560.0, "gbps": None},
     ]
     (tmp_path / "bench_kernels.json").write_text(json.dumps(
         {"device": "GPU X", "torch": "2.11", "triton": "3.6", "date": "2026-11-23", "rows": rows}))

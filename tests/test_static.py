@@ -68,7 +68,8 @@ def test_generation_stops_when_every_row_has_ended():
 def test_static_cache_holds_the_ring_on_sparse_layers_and_capacity_on_full_ones():
     model = _tiny(sink_window(4, 16))
     cache = StaticLongGenCache(model.config, batch=2, capacity=300, dtype=torch.float32, device="cpu")
-    per_slot = 2 * 2 * model.config.num_key_value_heads * (model.config.hidden_size // model.config.num_attention_heads) * 4
+    per_slot = (2 * 2 * model.config.num_key_value_heads
+                * (model.config.hidden_size // model.config.num_attention_heads) * 4)
     expected = [per_slot * (300 if i in model.config.longgen["full_layers"] else 4 + 16) for i in range(6)]
     assert kv_cache_bytes(cache) == expected
 

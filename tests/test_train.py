@@ -31,12 +31,6 @@ def run(run_dir, attention="hybrid", **kwargs):
     return tr.train("cpu-tiny", attention, run_dir, progress=False, **flags, **{**MICRO, **fields})
 
 
-@pytest.fixture(scope="module")
-def straight(tmp_path_factory):
-    """The uninterrupted 6-step micro run every resume test compares against."""
-    return run(tmp_path_factory.mktemp("straight"))
-
-
 # ---------------------------------------------------------------------- loss
 @pytest.mark.parametrize("chunk", [7, 1000])
 def test_chunked_loss_equals_plain_loss_and_gradients(chunk):

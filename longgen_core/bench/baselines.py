@@ -4,8 +4,9 @@ Each builder returns a callable ``f(q, k, v, return_lse=False)`` on ``(B, H, N, 
 layout of :func:`longgen_core.kernels.sparse_attention`), queries at the end of the keys:
 
 - :func:`flex`: PyTorch's FlexAttention, compiled, with the block mask of the pattern's
-  ``mask_mod`` (:mod:`longgen_core.kernels.flex`); ``backend="FLASH"`` runs FlashAttention-4's CuTe kernels under it (Hopper and
-  Blackwell, flash-attn-4 installed), ``"TRITON"`` its own Triton kernels.
+  ``mask_mod`` (:mod:`longgen_core.kernels.flex`); ``backend="FLASH"`` runs FlashAttention-4's
+  CuTe kernels under it (Hopper and Blackwell, flash-attn-4 installed), ``"TRITON"`` its own
+  Triton kernels.
 - :func:`fa4`: FlashAttention-4's ``flash_attn_func`` itself, for the patterns its arguments can
   say: full causal and a causal sliding window (``window_size=(W - 1, 0)``). It has no attention
   sink (its ``learnable_sink`` is a per-head logit, not sink tokens) and no strided blocks:

@@ -182,13 +182,17 @@ def _tuned(tuned: dict | None, pattern, head_dim: int, dtype):
     return (tuned or {}).get((default_tile(pattern, False), head_dim, torch.finfo(dtype).bits // 8))
 
 
-def _device_ceilings() -> dict:
-    """Measured copy bandwidth (bytes read + written, :func:`copy_gbps`) and a bf16 matmul rate."""
+def _matmul_ms(n: int) -> float:
+    """Median ms of one bf16 ``(n, n) @ (n, n)`` matmul; its operand is freed on return."""
     import torch
 
-    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
-    mm_ms = median_ms(lambda: a @ a)
-    del a
+    a = torch.randn(n, n, dtype=torch.bfloat16, device="cuda")
+    return median_ms(lambda: a @ a)
+
+
+def _device_ceilings() -> dict:
+    """Measured copy bandwidth (bytes read + written, :func:`copy_gbps`) and a bf16 matmul rate."""
+    mm_ms = _matmul_ms(8192)
     return {"copy_gbps": copy_gbps("cuda"), "matmul_tflops": 2 * 8192**3 / mm_ms / 1e9}
 
 
@@ -242,8 +246,8 @@ def check_on_device(heads: int = 32, head_dim: int = 128, log=print, tuned: dict
         truth["g"] = torch.autograd.grad(truth["o"], leaves32, do)
         return {}
 
-    torch.manual_seed(0)
-    for name, pattern in kernel_patterns(heads).items():
+    def check_vs_flex(name, pattern):
+        """Ours (bf16, fp16) and FlexAttention's FLASH backend against fp32 FlexAttention."""
         n, kv_heads = 4096 + 77, heads // 4  # ragged N, GQA 4
         q = torch.randn(1, heads, n, head_dim, device="cuda")
         k, v = (torch.randn(1, kv_heads, n, head_dim, device="cuda") for _ in range(2))
@@ -269,23 +273,26 @@ def check_on_device(heads: int = 32, head_dim: int = 128, log=print, tuned: dict
                 record(f"{name}_vs_flex_n{n}_kv{kv_heads}_{str(dtype)[6:]}",
                        lambda d=dtype: versus(truth, ours(d), q, k, v, do, d), 2e-2)
             record(f"{name}_flex_flash_vs_flex_n{n}_kv{kv_heads}_bfloat16", flex_flash_vs_flex, 2e-2)
-        del q, k, v, do, truth
-        counterpart, _ = fa4_counterpart(pattern)
-        if counterpart is not None:  # FA4 itself, on the pattern it can run, past its window
-            n = 2 * counterpart.window_tokens + 77 if counterpart.kind == "sliding_window" else 4096 + 77
-            q = torch.randn(1, heads, n, head_dim, device="cuda")
-            k, v = (torch.randn(1, kv_heads, n, head_dim, device="cuda") for _ in range(2))
-            do = torch.randn_like(q)
-            truth = {}
 
-            def fa4_vs_flex():
-                if unavailable("fa4"):
-                    return {"unavailable": unavailable("fa4")}
-                flex_truth(counterpart, q, k, v, do, truth)
-                return versus(truth, fa4(counterpart), q, k, v, do, torch.bfloat16)
+    def check_fa4(counterpart):
+        """FA4 itself, on the pattern it can run (past its window), against fp32 FlexAttention."""
+        kv_heads = heads // 4
+        n = 2 * counterpart.window_tokens + 77 if counterpart.kind == "sliding_window" else 4096 + 77
+        q = torch.randn(1, heads, n, head_dim, device="cuda")
+        k, v = (torch.randn(1, kv_heads, n, head_dim, device="cuda") for _ in range(2))
+        do = torch.randn_like(q)
+        truth = {}
 
-            record(f"fa4_{counterpart.name}_vs_flex_n{n}_kv{kv_heads}_bfloat16", fa4_vs_flex, 2e-2)
-            del q, k, v, do, truth
+        def fa4_vs_flex():
+            if unavailable("fa4"):
+                return {"unavailable": unavailable("fa4")}
+            flex_truth(counterpart, q, k, v, do, truth)
+            return versus(truth, fa4(counterpart), q, k, v, do, torch.bfloat16)
+
+        record(f"fa4_{counterpart.name}_vs_flex_n{n}_kv{kv_heads}_bfloat16", fa4_vs_flex, 2e-2)
+
+    def check_vs_reference(name, pattern):
+        """Ours against the float64 reference at a small N, every dtype, head_dim 64 and 128."""
 
         def vs_reference(dtype, d, n=1000):
             q, k, v = (torch.randn(2, 4, n, d, device="cuda", dtype=torch.float64) for _ in range(3))
@@ -298,6 +305,8 @@ def check_on_device(heads: int = 32, head_dim: int = 128, log=print, tuned: dict
                 record(f"{name}_vs_ref64_{str(dtype)[6:]}_d{d}", lambda dt=dtype, d=d: vs_reference(dt, d),
                        1e-4 if dtype == torch.float32 else 1e-2)
 
+    def check_decode(name, pattern, counterpart):
+        """Decode against the dense decode reference; FA4's too, where it runs."""
         n = 20000  # decode, GQA 4, batch 8: a full cache and a shuffled one with empty slots
         q = torch.randn(8, heads, 2, head_dim, device="cuda")
         k, v = (torch.randn(8, heads // 4, n, head_dim, device="cuda") for _ in range(2))
@@ -323,7 +332,16 @@ def check_on_device(heads: int = 32, head_dim: int = 128, log=print, tuned: dict
                             reference_decode(*(t.double() for t in bf), pos, counterpart))
 
             record(f"fa4_{counterpart.name}_decode_full_bfloat16", fa4_decode, 1e-2)
-        del q, k, v, caches
+
+    torch.manual_seed(0)
+    for name, pattern in kernel_patterns(heads).items():
+        # each check draws its own tensors, freed when it returns: before the next one allocates
+        check_vs_flex(name, pattern)
+        counterpart, _ = fa4_counterpart(pattern)
+        if counterpart is not None:
+            check_fa4(counterpart)
+        check_vs_reference(name, pattern)
+        check_decode(name, pattern, counterpart)
         torch.cuda.empty_cache()
     return out
 
@@ -480,8 +498,6 @@ def _time_attention(sweep: _Sweep, n: int, gen) -> None:
         if "longgen" in sweep.impls:  # our kernels on dense causal: how far Triton is from FA4 there
             fns["longgen"] = lambda q, k, v: sparse_attention(q, k, v, fc, config=sweep.config(fc))
         _time_fwd_bwd(sweep, fc, n, fns, (q, k, v, do))
-    del q, k, v, do
-    torch.cuda.empty_cache()
 
 
 def _time_fwd_bwd(sweep: _Sweep, pattern, n: int, fns: dict, tensors, instead_of: str = "") -> None:
@@ -554,8 +570,6 @@ def _time_decode(sweep: _Sweep, n: int, gen) -> None:
     fc = full_causal()
     if sweep.wants("fa4", fc.name, n, cache="full", batch=b):
         _time_fa4_decode(sweep, fc, n, (qd, kd, vd))
-    del qd, kd, vd
-    torch.cuda.empty_cache()
 
 
 def _time_fa4_decode(sweep: _Sweep, pattern, n: int, tensors, instead_of: str = "") -> None:
@@ -565,8 +579,9 @@ def _time_fa4_decode(sweep: _Sweep, pattern, n: int, tensors, instead_of: str = 
     b = qd.shape[0]
     visible, nbytes = _decode_bytes(pattern, n, b, sweep.kv_heads, sweep.head_dim, sweep.heads)
     f = fa4(pattern, num_splits=0)
-    sweep.time("fa4", pattern.name, n, "decode", lambda: f(qd, kd, vd), 4.0 * b * sweep.heads * visible * sweep.head_dim,
-               nbytes, cache="full", batch=b, **({"instead_of": instead_of} if instead_of else {}))
+    sweep.time("fa4", pattern.name, n, "decode", lambda: f(qd, kd, vd),
+               4.0 * b * sweep.heads * visible * sweep.head_dim, nbytes, cache="full", batch=b,
+               **({"instead_of": instead_of} if instead_of else {}))
 
 
 def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch, deadline, log=print,
@@ -575,7 +590,8 @@ def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch,
     ``tuned``: the configs of :func:`tune`, used where they apply.
 
     Per N: :func:`_time_attention` (fwd, fwdbwd), then :func:`_time_decode` when ``"decode"`` is in
-    ``passes``; both draw their tensors from one generator seeded with N.
+    ``passes``; both draw their tensors from one generator seeded with N. Their tensors are their
+    locals, freed when they return; the allocator's cache is emptied after each.
     """
     import torch
 
@@ -585,8 +601,10 @@ def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch,
     for n in ns:
         gen = torch.Generator(device="cuda").manual_seed(n)
         _time_attention(sweep, n, gen)
+        torch.cuda.empty_cache()
         if "decode" in passes:
             _time_decode(sweep, n, gen)
+            torch.cuda.empty_cache()
     return sweep.rows
 
 
@@ -603,26 +621,15 @@ def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
 
     found = {}
     patterns = kernel_patterns(heads)
-    for name, tile in (("sink_window", 128), ("strided", 64)):
-        p = patterns[name]
+
+    def tune_attention(p, tile, timed):
+        """fwd, then dK/dV, then dQ on ``(1, heads, n, head_dim)``: the config with the best of each."""
         gen = torch.Generator(device="cuda").manual_seed(1)
         q, k, v = (torch.randn(1, heads, n, head_dim, device="cuda", dtype=torch.bfloat16, generator=gen)
                    for _ in range(3))
         do = torch.randn_like(q)
         base = ops.default_config(tile, head_dim, torch.bfloat16, False)
         o, lse = ops.launch_forward(q, k, v, p, None, base)
-
-        def timed(label, fn):
-            try:
-                fn()
-                torch.cuda.synchronize()
-                ms = median_ms(fn, rep=50)
-            except Exception as e:  # noqa: BLE001
-                log(f"tune {name} {label}: FAILED {type(e).__name__}: {str(e)[:120]}")
-                return float("inf")
-            log(f"tune {name} {label}: {ms:.3f} ms")
-            return ms
-
         fwd = [(m, nn, w, s) for m, nn, w, s in [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2),
                                                   (128, 64, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3)]
                if m <= tile and nn <= tile]
@@ -644,9 +651,10 @@ def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
         best = min(dq, key=lambda c: timed(f"bwd dq {c}", lambda c=c: ops.launch_backward(
             do, None, q, k, v, o, lse, p, None,
             dataclasses.replace(cfg, dq_m=c[0], dq_n=c[1], dq_warps=c[2], dq_stages=c[3]))))
-        cfg = dataclasses.replace(cfg, dq_m=best[0], dq_n=best[1], dq_warps=best[2], dq_stages=best[3])
-        del q, k, v, do, o, lse
-        # decode at batch 8 on the evicted sink+window cache (the hybrid's decode)
+        return dataclasses.replace(cfg, dq_m=best[0], dq_n=best[1], dq_warps=best[2], dq_stages=best[3])
+
+    def tune_decode(p, tile, cfg, timed):
+        """decode at batch 8 on the evicted sink+window cache (the hybrid's decode): ``cfg`` with its best."""
         sw = patterns["sink_window"]
         kd, vd = (torch.randn(8, heads, sw.sink_tokens + sw.window_tokens, head_dim, device="cuda",
                               dtype=torch.bfloat16) for _ in range(2))
@@ -661,11 +669,27 @@ def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
             return ops.sparse_decode(qd, kd, vd, pos, sw if tile == 128 else p, config=trial)
 
         best = min(dec, key=lambda c: timed(f"decode {c}", lambda c=c: run_decode(c)))
-        cfg = dataclasses.replace(cfg, decode_n=best[0], decode_warps=best[1], decode_stages=best[2],
-                                  decode_per_sm=best[3])
+        return dataclasses.replace(cfg, decode_n=best[0], decode_warps=best[1], decode_stages=best[2],
+                                   decode_per_sm=best[3])
+
+    for name, tile in (("sink_window", 128), ("strided", 64)):
+        p = patterns[name]
+
+        def timed(label, fn):
+            try:
+                fn()
+                torch.cuda.synchronize()
+                ms = median_ms(fn, rep=50)
+            except Exception as e:  # noqa: BLE001
+                log(f"tune {name} {label}: FAILED {type(e).__name__}: {str(e)[:120]}")
+                return float("inf")
+            log(f"tune {name} {label}: {ms:.3f} ms")
+            return ms
+
+        cfg = tune_attention(p, tile, timed)  # its tensors are freed on return, before the decode's
+        cfg = tune_decode(p, tile, cfg, timed)
         found[tile] = cfg
         log(f"TUNED[({tile}, {head_dim}, 2)] = {cfg!r}")
-        del kd, vd, qd
         torch.cuda.empty_cache()
     return found
 
@@ -706,7 +730,7 @@ def profile_kernels(ns, heads: int, head_dim: int, decode_batch: int, log=print,
                  "flex": flex(p)}
         for impl, f in impls.items():
             key = f"{impl}_fwdbwd_{n}"
-            out[key] = kernel_times(lambda f=f: torch.autograd.grad(f(q, k, v), (q, k, v), do))
+            out[key] = kernel_times(lambda f=f, q=q, k=k, v=v, do=do: torch.autograd.grad(f(q, k, v), (q, k, v), do))
             log(f"profile {key}: " + ", ".join(f"{a} {b:.2f} ms" for a, b in out[key].items()))
         del q, k, v, do
     kd, vd = (torch.randn(decode_batch, heads, p.sink_tokens + p.window_tokens, head_dim, device="cuda",

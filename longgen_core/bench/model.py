@@ -390,7 +390,8 @@ def _header(config, hybrid, pattern, dtype, device: str, reps: int, decode_steps
                             "memory-efficient backends (cuDNN re-plans for every new key length).")
     results["notes"].append("decode_graph_ms_*: the converted models' generate() path on CUDA (preallocated "
                             "slots, one CUDA graph replay per token; full = every layer full, the same Triton "
-                            "decode kernel); host_ms = time to issue a step; floor_ms = bytes_read at copy_gbps (bytes read + written by a copy).")
+                            "decode kernel); host_ms = time to issue a step; floor_ms = bytes_read at copy_gbps "
+                            "(bytes read + written by a copy).")
     results["notes"].append("times: median of reps after one warm-up; train_step_ms = forward + backward "
                             "(gradient checkpointing, chunked loss), no optimizer step.")
     return results

@@ -9,9 +9,9 @@ commit's package, extracted beside the checkout under another name::
     python -m longgen_core.bench.versus --root runs/old --package longgen_old \\
         --kernels attention.ops --patterns patterns --out figures/kernels_versus_a910ee6.json
 
-Both versions run their own default launch settings, and each is timed twice, interleaved. Before anything is timed, each pass's
-outputs (and gradients) of the two versions are compared; the JSON records the largest
-difference next to the times.
+Both versions run their own default launch settings, and each is timed twice, interleaved.
+Before anything is timed, each pass's outputs (and gradients) of the two versions are compared;
+the JSON records the largest difference next to the times.
 
 JSON layout::
 
@@ -92,7 +92,7 @@ def compare(this_ops, other_ops, other_patterns, ns=(16384, 32768, 65536, 131072
         log(f"{name:12s} {n:7d} {which:7s} this {r['ms_this']:9.3f} ms  other {r['ms_other']:9.3f} ms  "
             f"ratio {r['ratio']:.3f}  max|diff| {diff:.2e}")
 
-    for n in ns:
+    def attention_rows(n):
         q, k, v = (torch.randn(1, heads, n, head_dim, device="cuda", dtype=dt, generator=gen) for _ in range(3))
         do = torch.randn_like(q)
         for name in names:
@@ -108,7 +108,8 @@ def compare(this_ops, other_ops, other_patterns, ns=(16384, 32768, 65536, 131072
                 _fwdbwd(other_ops.sparse_attention, qg, kg, vg, p_other, do),
                 max(float((x - y).abs().max()) for x, y in zip(ga, gb)))
             del qg, kg, vg, ga, gb
-        del q, k, v, do
+
+    def decode_rows(n):
         qd = torch.randn(decode_batch, heads, 1, head_dim, device="cuda", dtype=dt, generator=gen)
         kd, vd = (torch.randn(decode_batch, heads, n, head_dim, device="cuda", dtype=dt, generator=gen)
                   for _ in range(2))
@@ -122,7 +123,10 @@ def compare(this_ops, other_ops, other_patterns, ns=(16384, 32768, 65536, 131072
             plan = DecodePlan()  # this version's visible-chunk plan, reused as a cache reuses it
             row(name, n, "decode_plan", lambda: this_ops.sparse_decode(qd, kd, vd, pos, p_this, plan=plan),
                 lambda: other_ops.sparse_decode(qd, kd, vd, pos, p_other), float((a - b).abs().max()))
-        del qd, kd, vd
+
+    for n in ns:  # each draws its tensors and frees them on return: the attention ones before the decode ones
+        attention_rows(n)
+        decode_rows(n)
         torch.cuda.empty_cache()
     return rows
 

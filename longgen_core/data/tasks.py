@@ -102,7 +102,8 @@ def assemble(tokenizer, n_tokens: int, depth: float, seed: int, haystack: str | 
     places, the ``after`` sentences at random places after the needle and the ``before``
     sentences before it, each group in its order. ``haystack`` is a kind (``"repeat"``,
     ``"kjv"``) or a tuple of filler token ids; a random stretch of it is used."""
-    intro_ids, needle_ids, question_ids = token_ids(tokenizer, intro), token_ids(tokenizer, needle), token_ids(tokenizer, question)
+    intro_ids, needle_ids, question_ids = (token_ids(tokenizer, intro), token_ids(tokenizer, needle),
+                                           token_ids(tokenizer, question))
     distractor_ids = [token_ids(tokenizer, d) for d in distractors]
     after_ids = [token_ids(tokenizer, a) for a in after]
     before_ids = [token_ids(tokenizer, b) for b in before]
@@ -217,7 +218,8 @@ def multikey_niah(tokenizer, n_tokens: int, depth: float, seed: int, num_keys: i
                      question=f"\nWhat is the special magic number for {cities[0]}? The special magic number "
                               f"for {cities[0]} is:",
                      answer=numbers[0], task="multikey_niah",
-                     distractors=[f" The special magic number for {c} is: {n}. " for c, n in zip(cities[1:], numbers[1:])])
+                     distractors=[f" The special magic number for {c} is: {n}. "
+                                  for c, n in zip(cities[1:], numbers[1:])])
 
 
 def multivalue_niah(tokenizer, n_tokens: int, depth: float, seed: int, num_values: int = 3,

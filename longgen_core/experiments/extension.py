@@ -54,7 +54,7 @@ from ..evaluate.retrieval import outside_window_score, perplexity_by_length, ret
 from ..models.convert import layer_map, load_longgen, to_posthoc_streaming
 from ..models.rope import rope_theta_of
 from ..jsonio import write_json_atomic
-from ..train.loop import base_model, load_tokenizer, read_log, train
+from ..train.loop import base_model, load_tokenizer, train
 from ..train.presets import get_preset
 from . import miniature
 
@@ -371,8 +371,8 @@ def summarize(result: dict) -> dict:
                "targets": TARGETS, "met": {}}
     met = summary["met"]
     if {"hybrid", "full"} <= set(at_longest):
-        met["hybrid_within_gap_of_full"] = all(at_longest["full"][t] - at_longest["hybrid"][t] <= TARGETS["hybrid_gap_max"]
-                                               for t in at_longest["hybrid"])
+        met["hybrid_within_gap_of_full"] = all(
+            at_longest["full"][t] - at_longest["hybrid"][t] <= TARGETS["hybrid_gap_max"] for t in at_longest["hybrid"])
     if "hybrid" in at_longest:
         met["hybrid_niah_single"] = at_longest["hybrid"].get("niah_single", 0.0) >= TARGETS["hybrid_niah_single_min"]
         met["hybrid_mean"] = summary["mean_at_longest"]["hybrid"] >= TARGETS["hybrid_mean_min"]
@@ -479,8 +479,9 @@ def compare_runs(fresh: dict, stored: dict) -> list[dict]:
 
     For a trained arm: the largest per-step loss difference and each run's tokens/s; for a scored
     variant: each run's suite mean and perplexity at the longest length and how many prompts got
-    the same score in both ("" where a name is only one of the two). On a GPU a re-run is not bit-identical (bf16 reductions run in another
-    order), so the rows say by how much it moved rather than whether it matched.
+    the same score in both ("" where a name is only one of the two). On a GPU a re-run is not
+    bit-identical (bf16 reductions run in another order), so the rows say by how much it moved
+    rather than whether it matched.
 
     Example: ``compare_runs(result, result)[0]["max |loss diff|"] == "0.000"``.
     """
@@ -501,7 +502,8 @@ def compare_runs(fresh: dict, stored: dict) -> list[dict]:
             row["suite mean (fresh / stored)"] = " / ".join(f"{m:.2f}" for m in means)
             row["ppl (fresh / stored)"] = " / ".join("n/a" if x is None else f"{x:.1f}" for x in ppl)
             pairs = [(a[-1], b[-1]) for task, grid in fresh["variants"][name]["tasks"].items()
-                     for a, b in zip(grid["details"], stored["variants"][name]["tasks"].get(task, {}).get("details", []))]
+                     for a, b in zip(grid["details"],
+                                     stored["variants"][name]["tasks"].get(task, {}).get("details", []))]
             row["prompts scored alike"] = f"{sum(a == b for a, b in pairs)} / {len(pairs)}"
         rows.append(row)
     return rows

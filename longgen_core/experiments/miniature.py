@@ -225,7 +225,7 @@ def run_miniature(preset: str = "cpu-tiny", out: str | Path | None = None, runs_
     pattern = dict(settings.pattern)
     for name, full_layers in (("streaming", []), ("posthoc_hybrid", None)):
         model = to_posthoc_streaming(copy.deepcopy(full_state), full_layers=full_layers, pattern=pattern)
-        result["variants"][name] = stage(f"eval {name}", lambda: _evaluate(
+        result["variants"][name] = stage(f"eval {name}", lambda name=name, model=model: _evaluate(
             name, model, tokenizer, plan, settings, device, progress))
         del model
         _free(device)

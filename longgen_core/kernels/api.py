@@ -7,10 +7,11 @@
 - :func:`reference_decode` -- the dense oracle for :func:`sparse_decode` (also the CPU path of the
   evicting cache).
 
-``backend="triton"`` runs the kernels of :mod:`.forward`, :mod:`.backward` and :mod:`.decode`: on a CUDA GPU (fp16/bf16/fp32), or on the
-CPU when ``TRITON_INTERPRET=1`` was set before longgen_core was imported (slow; for tests and
-teaching). ``backend="reference"`` runs the dense PyTorch reference. Nothing falls back silently:
-asking for the kernels where they cannot run raises.
+``backend="triton"`` runs the kernels of :mod:`.forward`, :mod:`.backward` and :mod:`.decode`:
+on a CUDA GPU (fp16/bf16/fp32), or on the CPU when ``TRITON_INTERPRET=1`` was set before
+longgen_core was imported (slow; for tests and teaching). ``backend="reference"`` runs the dense
+PyTorch reference. Nothing falls back silently: asking for the kernels where they cannot run
+raises.
 
 Example::
 

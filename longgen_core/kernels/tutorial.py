@@ -1,4 +1,5 @@
-"""Teaching kernels for notebook 02: the production kernels (:mod:`.forward`, :mod:`.backward`, :mod:`.decode`), built up in steps.
+"""Teaching kernels for notebook 02: the production kernels (:mod:`.forward`, :mod:`.backward`,
+:mod:`.decode`), built up in steps.
 
 Each step is one small Triton kernel on a single head, ``q, k, v: (N, D)``:
 

@@ -45,8 +45,8 @@ from ..patterns import Pattern, full_causal
 from .settings import layer_patterns
 from .static import static_call, static_generate
 
-__all__ = ["EvictingLayer", "LongGenCache", "evict_by_default", "kv_cache_bytes", "kv_slots_formula", "kv_bytes_formula",
-           "measure_kv_bytes", "generate_with_cache", "greedy_recompute"]
+__all__ = ["EvictingLayer", "LongGenCache", "evict_by_default", "kv_cache_bytes", "kv_slots_formula",
+           "kv_bytes_formula", "measure_kv_bytes", "generate_with_cache", "greedy_recompute"]
 
 
 def _to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:

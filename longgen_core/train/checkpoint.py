@@ -48,12 +48,13 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from ..jsonio import read_json, write_json_atomic
 from ..manifest import MANIFEST_FILE, WRITE_ERRORS, IntegrityError, verify_manifest, write_failure, write_manifest
 
-__all__ = ["STATE_FILE", "CheckpointWriteError", "refuse_sharded", "checkpoint_name", "list_checkpoints", "latest_checkpoint",
-           "resume_point", "remove_stale", "save_checkpoint", "load_checkpoint"]
+__all__ = ["STATE_FILE", "CheckpointWriteError", "refuse_sharded", "checkpoint_name", "list_checkpoints",
+           "latest_checkpoint", "resume_point", "remove_stale", "save_checkpoint", "load_checkpoint"]
 
 STATE_FILE = "trainer_state.json"
 _PREFIX, _TMP = "step-", ".tmp-"
-_MODEL, _OPT_TENSORS, _OPT_JSON, _SCHEDULER = "model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json"
+_MODEL, _OPT_TENSORS, _OPT_JSON, _SCHEDULER = ("model.safetensors", "optimizer.safetensors", "optimizer.json",
+                                               "scheduler.json")
 _ALLOWED = re.compile(rf"^({re.escape(_MODEL)}|{re.escape(_OPT_TENSORS)}|{re.escape(_OPT_JSON)}|{re.escape(_SCHEDULER)}"
                       rf"|rng-\d+\.json|rng-\d+\.safetensors|{re.escape(STATE_FILE)}|{re.escape(MANIFEST_FILE)})$")
 _SHARDED = {"FSDP", "DEEPSPEED", "MEGATRON_LM"}

@@ -23,10 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["measure"]:
         return measure_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m longgen_core.train",
-                                     description="Long-context finetuning on accelerate (LongGen hybrid or full attention)",
-                                     epilog="`python -m longgen_core.train measure --help`: the "
-                                            "full-vs-hybrid speed measurement")
+    parser = argparse.ArgumentParser(
+        prog="python -m longgen_core.train",
+        description="Long-context finetuning on accelerate (LongGen hybrid or full attention)",
+        epilog="`python -m longgen_core.train measure --help`: the full-vs-hybrid speed measurement")
     common_arguments(parser)
     parser.add_argument("--attention", choices=ATTENTIONS, default="hybrid")
     parser.add_argument("--run-dir", type=Path, help="output folder (default runs/<preset>-<attention>)")

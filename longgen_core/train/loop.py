@@ -86,10 +86,11 @@ from ..paths import runs_dir
 from .checkpoint import (CheckpointWriteError, latest_checkpoint, load_checkpoint, refuse_sharded, remove_stale,
                          resume_point, save_checkpoint)
 from .loss import CausalLMLoss
-from .presets import DEFAULT_PRESET, PRESETS, Preset, base_config, get_preset
+from .presets import DEFAULT_PRESET, Preset, base_config, get_preset
 
 __all__ = ["ATTENTIONS", "RUNS_DIR", "TrainResult", "train", "build_model", "load_tokenizer", "set_trainable",
-           "compute_in_autocast_dtype", "base_model", "truncate_layers", "warmup_cosine", "read_log", "plot_loss", "loss_summary"]
+           "compute_in_autocast_dtype", "base_model", "truncate_layers", "warmup_cosine", "read_log", "plot_loss",
+           "loss_summary"]
 
 ATTENTIONS = ("hybrid", "full", "all_sparse")  # all_sparse: the pattern in every layer, none full
 RUNS_DIR = runs_dir()  # git-ignored in a checkout
@@ -297,7 +298,8 @@ def _check_run_config(run_dir: Path, record: dict) -> None:
         old = read_json(existing)
         if (old.get("preset"), old.get("attention")) != (record["preset"], record["attention"]):
             raise ValueError(f"{run_dir} holds a run with another configuration ({existing}); resume it "
-                             f"with the same preset and attention, use another run_dir, or start over (resume=False; --no-resume on the command line)")
+                             "with the same preset and attention, use another run_dir, or start over "
+                             "(resume=False; --no-resume on the command line)")
 
 
 def _mixed_precision(preset: Preset) -> str:
