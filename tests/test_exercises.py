@@ -1,0 +1,57 @@
+"""Every notebook exercise: its first guess (the code cell as committed) fails its check, and the
+solution folded under it passes, run as a reader would run them, in one namespace after the
+notebook's own set-up cells."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from longgen_core.exercises import EXERCISES, check
+from longgen_core.runner import numbered_notebooks
+
+HEADING = re.compile(r"^### Exercise (\d\d\.\d+)")
+SOLUTION = re.compile(r"<details><summary>Solution</summary>\s*```python\n(.*?)```", re.S)
+
+
+def _exercises():
+    """``(notebook, id, set-up code, guess code, solution code)`` for every exercise."""
+    found = []
+    for path in numbered_notebooks():
+        cells = json.loads(path.read_text())["cells"]
+        setup = "\n".join("".join(c["source"]) for c in cells[1:4] if c["cell_type"] == "code")
+        for i, cell in enumerate(cells):
+            match = HEADING.match("".join(cell["source"])) if cell["cell_type"] == "markdown" else None
+            if match:
+                guess, solution = "".join(cells[i + 1]["source"]), "".join(cells[i + 2]["source"])
+                found.append((path.name, match.group(1), setup, guess, SOLUTION.search(solution).group(1)))
+    return found
+
+
+FOUND = _exercises()
+
+
+def test_every_checker_has_its_exercise_in_a_notebook():
+    assert sorted(e[1] for e in FOUND) == sorted(EXERCISES)
+
+
+@pytest.mark.parametrize("notebook, exercise, setup, guess, solution", FOUND, ids=[e[1] for e in FOUND])
+def test_the_guess_fails_and_the_solution_passes(notebook, exercise, setup, guess, solution):
+    assert exercise.startswith(notebook[:2]) and f'check("{exercise}"' in guess and f'check("{exercise}"' in solution
+    answer = EXERCISES[exercise].answer
+    for code, right in ((guess, False), (solution, True)):
+        namespace: dict = {}
+        exec(setup, namespace)  # the parameters and imports the cells rely on
+        exec("from longgen_core.exercises import check", namespace)  # the first exercise cell's import
+        exec(code, namespace)
+        ok, message = EXERCISES[exercise].checker(namespace[answer])
+        assert ok is right, message
+
+
+def test_a_wrong_id_is_refused_and_a_wrong_answer_only_printed(capsys):
+    with pytest.raises(ValueError, match="no exercise '99.9'"):
+        check("99.9", None)
+    check("01.2", "not a function")
+    assert capsys.readouterr().out.startswith("not yet: calling it on index tensors failed")
