@@ -16,10 +16,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .cli_parser import Parser
-
 from .bench.cost_model import MISSING
 from .bench.targets import GENERATE_TARGET_SPEEDUP, PAPER, PAPER_N, TARGETS  # noqa: F401 -- notebook 06 imports PAPER, TARGETS from here
+from .cli_parser import Parser
 from .formatting import format_tokens
 from .jsonio import read_json
 
