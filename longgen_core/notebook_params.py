@@ -26,7 +26,10 @@ Example::
 
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
 from typing import Callable
+
+from .cli_values import int_list as _comma_ints
 
 __all__ = ["check_parameters", "integer", "number", "power_of_two", "one_of", "flag", "text", "int_list",
            "names", "needs_cuda"]
@@ -184,7 +187,7 @@ def _ints(value) -> list[int] | None:
     """The ints of a comma-separated str (or of one int); ``None`` when it holds anything else."""
     if not (_is_int(value) or isinstance(value, str)):
         return None
-    try:
-        return [int(x) for x in str(value).split(",")]
-    except ValueError:
+    try:  # the command lines' rule for such lists (``bench --n``), so both read the same text alike
+        return list(_comma_ints(str(value)))
+    except ArgumentTypeError:
         return None

@@ -1,9 +1,14 @@
 """The README's results section, written from the committed figures/*.json.
 
 Each benchmark writes its JSON under ``figures/``; :func:`render` turns whatever is there into
-Markdown tables beside the paper's numbers, and ``python -m longgen_core.report`` rewrites the
-block between the README's ``<!-- results:start -->`` and ``<!-- results:end -->`` markers. A
-test checks that the README matches the JSON, so a table can never drift from its data.
+Markdown tables beside the paper's numbers, for the block between the README's
+``<!-- results:start -->`` and ``<!-- results:end -->`` markers. The command (also ``longgen report``)::
+
+    python -m longgen_core.report            # print the block as figures/*.json render it (writes nothing)
+    python -m longgen_core.report --check    # exit 1, naming each stale part, if README.md differs
+    python -m longgen_core.report --write    # rewrite the block in README.md
+
+A test checks that the README matches the JSON, so a table can never drift from its data.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from pathlib import Path
 
 from .bench.cost_model import MISSING
 from .bench.targets import GENERATE_TARGET_SPEEDUP, PAPER, PAPER_N, TARGETS  # noqa: F401 -- notebook 06 imports PAPER, TARGETS from here
+from .cli_parser import Parser
 from .formatting import format_tokens
 from .jsonio import read_json
 
@@ -260,36 +266,50 @@ def _layer_counts(layer_map: str) -> str:
     return f"{full} full / {len(layer_map) - full} sparse" if full < len(layer_map) else f"{full} full"
 
 
-def render(figures: Path | None = None) -> str:
-    """Markdown for every result JSON present under ``figures/`` (a note where none is yet)."""
+# The JSON each table is rendered from, in the block's order.
+TABLES = (("bench_kernels.json", _kernel_table), ("bench_kernels_fa4.json", _kernel_table),
+          ("bench_model.json", _model_table),
+          ("bench_generate.json", _generate_table), ("train_gpu_small.json", _train_table),
+          ("miniature.json", _miniature_table), ("experiment_128k.json", _extension_table))
+WRITE_COMMAND = "python -m longgen_core.report --write"
+
+
+def sections(figures: Path | None = None) -> list[tuple[str, str]]:
+    """``(what it comes from, Markdown)`` for each part of the results block, in order: the
+    paper's numbers, then a table per result JSON present under ``figures/`` (a note where none is)."""
     figures = figures or ROOT / "figures"
-    parts = [f"Paper (Llama-2-7B, 128K): training {PAPER['train_speedup']}x, KV cache "
-             f"−{PAPER['kv_saving']:.0%}, prefill {PAPER['prefill_speedup']}x, decode "
-             f"{PAPER['decode_speedup']}x. Our measurements, regenerated from `figures/*.json` by "
-             "`python -m longgen_core.report`:", ""]
-    found = False
-    for name, table in (("bench_kernels.json", _kernel_table), ("bench_kernels_fa4.json", _kernel_table),
-                        ("bench_model.json", _model_table),
-                        ("bench_generate.json", _generate_table),
-                        ("train_gpu_small.json", _train_table), ("miniature.json", _miniature_table),
-                        ("experiment_128k.json", _extension_table)):
+    parts = [("the paper's numbers", f"Paper (Llama-2-7B, 128K): training {PAPER['train_speedup']}x, KV cache "
+              f"−{PAPER['kv_saving']:.0%}, prefill {PAPER['prefill_speedup']}x, decode "
+              f"{PAPER['decode_speedup']}x. Our measurements, regenerated from `figures/*.json` by "
+              f"`{WRITE_COMMAND}`:")]
+    for name, table in TABLES:
         results = _load(name, figures)
         if results:
-            parts += table(results) + [""]
-            found = True
-    if not found:
-        parts.append("*No GPU results committed yet.*")
-    return "\n".join(parts).rstrip() + "\n"
+            parts.append((f"the table of figures/{name}", "\n".join(table(results))))
+    if len(parts) == 1:
+        parts.append(("the note that no results exist", "*No GPU results committed yet.*"))
+    return parts
+
+
+def render(figures: Path | None = None) -> str:
+    """Markdown for every result JSON present under ``figures/`` (a note where none is yet)."""
+    return "\n\n".join(text for _, text in sections(figures)).rstrip() + "\n"
+
+
+def _split(text: str, readme: Path) -> tuple[str, str, str]:
+    """``text`` as (before the block, the block, after it); ValueError when it has no block."""
+    if START not in text or END not in text:
+        raise ValueError(f"{readme} has no {START} ... {END} block")
+    head, rest = text.split(START, 1)
+    block, tail = rest.split(END, 1)
+    return head, block, tail
 
 
 def update_readme(readme: Path | None = None, figures: Path | None = None) -> bool:
     """Rewrite the results block of the README; return True if it changed."""
     readme = readme or ROOT / "README.md"
     text = readme.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{readme} has no {START} ... {END} block")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
+    head, _, tail = _split(text, readme)
     new = f"{head}{START}\n{render(figures)}{END}{tail}"
     readme.write_text(new)
     return new != text
@@ -297,11 +317,71 @@ def update_readme(readme: Path | None = None, figures: Path | None = None) -> bo
 
 def readme_block(readme: Path | None = None) -> str:
     """The README's current results block (between the markers)."""
-    text = (readme or ROOT / "README.md").read_text()
-    return text.split(START, 1)[1].split(END, 1)[0].lstrip("\n")
+    readme = readme or ROOT / "README.md"
+    return _split(readme.read_text(), readme)[1].lstrip("\n")
+
+
+def stale_parts(readme: Path | None = None, figures: Path | None = None) -> list[str]:
+    """What in the README's results block differs from :func:`render` (``[]``: it is current):
+    each part (:func:`sections`) whose rendered text the block lacks, else -- every part is there,
+    yet the block differs -- its text that no JSON renders (a table whose JSON is gone, or parts
+    out of order).
+
+    Example: after a new ``figures/bench_model.json``, ``stale_parts()`` is
+    ``["the table of figures/bench_model.json"]``.
+    """
+    block = readme_block(readme)
+    if block == render(figures):
+        return []
+    missing = [name for name, text in sections(figures) if text not in block]
+    return missing or ["text that no figures/*.json renders (a table whose JSON is gone, or parts out of order)"]
+
+
+def main(argv: list[str] | None = None, prog: str = "python -m longgen_core.report") -> int:
+    """Print, ``--check`` or ``--write`` the results block (see the module doc); 1 when stale."""
+    parser = Parser(prog=prog, description="The README's results block, rendered from figures/*.json. Without "
+                                           "--check or --write it prints the block and writes nothing.")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="exit 1, naming each stale part, when the README's block differs from what "
+                           "figures/*.json render to; exit 0 when it matches")
+    mode.add_argument("--write", action="store_true", help="rewrite the README's block from figures/*.json")
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md", metavar="FILE",
+                        help="the README file with the block (default: the repository's README.md)")
+    parser.add_argument("--figures", type=Path, default=ROOT / "figures", metavar="DIR",
+                        help="the folder of result JSONs (default: the repository's figures/)")
+    args = parser.parse_args(argv)
+    if not args.figures.is_dir():
+        parser.error(f"--figures {args.figures}: no such folder")
+    if not args.check and not args.write:
+        print(render(args.figures), end="")
+        return 0
+    if not args.readme.is_file():
+        parser.error(f"--readme {args.readme}: no such file")
+    try:
+        if args.write:
+            changed = update_readme(args.readme, args.figures)
+            print(f"{_shown(args.readme)}: results block {'updated' if changed else 'already current'}")
+            return 0
+        stale = stale_parts(args.readme, args.figures)
+    except ValueError as err:  # a README without the block
+        parser.error(str(err))
+    readme, figures = _shown(args.readme), _shown(args.figures)
+    if stale:
+        print(f"{prog}: {readme}: the results block is stale, it differs from what {figures}/*.json render to "
+              f"in {'; '.join(stale)}; run `{WRITE_COMMAND}`", file=sys.stderr)
+        return 1
+    print(f"{readme}: the results block matches {figures}/*.json")
+    return 0
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the working folder when it lies inside it (shorter messages)."""
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 if __name__ == "__main__":
-    changed = update_readme()
-    print("README results updated" if changed else "README results already current")
-    sys.exit(0)
+    sys.exit(main())

@@ -6,7 +6,7 @@ logs go to ``--out``; the run stops at the first failing notebook and prints the
 traceback; a summary table (notebook, preset, status, wall time) is written as
 ``summary.md`` and ``summary.json``.
 
-Usage::
+Usage (also ``longgen notebooks ...``)::
 
     python -m longgen_core.runner --preset gpu-small --out runs/            # every notebook
     python -m longgen_core.runner --out runs/ -p LONG_N 262144 notebooks/01_attention_patterns.ipynb
@@ -22,7 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-from .cli_values import parse_value  # the -p VALUE rule (tests use runner.parse_value)
+from .cli_parser import Parser
+from .cli_values import output_folder, parse_value  # the -p VALUE rule (tests use runner.parse_value)
 from .paths import notebooks_dir
 
 FIGURE_DIR_ENV = "LONGGEN_FIGURE_DIR"  # where plots.save_figure writes (default: figures/)
@@ -176,11 +177,13 @@ class _tee_to:
         return False
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str = "python -m longgen_core.runner") -> int:
+    """Execute the notebooks ``argv`` selects; 0 when all ran, 1 at a failing one, 2 for bad arguments."""
+    parser = Parser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every numbered notebook")
     parser.add_argument("--preset", default=None, help="passed as PRESET to notebooks that declare it")
-    parser.add_argument("--out", type=Path, default=None, help="folder for executed copies, logs, summary")
+    parser.add_argument("--out", type=output_folder, default=None, metavar="DIR",
+                        help="the folder to write the executed copies, logs and summary into (created if missing)")
     parser.add_argument("--in-place", action="store_true", help="overwrite the notebooks themselves")
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="a notebook parameter; VALUE as JSON or a Python literal, else the text")

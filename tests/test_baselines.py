@@ -177,8 +177,11 @@ def test_the_table_compares_with_fa4_on_the_window_it_ran_and_lists_what_did_not
 
 
 def test_unknown_implementations_are_refused_before_the_gpu_is_looked_for(capsys):
-    assert bench_cli.main(["kernels", "--impls", "longgen,fa3"]) == 2
-    assert "unknown --impls fa3; choose from longgen,flex,flex_flash,fa4,sdpa_full" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        bench_cli.main(["kernels", "--impls", "longgen,fa3"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("python -m longgen_core.bench kernels: error: argument --impls: unknown fa3; "
+                                       "choose from longgen,flex,flex_flash,fa4,sdpa_full\n")
 
 
 def test_a_full_model_on_fa4_equals_sdpa_in_prefill_and_decoding(fake_fa4, monkeypatch):

@@ -8,6 +8,7 @@ import torch
 
 from longgen_core.manifest import MANIFEST_FILE, IntegrityError, verify_manifest, write_manifest
 from longgen_core.models import base as models
+from longgen_core.models import cli as models_cli
 from longgen_core.models.base import load_model, load_smollm2, smollm2_dir, tiny_llama
 
 
@@ -141,5 +142,12 @@ def test_smollm2_is_a_working_language_model(smollm2):
 
 
 def test_setup_cli_usage_message(capsys):
-    assert models.main([]) == 2
-    assert "python -m longgen_core.models setup" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        models_cli.main([])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == ("python -m longgen_core.models: error: the following arguments are required: "
+                                       "command\n")
+    with pytest.raises(SystemExit) as stop:
+        models_cli.main(["--help"])
+    assert stop.value.code == 0
+    assert "setup" in capsys.readouterr().out

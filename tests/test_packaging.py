@@ -75,9 +75,11 @@ def test_the_wheel_installs_into_a_fresh_venv_and_works_from_the_current_directo
     package_file, in_checkout, runs, data = out.stdout.split()
     assert Path(package_file).is_relative_to(env_dir) and in_checkout == "False"
     assert Path(runs) == work / "runs" and Path(data) == work / "data"
-    cli = subprocess.run([str(python), "-m", "longgen_core.train", "--help"], cwd=work, env=env,
-                         capture_output=True, text=True)
-    assert cli.returncode == 0 and "--preset" in cli.stdout, cli.stderr[-2000:]
+    for command, expected in ((["--help"], "train"), (["train", "--help"], "--preset"),
+                              (["report", "--help"], "--check")):
+        cli = subprocess.run([str(env_dir / "bin" / "longgen"), *command], cwd=work, env=env,
+                             capture_output=True, text=True)  # the console script of the wheel
+        assert cli.returncode == 0 and expected in cli.stdout, cli.stderr[-2000:]
     assert sorted(p.name for p in work.iterdir()) == []  # --help wrote nothing
 
 

@@ -1,12 +1,16 @@
-"""The README's results section matches the committed JSON."""
+"""The README's results section matches the committed JSON; ``report --check`` says what is stale,
+``--write`` rewrites it, and without a flag the command writes nothing."""
 
 import json
+
+import pytest
 
 from longgen_core import report
 
 
 def test_readme_results_match_the_json():
-    assert report.readme_block() == report.render(), "run: python -m longgen_core.report"
+    assert report.readme_block() == report.render(), f"run: {report.WRITE_COMMAND}"
+    assert report.stale_parts() == []
 
 
 def test_kernel_table_from_rows(tmp_path):
@@ -142,3 +146,65 @@ def test_model_table_shows_the_full_model_on_fa4_where_it_was_measured(tmp_path)
     assert "| full / hybrid | paper (7B, 128K) | target (128K) | full on FA4 | full on FA4 / hybrid |" in text
     line = next(x for x in text.splitlines() if x.startswith("| prefill ms | 128K"))
     assert line.endswith("| 2400.00 | 1.60x |") and "| 3000.00 | 1500.00 | 2.00x |" in line
+
+
+# ---------------------------------------------------------------------- report --check / --write
+@pytest.fixture
+def stale_readme(tmp_path):
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.START}\nold table\n{report.END}\noutro\n")
+    return readme, figures
+
+
+def test_report_check_names_the_stale_part_and_exits_1(stale_readme, capsys):
+    readme, figures = stale_readme
+    assert report.main(["--check", "--readme", str(readme), "--figures", str(figures)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the paper's numbers; the note that no results exist" in err
+    assert "run `python -m longgen_core.report --write`" in err
+    assert "old table" in readme.read_text()  # a check writes nothing
+
+
+def test_report_check_names_a_table_whose_json_changed(tmp_path, capsys):
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    (figures / "bench_kernels.json").write_text('{"device": "GPU X", "torch": "2", "triton": "3", "date": "d", '
+                                                '"rows": []}')
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{report.START}\n{report.render(figures)}{report.END}\n")
+    assert report.main(["--check", "--readme", str(readme), "--figures", str(figures)]) == 0
+    (figures / "bench_kernels.json").write_text('{"device": "GPU Z", "torch": "2", "triton": "3", "date": "d", '
+                                                '"rows": []}')
+    assert report.main(["--check", "--readme", str(readme), "--figures", str(figures)]) == 1
+    assert "in the table of figures/bench_kernels.json;" in capsys.readouterr().err
+
+
+def test_report_write_rewrites_and_then_check_passes(stale_readme, capsys):
+    readme, figures = stale_readme
+    assert report.main(["--write", "--readme", str(readme), "--figures", str(figures)]) == 0
+    assert "old table" not in readme.read_text() and readme.read_text().endswith("outro\n")
+    assert report.main(["--check", "--readme", str(readme), "--figures", str(figures)]) == 0
+
+
+def test_report_without_a_flag_prints_the_block_and_writes_nothing(stale_readme, capsys):
+    readme, figures = stale_readme
+    before = readme.read_text()
+    assert report.main(["--readme", str(readme), "--figures", str(figures)]) == 0
+    assert capsys.readouterr().out == report.render(figures)
+    assert readme.read_text() == before
+
+
+def test_report_check_on_a_readme_without_the_block_is_one_line(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit) as stop:
+        report.main(["--check", "--readme", str(readme), "--figures", str(tmp_path)])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (f"python -m longgen_core.report: error: {readme} has no {report.START} ... "
+                                       f"{report.END} block\n")
+
+
+def test_the_committed_readme_passes_report_check():
+    assert report.main(["--check"]) == 0

@@ -165,9 +165,8 @@ def results_table(result: dict) -> str:
 
 def run_cli(args) -> int:
     """The ``generate`` subcommand of :mod:`longgen_core.bench.cli`."""
-    prompts = tuple(int(x) for x in args.prompts.split(","))
-    batches = tuple(int(x) for x in args.batches.split(","))
-    result = run_generate_bench(prompts, batches, args.new_tokens, args.sink, args.window, args.device, out=args.out)
+    result = run_generate_bench(args.prompts, args.batches, args.new_tokens, args.sink, args.window, args.device,
+                                out=args.out)
     print(results_table(result))
     print(f"wrote {args.out}")
     return 0

@@ -52,9 +52,10 @@ from .results import copy_gbps, software_versions
 # helpers need only the JSON (notebook 02 on a laptop).
 
 __all__ = ["results_table", "plot_results", "save_plot",
-           "kernel_patterns", "median_ms"]
+           "kernel_patterns", "median_ms", "PASSES", "PATTERN_NAMES"]
 
 PASSES = ("fwd", "fwdbwd", "decode")
+PATTERN_NAMES = ("sink_window", "strided")  # the keys of kernel_patterns, what --patterns chooses from
 
 
 def _row_key(row):
@@ -763,7 +764,7 @@ def run_kernels(args) -> int:
     results.update(_device_ceilings())
     log(f"device {results['device']}: copy {results['copy_gbps']:.0f} GB/s, "
         f"bf16 matmul {results['matmul_tflops']:.0f} TFLOP/s")
-    dims = ({args.head_dim} if args.tune else set()) | {int(x) for x in args.tune_head_dims.split(",") if x}
+    dims = ({args.head_dim} if args.tune else set()) | set(args.tune_head_dims)
     tuned = {}  # (tile, head_dim, 2) -> KernelConfig
     if dims:  # first, so that the check below covers the settings that get timed
         for d in sorted(dims, reverse=True):
@@ -774,11 +775,9 @@ def run_kernels(args) -> int:
         results["check"] = check_on_device(args.heads, args.head_dim, log, tuned)
         log("CORRECTNESS CHECK " + ("passed" if results["check"]["passed"] else "FAILED: see 'check'"))
     if args.profile:
-        results["profile"] = profile_kernels([int(x) for x in args.profile.split(",")], args.heads,
+        results["profile"] = profile_kernels(list(args.profile), args.heads,
                                              args.head_dim, args.decode_batch, log, tuned)
-    ns = [int(x) for x in args.n.split(",")]
-    names = args.patterns.split(",")
-    results["rows"] = time_rows(ns, names, args.passes.split(","), args.impls.split(","), args.heads,
+    results["rows"] = time_rows(args.n, args.patterns, args.passes, args.impls, args.heads,
                                 args.kv_heads, args.head_dim, args.decode_batch, deadline, log, tuned)
     write_results(args.out, results)
     png = args.png or str(Path(args.out).with_suffix(".png"))

@@ -534,10 +534,9 @@ def run_cli(args) -> int:
     """The ``model`` subcommand of :mod:`longgen_core.bench.cli`, which has already refused to start
     without CUDA unless given ``--device cpu`` (:func:`longgen_core.devices.refuse_without_cuda`)."""
     device = args.device or "cuda"
-    lengths = [int(x) for x in args.lengths.split(",")]
-    results = run_model_bench(lengths, layers=args.layers, device=device, reps=args.reps,
+    results = run_model_bench(list(args.lengths), layers=args.layers, device=device, reps=args.reps,
                               decode_steps=args.decode_steps, decode_batch=args.decode_batch,
-                              chunk=args.loss_chunk, metrics=tuple(args.metrics.split(",")),
+                              chunk=args.loss_chunk, metrics=args.metrics,
                               time_budget=args.time_budget, log=lambda s: print(s, flush=True),
                               fused_norms=not args.unfused_norms, backend=args.backend)
     write_json_atomic(args.out, results)

