@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from ..manifest import MANIFEST_FILE, verify_manifest, write_manifest
+from ..manifest import MANIFEST_FILE, verify_if_present, write_manifest
 
 __all__ = [
     "SMOLLM2_WHEEL",
@@ -178,8 +178,7 @@ def _load_dir(path, dtype, device, **kwargs):
     :func:`setup_smollm2` or :func:`~longgen_core.models.convert.save_longgen`) is verified first."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if (Path(path) / MANIFEST_FILE).is_file():
-        verify_manifest(path)  # raises IntegrityError naming the damaged file
+    verify_if_present(path)  # raises IntegrityError naming the damaged file
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items()
