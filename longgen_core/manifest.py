@@ -18,6 +18,8 @@ Example::
     ...
     longgen_core.manifest.IntegrityError: weights.bin in ... does not match its manifest (SHA-256 differs):
     the file is corrupted or was changed after it was written
+    >>> verify_if_present(folder / "elsewhere")  # no manifest (a hub id, another tool's folder): nothing to check
+    False
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from safetensors import SafetensorError
 from .jsonio import read_json, write_json_atomic
 
 __all__ = ["MANIFEST_FILE", "IntegrityError", "WRITE_ERRORS", "write_failure", "file_digest", "write_manifest",
-           "verify_manifest"]
+           "verify_manifest", "verify_if_present"]
 
 MANIFEST_FILE = "manifest.json"
 _CHUNK = 1 << 24  # 16 MiB reads: hashing a 28 GB checkpoint never holds more than this
@@ -113,3 +115,13 @@ def verify_manifest(folder: str | Path) -> None:
         if file_digest(file) != entry["sha256"]:
             raise IntegrityError(f"{name} in {folder} does not match its manifest (SHA-256 differs): the file is "
                                  "corrupted or was changed after it was written")
+
+
+def verify_if_present(folder: str | Path) -> bool:
+    """:func:`verify_manifest` when ``folder`` is a local directory holding a ``manifest.json``;
+    whether it was checked. What every loader of a saved model calls first: a hub id or a folder
+    written by another tool has no manifest and is read unverified, as transformers reads it."""
+    if not (Path(folder) / MANIFEST_FILE).is_file():
+        return False
+    verify_manifest(folder)
+    return True

@@ -6,6 +6,9 @@
 - :mod:`.settings`: the ``config.longgen`` entry (full layers, pattern, mode, positions).
 - :mod:`.convert`: :func:`to_longgen`, :func:`to_posthoc_streaming`, :func:`save_longgen`,
   :func:`load_longgen`.
+- :mod:`.hybrid`: the hybrid's transformers classes (``LongGenLlamaForCausalLM``, ...), registered
+  with ``AutoConfig`` / ``AutoModelForCausalLM`` when this package is imported, so that
+  ``AutoModelForCausalLM.from_pretrained`` of a saved hybrid gives the hybrid; ``use_backend``.
 - :mod:`.attention`: the functions registered with transformers' ``AttentionInterface``.
 - :mod:`.cache`: :class:`LongGenCache`, the evicting KV cache, and KV byte formulas.
 - :mod:`.rope`: the RoPE base rule for length extension; :mod:`.fused`: fused RMSNorm.

@@ -4,7 +4,7 @@ Registered under ``"longgen"`` with transformers' public ``AttentionInterface`` 
 files, no patched modules). transformers calls it as ``fn(module, query, key, value,
 attention_mask, scaling=..., **kwargs)`` with RoPE already applied and the cache already updated;
 it reads the layer's pattern from the module (``module.longgen_pattern``, resolved once from
-``config.longgen`` by the conversion, :func:`~longgen_core.models.convert.attach_patterns`) and
+``config.longgen`` by the conversion, :func:`~longgen_core.models.hybrid.attach_patterns`) and
 attends over the key *slots* with their original positions.
 
 Where the key positions come from:
@@ -58,7 +58,7 @@ from ..patterns import Pattern
 __all__ = ["ATTN_IMPLEMENTATIONS", "CACHE_KWARG", "POSITIONS_KWARG", "PATTERN_ATTR", "REINDEX_ATTR",
            "register", "install_cache_hooks", "attention_modules", "slot_attention", "rotate",
            "rope_inv_freq", "check_position_ids", "ForwardPositions", "longgen_attention_forward", "kernel_ops",
-           "SLOT_LAYER_ATTR", "padding_guard"]
+           "SLOT_LAYER_ATTR", "padding_guard", "check_backend", "backend_of"]
 
 # (no "flash" in a name: transformers reads such a name as a FlashAttention kernel from the hub)
 ATTN_IMPLEMENTATIONS = {"auto": "longgen", "sdpa": "longgen_sdpa", "reference": "longgen_reference",
@@ -315,6 +315,29 @@ def padding_guard(*args, attention_mask=None, **kwargs):
         raise ValueError("padded batches (attention_mask with zeros) are not supported by LongGen "
                          "attention: run sequences one at a time or give them equal lengths")
     return None
+
+
+def check_backend(backend: str) -> None:
+    """ValueError unless ``backend`` is a key of :data:`ATTN_IMPLEMENTATIONS`."""
+    if backend not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"backend must be one of {list(ATTN_IMPLEMENTATIONS)}, got {backend!r}")
+
+
+def backend_of(attn_implementation) -> str:
+    """The backend of a LongGen ``attn_implementation`` name (``None``: ``"auto"``), for
+    ``from_pretrained(attn_implementation=...)`` of a saved hybrid; ValueError for any other name:
+    a hybrid's sparse layers exist only under LongGen attention.
+
+    Example: ``backend_of("longgen_reference")`` -> ``"reference"``; ``backend_of("sdpa")`` raises.
+    """
+    if attn_implementation is None:
+        return "auto"
+    for backend, name in ATTN_IMPLEMENTATIONS.items():
+        if attn_implementation == name:
+            return backend
+    raise ValueError(f"a LongGen hybrid runs LongGen attention: attn_implementation must be None or one of "
+                     f"{list(ATTN_IMPLEMENTATIONS.values())} (load_longgen's backends {list(ATTN_IMPLEMENTATIONS)}), "
+                     f"got {attn_implementation!r}")
 
 
 def register() -> None:

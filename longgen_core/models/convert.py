@@ -5,7 +5,9 @@ sparse pattern (attention sink + sliding window, or blockwise strided), then fin
 context extension with the RoPE base raised. Conversion changes no weight: it records the layer
 map and pattern in ``config.longgen`` (:mod:`longgen_core.models.settings`), optionally raises the RoPE
 base / position limit, and switches the model to the ``"longgen"`` attention implementation
-(:mod:`longgen_core.models.attention`) through transformers' public ``set_attn_implementation``.
+(:mod:`longgen_core.models.attention`) through transformers' public ``set_attn_implementation``,
+and gives model and config the hybrid's classes (:mod:`longgen_core.models.hybrid`), so that a saved
+hybrid's ``config.json`` names its own ``model_type``.
 
 Example::
 
@@ -16,8 +18,9 @@ Example::
     ([2, 3], 'ssFFss')
 
 Round trip: :func:`save_longgen` (``save_pretrained`` with a manifest of digests, renamed into
-place) then :func:`load_longgen` -- the one call that verifies the files, registers the attention
-functions and restores the same model.
+place) then :func:`load_longgen` -- which verifies the files, registers the attention functions and
+restores the same model; ``AutoModelForCausalLM.from_pretrained`` of the folder does the same where
+``longgen_core.models`` is imported (:mod:`longgen_core.models.hybrid`).
 
 Supported: ``model_type`` in :data:`SUPPORTED_MODEL_TYPES` (Llama-2/3, SmolLM2, Mistral-style GQA,
 Qwen2) with full attention in every layer before conversion.
@@ -28,33 +31,22 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
 
-from . import attention as hf_attention
-from ..manifest import MANIFEST_FILE, WRITE_ERRORS, verify_manifest, write_manifest
+from ..manifest import MANIFEST_FILE, WRITE_ERRORS, verify_if_present, write_manifest
 from ..patterns import Pattern, default_full_layers, sink_window
-from .cache import evict_by_default
+from .attention import check_backend
+from .hybrid import attach_patterns, load_checked, use_backend
 from .rope import rebuild_rotary
-from .settings import SETTINGS_KEY, SUPPORTED_MODEL_TYPES, check_settings, get_settings, layer_patterns, make_settings
+from .settings import (SETTINGS_KEY, SUPPORTED_MODEL_TYPES, base_model_type, check_architecture, get_settings,
+                       layer_patterns, make_settings)
 
+# use_backend and attach_patterns live in models/hybrid.py; named here too, where they were first
 __all__ = ["SUPPORTED_MODEL_TYPES", "convert_config", "to_longgen", "to_posthoc_streaming", "save_longgen",
            "load_longgen", "use_backend", "attach_patterns", "layer_map", "looks_local"]
-
-
-def _check_architecture(config) -> None:
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(f"unsupported architecture model_type={model_type!r}: LongGen conversion supports "
-                         f"{list(SUPPORTED_MODEL_TYPES)} (Llama-family decoders with RoPE)")
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types and any(t != "full_attention" for t in layer_types):
-        raise ValueError(f"the base model must use full attention in every layer; config.layer_types has "
-                         f"{sorted(set(layer_types))}")
-    if model_type == "mistral" and getattr(config, "sliding_window", None) is not None:
-        raise ValueError(f"the base model already uses a sliding window (config.sliding_window="
-                         f"{config.sliding_window}); convert a full-attention checkpoint")
 
 
 def convert_config(config, full_layers: list[int] | None = None, pattern: Pattern | dict | None = None,
@@ -71,7 +63,7 @@ def convert_config(config, full_layers: list[int] | None = None, pattern: Patter
         rope_theta: new RoPE base (the paper raises it, e.g. to 5e6 for 128K); ``None`` keeps it.
         max_position_embeddings: new position limit; ``None`` keeps it.
     """
-    _check_architecture(config)
+    check_architecture(config)
     if rope_theta is not None:
         if isinstance(rope_theta, bool) or not isinstance(rope_theta, (int, float)) \
                 or not math.isfinite(rope_theta) or rope_theta <= 1:
@@ -95,43 +87,12 @@ def convert_config(config, full_layers: list[int] | None = None, pattern: Patter
     return config
 
 
-def _check_backend(backend: str) -> None:
-    if backend not in hf_attention.ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"backend must be one of {list(hf_attention.ATTN_IMPLEMENTATIONS)}, got {backend!r}")
-
-
-def _apply(model, backend: str = "auto"):
-    _check_backend(backend)
-    hf_attention.register()
-    name = hf_attention.ATTN_IMPLEMENTATIONS[backend]
-    model.set_attn_implementation(name)
-    if model.config._attn_implementation != name or not hf_attention.attention_modules(model):
-        raise ValueError(f"{type(model).__name__} does not dispatch attention through transformers' "
-                         f"AttentionInterface, so it cannot be converted")
-    hf_attention.install_cache_hooks(model)
-    attach_patterns(model)
-    evict_by_default(model)
-    return model
-
-
-def attach_patterns(model) -> None:
-    """Resolve ``config.longgen`` once: give each attention module its layer's pattern
-    (``longgen_pattern``) and whether it re-indexes its sink positions (``longgen_reindex``), which
-    the attention functions read every forward. Every conversion and :func:`load_longgen` calls it."""
-    patterns = layer_patterns(model.config)
-    reindex = (get_settings(model.config) or {}).get("positions") == "reindex"
-    for module in hf_attention.attention_modules(model):
-        pattern = patterns[module.layer_idx]
-        setattr(module, hf_attention.PATTERN_ATTR, pattern)
-        setattr(module, hf_attention.REINDEX_ATTR, reindex and pattern.kind == "sink_window")
-
-
 def _convert(model, mode, full_layers, pattern, positions, rope_theta, max_position_embeddings, backend):
     config = getattr(model, "config", None)
     if config is None or not hasattr(model, "generate"):
         raise TypeError(f"model must be a Hugging Face causal LM (PreTrainedModel with .config and "
                         f".generate), got {type(model).__name__}")
-    _check_backend(backend)
+    check_backend(backend)
     old_rope = dict(getattr(config, "rope_parameters", None) or {})
     old_max = config.max_position_embeddings
     try:
@@ -142,7 +103,7 @@ def _convert(model, mode, full_layers, pattern, positions, rope_theta, max_posit
     if rope_theta is not None or max_position_embeddings is not None:
         rebuild_rotary(model)  # recompute RoPE frequencies from the changed config
     try:
-        return _apply(model, backend)
+        return use_backend(model, backend)
     except ValueError:
         delattr(config, SETTINGS_KEY)
         raise
@@ -182,15 +143,6 @@ def to_posthoc_streaming(model, full_layers: list[int] | None = None, pattern: P
     (StreamingLLM: positions are indices within the cache, so no distance exceeds sink + window).
     """
     return _convert(model, "posthoc", full_layers, pattern, positions, None, None, backend)
-
-
-def use_backend(model, backend: str):
-    """Switch a converted model's attention backend: a key of
-    :data:`~longgen_core.models.attention.ATTN_IMPLEMENTATIONS` (``"auto"``, ``"sdpa"``,
-    ``"reference"``, ``"flex"``, ``"flex_flash"``)."""
-    if get_settings(model.config) is None:
-        raise ValueError("model is not converted: call to_longgen or to_posthoc_streaming first")
-    return _apply(model, backend)
 
 
 def looks_local(path) -> bool:
@@ -267,8 +219,9 @@ def save_longgen(model, path, tokenizer=None, state_dict: dict | None = None) ->
 def load_longgen(path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                  backend: str = "auto"):
     """Load a model saved with :func:`save_longgen` (or ``save_pretrained``) after :func:`to_longgen`
-    (or the post-hoc conversion): the one call that restores it, attention functions and cache hooks
-    included.
+    (or the post-hoc conversion): attention functions, cache hooks and hybrid classes included.
+    ``AutoModelForCausalLM.from_pretrained(path)`` gives the same model for a folder saved by this
+    version (:mod:`longgen_core.models.hybrid`); only this call reads one saved before.
 
     ``path``: a local directory, or a hub id (see :func:`looks_local` for which is which). A local
     path with no directory or no ``config.json`` raises FileNotFoundError naming it. A local folder
@@ -280,24 +233,27 @@ def load_longgen(path, dtype: torch.dtype = torch.float32, device: str | torch.d
     validation as the conversion, before any weight is read: an edited file with a bad field
     raises ValueError naming that field.
 
+    A folder saved before the hybrid had a ``model_type`` of its own (``"llama"`` with
+    ``config.longgen``) loads right, with a warning: ``AutoModelForCausalLM`` would read it as the
+    base model, full attention in every layer; saving it again with :func:`save_longgen` records the type.
+
     Example: ``save_longgen(model, "runs/hybrid"); model = load_longgen("runs/hybrid")``.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
-    _check_backend(backend)
+    check_backend(backend)
     path = _model_dir(path)
-    if isinstance(path, Path) and (path / MANIFEST_FILE).is_file():
-        verify_manifest(path)  # config.json included: it is read next
+    verify_if_present(path)  # config.json included: it is read next
     config = AutoConfig.from_pretrained(path)
     if get_settings(config) is None:
         raise ValueError(f"{path} holds no LongGen settings (config.longgen); it is not a converted model. "
                          f"Load it with longgen_core.models.base.load_model instead")
-    _check_architecture(config)
-    check_settings(config, get_settings(config))  # before loading weights
-    hf_attention.register()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype,
-                                                 attn_implementation=hf_attention.ATTN_IMPLEMENTATIONS[backend])
-    return _apply(model.to(device).eval(), backend)
+    if config.model_type == base_model_type(config):
+        warnings.warn(f"{path} was saved before LongGen hybrids had a model_type of its own (it says "
+                      f"{config.model_type!r}): load_longgen reads it right, but AutoModelForCausalLM.from_pretrained "
+                      f"would run full attention in every layer. Save it again with save_longgen to record the type.",
+                      stacklevel=2)
+    return load_checked(path, config, backend, dtype=dtype).to(device).eval()
 
 
 def layer_map(config) -> str:

@@ -43,7 +43,7 @@ import triton
 import triton.language as tl
 
 from .attention import PATTERN_ATTR, REINDEX_ATTR, kernel_ops, rotate, slot_attention
-from .settings import SUPPORTED_MODEL_TYPES
+from .settings import SUPPORTED_MODEL_TYPES, base_model_type
 
 __all__ = ["DecodeStep", "unsupported", "rms_norm", "rope_store"]
 
@@ -51,8 +51,8 @@ __all__ = ["DecodeStep", "unsupported", "rms_norm", "rope_store"]
 def unsupported(model) -> str | None:
     """Why :class:`DecodeStep` cannot run ``model`` (then transformers' modules decode), or ``None``."""
     config = model.config
-    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
-        return f"model_type {getattr(config, 'model_type', None)!r} is not one of {SUPPORTED_MODEL_TYPES}"
+    if base_model_type(config) not in SUPPORTED_MODEL_TYPES:
+        return f"model_type {base_model_type(config)!r} is not one of {SUPPORTED_MODEL_TYPES}"
     if getattr(config, "hidden_act", "silu") != "silu":
         return f"hidden_act {config.hidden_act!r} (the step computes SiLU)"
     rotary = getattr(model.model, "rotary_emb", None)

@@ -19,6 +19,10 @@ touches model weights. :func:`check_settings` is the one validation of the whole
 conversion (through :func:`make_settings`) and ``load_longgen`` (on a saved, maybe hand-edited
 ``config.json``) both run it, and :func:`layer_patterns` runs it before resolving.
 
+Which configs can be converted (:data:`SUPPORTED_MODEL_TYPES`, :func:`check_architecture`) and the
+``model_type`` a converted one carries (:data:`HYBRID_MODEL_TYPES`, what
+:mod:`longgen_core.models.hybrid` registers; :func:`base_model_type` reads it back) live here too.
+
 The pattern is stored as :meth:`Pattern.to_dict` and read back with :meth:`Pattern.from_dict`.
 :func:`layer_patterns` resolves the settings into one pattern per layer; the conversion
 (:mod:`longgen_core.models.convert`) calls it once and stores each layer's pattern on its
@@ -49,6 +53,9 @@ __all__ = [
     "check_settings",
     "SETTINGS_KEYS",
     "SUPPORTED_MODEL_TYPES",
+    "HYBRID_MODEL_TYPES",
+    "base_model_type",
+    "check_architecture",
 ]
 
 SETTINGS_KEY = "longgen"
@@ -58,6 +65,40 @@ SETTINGS_KEYS = ("version", "mode", "full_layers", "pattern", "positions")  # ex
 _VERSION = 1
 # Llama-family decoders with RoPE: what the conversion accepts (convert) and the fused decode step runs (decode_step)
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+# The model_type a converted model has and is saved under (models/hybrid.py), per base type. Where longgen_core is
+# not imported, transformers refuses a model_type it does not know with a message that quotes it -- and nothing
+# else of config.json -- so the name itself says how to load the folder.
+HYBRID_MODEL_TYPES = {base: f"longgen_{base} (load with longgen_core.load_longgen)" for base in SUPPORTED_MODEL_TYPES}
+
+
+def base_model_type(config) -> str | None:
+    """The ``model_type`` of the model ``config`` was converted from: its own for a base model
+    (or an unsupported one), the base type for a hybrid's (:data:`HYBRID_MODEL_TYPES`).
+
+    Example::
+
+        >>> from transformers import LlamaConfig
+        >>> base_model_type(LlamaConfig()), HYBRID_MODEL_TYPES["llama"]
+        ('llama', 'longgen_llama (load with longgen_core.load_longgen)')
+    """
+    model_type = getattr(config, "model_type", None)
+    return next((base for base, hybrid in HYBRID_MODEL_TYPES.items() if hybrid == model_type), model_type)
+
+
+def check_architecture(config) -> None:
+    """ValueError unless ``config`` is one the conversion takes: a base (or hybrid) type of
+    :data:`SUPPORTED_MODEL_TYPES` with full attention in every layer."""
+    model_type = base_model_type(config)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"unsupported architecture model_type={model_type!r}: LongGen conversion supports "
+                         f"{list(SUPPORTED_MODEL_TYPES)} (Llama-family decoders with RoPE)")
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types and any(t != "full_attention" for t in layer_types):
+        raise ValueError(f"the base model must use full attention in every layer; config.layer_types has "
+                         f"{sorted(set(layer_types))}")
+    if model_type == "mistral" and getattr(config, "sliding_window", None) is not None:
+        raise ValueError(f"the base model already uses a sliding window (config.sliding_window="
+                         f"{config.sliding_window}); convert a full-attention checkpoint")
 
 
 def get_settings(config) -> dict | None:
