@@ -60,7 +60,9 @@ def fake_fa4(monkeypatch):
     package.cute = cute
     monkeypatch.setitem(sys.modules, "flash_attn", package)
     monkeypatch.setitem(sys.modules, "flash_attn.cute", cute)
-    return calls
+    baselines._fa4_causal.cache_clear()  # built on the stand-in of this test, not an earlier one
+    yield calls
+    baselines._fa4_causal.cache_clear()
 
 
 @pytest.mark.parametrize("pattern", [sliding_window(40), full_causal()], ids=lambda p: p.name)
@@ -224,3 +226,14 @@ def test_bench_model_times_the_full_model_on_fa4_where_it_runs(fake_fa4, monkeyp
     assert rows == {(a, m) for a in ("full", "hybrid", "full_fa4") for m in ("prefill_ms", "decode_ms_b1")}
     assert set(res["ratios_full_fa4"]) == {"prefill_ms", "decode_ms_b1"} and fake_fa4
     assert any(line.split()[1] == "full_fa4" for line in results_table(res).splitlines()[1:])
+
+
+def test_the_sweep_names_the_pattern_fa4_runs_or_says_why_not(monkeypatch):
+    sweep = bench._Sweep([], ["fwd", "fwdbwd"], ["fa4"], 4, 4, 16, 8, float("inf"))
+    stripes = strided(64, 16, 8, homo_head=False, num_heads=4)
+    assert sweep.fa4_pattern(stripes, 1024) is None
+    assert [(r["pattern"], r["pass"], r["unavailable"]) for r in sweep.rows] == [
+        (stripes.name, p, "FA4's arguments cannot express the strided pattern") for p in ("fwd", "fwdbwd")]
+    monkeypatch.setattr(bench, "unavailable", lambda impl, device="cuda": None)  # as on a Hopper GPU
+    assert sweep.fa4_pattern(sink_window(64, 4096), 1024, cache="full", batch=8) == sliding_window(4096)
+    assert bench._Sweep([], ["fwd"], ["longgen"], 4, 4, 16, 8, float("inf")).fa4_pattern(stripes, 1024) is None

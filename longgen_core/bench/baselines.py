@@ -161,9 +161,16 @@ def fa4_attention(module, query, key, value, attention_mask, scaling=None, dropo
         raise ValueError("fa4_attention is causal over the whole prefix: no custom attention mask")
     if dropout and module.training:
         raise ValueError(f"fa4_attention has no dropout, got {dropout}")
+    return _fa4_causal()(query, key, value, scale=scaling).transpose(1, 2), None
+
+
+@functools.cache
+def _fa4_causal():
+    """:func:`fa4` on full causal attention, built once: :func:`fa4_attention` runs per layer
+    and per decoding step."""
     from ..patterns import full_causal
 
-    return fa4(full_causal())(query, key, value, scale=scaling).transpose(1, 2), None
+    return fa4(full_causal())
 
 
 def register_fa4_attention() -> str:

@@ -261,8 +261,8 @@ def check_on_device(heads: int = 32, head_dim: int = 128, log=print, tuned: dict
                 q, k, v, pattern, return_lse=return_lse, config=_tuned(tuned, pattern, head_dim, dtype))
 
         def flex_flash_vs_flex():
-            if unavailable("flex_flash"):
-                return {"unavailable": unavailable("flex_flash")}
+            if why := unavailable("flex_flash"):
+                return {"unavailable": why}
             errs = versus(truth, flex(pattern, backend="FLASH"), q, k, v, do, torch.bfloat16)
             # its log-sum-exp is on another scale (0.31 relative to FlexAttention's on an H200,
             # torch 2.11): nothing here uses it, so it is not compared
@@ -285,8 +285,8 @@ def check_on_device(heads: int = 32, head_dim: int = 128, log=print, tuned: dict
         truth = {}
 
         def fa4_vs_flex():
-            if unavailable("fa4"):
-                return {"unavailable": unavailable("fa4")}
+            if why := unavailable("fa4"):
+                return {"unavailable": why}
             flex_truth(counterpart, q, k, v, do, truth)
             return versus(truth, fa4(counterpart), q, k, v, do, torch.bfloat16)
 
@@ -326,8 +326,8 @@ def check_on_device(heads: int = 32, head_dim: int = 128, log=print, tuned: dict
         if counterpart is not None:  # FA4's decode (its own split heuristic) on the full cache
 
             def fa4_decode():
-                if unavailable("fa4"):
-                    return {"unavailable": unavailable("fa4")}
+                if why := unavailable("fa4"):
+                    return {"unavailable": why}
                 bf = [t.to(torch.bfloat16) for t in (q, k, v)]
                 return _rel(fa4(counterpart, num_splits=0)(*bf),
                             reference_decode(*(t.double() for t in bf), pos, counterpart))
@@ -425,15 +425,31 @@ class _Sweep:
         self.rows.append({"impl": impl, "pattern": pattern_name, "n": n, "pass": pass_, "ms": None,
                           "tflops": None, "gbps": None, "unavailable": why, **extra})
 
+    def _skip_all(self, impl, pattern_name, n, why: str, **extra) -> None:
+        """:meth:`skip` rows for every pass of one call: decode (``extra`` holds its cache and
+        batch) or the attention passes."""
+        for pass_ in ["decode"] if extra else [x for x in self.passes if x != "decode"]:
+            self.skip(impl, pattern_name, n, pass_, why, **extra)
+
     def wants(self, impl, pattern_name, n, **extra) -> bool:
         """Is ``impl`` asked for and able to run here? If asked for but not able, its rows say why."""
         if impl not in self.impls:
             return False
         why = unavailable(impl)
         if why:
-            for pass_ in ["decode"] if extra else [x for x in self.passes if x != "decode"]:
-                self.skip(impl, pattern_name, n, pass_, why, **extra)
+            self._skip_all(impl, pattern_name, n, why, **extra)
         return not why
+
+    def fa4_pattern(self, pattern, n, **extra):
+        """The pattern FA4 runs in place of ``pattern`` (:func:`~.baselines.fa4_counterpart`) when
+        FA4 is asked for and can run here, else ``None``, with rows that say why."""
+        if "fa4" not in self.impls:
+            return None
+        counterpart, why = fa4_counterpart(pattern)
+        if counterpart is None:
+            self._skip_all("fa4", pattern.name, n, why, **extra)
+            return None
+        return counterpart if self.wants("fa4", counterpart.name, n, **extra) else None
 
     def flex(self, pattern, n_kv: int, n_q: int, impl: str = "flex"):
         """:func:`~.baselines.flex` for ``pattern`` (``impl`` ``"flex"``: its Triton backend,
@@ -478,11 +494,8 @@ def _time_attention(sweep: _Sweep, n: int, gen) -> None:
             if f is not None:
                 fns[impl] = f
         _time_fwd_bwd(sweep, p, n, fns, (q, k, v, do))
-        counterpart, why = fa4_counterpart(p)
-        if "fa4" in sweep.impls and counterpart is None:
-            for pass_ in set(sweep.passes) - {"decode"}:
-                sweep.skip("fa4", p.name, n, pass_, why)
-        elif counterpart is not None and counterpart.name != p.name and sweep.wants("fa4", counterpart.name, n):
+        counterpart = sweep.fa4_pattern(p, n)
+        if counterpart is not None:
             # FA4 runs the window without the sink; ours on that same pattern, for a like-for-like row
             fns = {"fa4": fa4(counterpart)}
             if "longgen" in sweep.impls:
@@ -557,10 +570,8 @@ def _time_decode(sweep: _Sweep, n: int, gen) -> None:
             if f is not None:
                 sweep.time(impl, p.name, n, "decode", lambda f=f: f(qd, kd, vd), flops, nbytes, cache="full",
                            batch=b)
-        counterpart, why = fa4_counterpart(p)
-        if "fa4" in sweep.impls and counterpart is None:
-            sweep.skip("fa4", p.name, n, "decode", why, cache="full", batch=b)
-        elif counterpart is not None and sweep.wants("fa4", counterpart.name, n, cache="full", batch=b):
+        counterpart = sweep.fa4_pattern(p, n, cache="full", batch=b)
+        if counterpart is not None:
             _time_fa4_decode(sweep, counterpart, n, (qd, kd, vd), instead_of=p.name)
     full_bytes = 2 * b * kv_heads * n * head_dim * 2
     if "sdpa_full" in sweep.impls:

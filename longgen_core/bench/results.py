@@ -31,7 +31,7 @@ def software_versions() -> dict:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
-            pass
+            continue  # not installed here: not recorded
     return out
 
 

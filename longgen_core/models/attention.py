@@ -291,20 +291,20 @@ def longgen_attention_forward(module, query, key, value, attention_mask, scaling
     return _forward("auto", module, query, key, value, attention_mask, scaling, dropout, **kwargs)
 
 
-def _sdpa_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    return _forward("sdpa", module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+def _attention_function(backend: str):
+    """The ``AttentionInterface`` function of ``backend``: :func:`longgen_attention_forward`'s
+    signature, running ``_forward`` with that backend."""
+
+    def forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        return _forward(backend, module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+
+    forward.__name__ = forward.__qualname__ = f"longgen_{backend}_attention_forward"
+    return forward
 
 
-def _reference_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    return _forward("reference", module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-
-
-def _flex_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    return _forward("flex", module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-
-
-def _flex_flash_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    return _forward("flex_flash", module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+# one function per backend of ATTN_IMPLEMENTATIONS, made once ("auto" is the public one above)
+_FUNCTIONS = {backend: longgen_attention_forward if backend == "auto" else _attention_function(backend)
+              for backend in ATTN_IMPLEMENTATIONS}
 
 
 def padding_guard(*args, attention_mask=None, **kwargs):
@@ -342,10 +342,8 @@ def backend_of(attn_implementation) -> str:
 
 def register() -> None:
     """Register the LongGen attention implementations of :data:`ATTN_IMPLEMENTATIONS` (idempotent)."""
-    functions = {"auto": longgen_attention_forward, "sdpa": _sdpa_forward, "reference": _reference_forward,
-                 "flex": _flex_forward, "flex_flash": _flex_flash_forward}
     for backend, name in ATTN_IMPLEMENTATIONS.items():
-        AttentionInterface.register(name, functions[backend])
+        AttentionInterface.register(name, _FUNCTIONS[backend])
         AttentionMaskInterface.register(name, padding_guard)
 
 
