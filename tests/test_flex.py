@@ -36,6 +36,14 @@ def test_the_block_mask_is_built_once_per_shape():
     assert block_mask(p, 128, 128, 4, "cpu") is not block_mask(p, 256, 256, 4, "cpu")
 
 
+def test_a_block_mask_first_built_under_inference_mode_can_serve_a_backward_later():
+    # A prefill under inference_mode builds the cached mask; a training step then reuses it, and
+    # autograd refuses to save inference tensors (seen on an H200 in bench model --backend flex).
+    with torch.inference_mode():
+        mask = block_mask(sink_window(4, 40), 96, 96, 2, "cpu")
+    assert not mask.kv_num_blocks.is_inference() and not mask.kv_indices.is_inference()
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda q: flex_attention(q, q, q, full_causal(), backend="CUTE"), "backend must be one of"),
     (lambda q: flex_attention(q, q, q, full_causal(), backend="FLASH"), "CUDA only"),

@@ -46,7 +46,7 @@ from pathlib import Path
 from ..jsonio import read_json as load_results  # noqa: F401 -- the names notebooks 02 and 06 import
 from ..jsonio import write_json_atomic as write_results
 from .baselines import fa4, fa4_counterpart, flex, unavailable
-from .results import copy_gbps, software_versions
+from .results import command_line, copy_gbps, software_versions
 
 # torch and triton are imported inside the functions that time things: the table and figure
 # helpers need only the JSON (notebook 02 on a laptop).
@@ -771,7 +771,7 @@ def run_kernels(args) -> int:
                "triton": triton.__version__, "versions": software_versions(),
                "date": datetime.date.today().isoformat(), "heads": args.heads, "kv_heads": args.kv_heads,
                "head_dim": args.head_dim, "dtype": "bfloat16", "batch": 1, "decode_batch": args.decode_batch,
-               "command": "python -m longgen_core.bench " + " ".join(sys.argv[1:])}
+               "command": command_line()}
     results.update(_device_ceilings())
     log(f"device {results['device']}: copy {results['copy_gbps']:.0f} GB/s, "
         f"bf16 matmul {results['matmul_tflops']:.0f} TFLOP/s")

@@ -60,7 +60,7 @@ from ..models.fused import fuse_rms_norms
 from ..models.static import StaticDecoder, round_capacity
 from ..patterns import sink_window
 from ..train.loss import CausalLMLoss
-from .results import copy_gbps, software_versions
+from .results import command_line, copy_gbps, software_versions
 
 METRICS = ("kv_bytes", "prefill_ms", "decode_ms_b1", "decode_ms_b8", "decode_graph_ms_b1", "decode_graph_ms_b8",
            "train_step_ms")
@@ -539,6 +539,7 @@ def run_cli(args) -> int:
                               chunk=args.loss_chunk, metrics=args.metrics,
                               time_budget=args.time_budget, log=lambda s: print(s, flush=True),
                               fused_norms=not args.unfused_norms, backend=args.backend)
+    results["command"] = command_line()
     write_json_atomic(args.out, results)
     png = args.png or str(Path(args.out).with_suffix(".png"))
     try:

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-__all__ = ["copy_gbps", "software_versions"]
+__all__ = ["command_line", "copy_gbps", "software_versions"]
 
 
 # Baselines a result may have been measured against, recorded where they are installed
@@ -33,6 +33,14 @@ def software_versions() -> dict:
         except PackageNotFoundError:
             continue  # not installed here: not recorded
     return out
+
+
+def command_line() -> str:
+    """The ``bench`` command line this process was started with, for the result JSON, so that a
+    committed result says how to re-run it."""
+    import sys
+
+    return "python -m longgen_core.bench " + " ".join(sys.argv[1:])
 
 
 def copy_gbps(device="cuda", gib: float = 1.0, reps: int = 5) -> float:

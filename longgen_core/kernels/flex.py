@@ -45,8 +45,11 @@ def block_mask(pattern: Pattern, n_kv: int, n_q: int, heads: int, device: str):
     def mask_mod(b, h, q_idx, kv_idx):
         return keep(b, h, q_idx + offset, kv_idx)
 
-    return create_block_mask(mask_mod, B=None, H=heads if pattern.per_head else None, Q_LEN=n_q, KV_LEN=n_kv,
-                             device=device, _compile=torch.device(device).type == "cuda")
+    # Built outside inference mode even when first asked for under it (a prefill): the cached mask
+    # is later saved for a backward (a training step), which inference tensors cannot be.
+    with torch.inference_mode(False):
+        return create_block_mask(mask_mod, B=None, H=heads if pattern.per_head else None, Q_LEN=n_q,
+                                 KV_LEN=n_kv, device=device, _compile=torch.device(device).type == "cuda")
 
 
 def flex_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern, *,
