@@ -48,9 +48,12 @@ def test_binder_scripts():
     assert re.fullmatch(r"python-3\.\d+", (BINDER / "runtime.txt").read_text().strip())
 
 
-# Notebooks the Binder demo runs (the CPU walk-through); each must execute in Binder's environment.
-BINDER_DEMO = ["01_attention_patterns.ipynb", "02_triton_sparse_kernel.ipynb", "03_hybrid_conversion.ipynb",
-               "04_long_context_finetuning.ipynb", "05_evaluation.ipynb"]
+# Notebooks executed in Binder's environment: the ones that depend on what binder/ itself sets up --
+# 02 on binder/start's TRITON_INTERPRET=1 (its kernels run through Triton's interpreter), 03 on the
+# SmolLM2 checkpoint that binder/postBuild makes. The nbval run of `make test` executes every
+# notebook under the same pins (binder/requirements.txt = requirements.txt with CPU torch, which
+# the first test above checks), so running all of them here again only doubled CI time.
+BINDER_DEMO = ["02_triton_sparse_kernel.ipynb", "03_hybrid_conversion.ipynb"]
 
 
 @pytest.mark.slow
