@@ -86,10 +86,16 @@ def _full_layers_at_top(answer) -> tuple[bool, str]:
 # ----------------------------------------------------------------------------------- 02: kernels
 # The answers are @triton.jit kernels written in notebook 02; each checker launches one at toy
 # size through longgen_core.kernels.tutorial (imported here, so that 01's checks need no Triton)
-# and compares it with the float64 reference.
+# and compares it with the float64 reference: on the GPU when there is one (the notebook then
+# compiles its kernels), where tl.dot rounds float32 inputs to tf32, hence the looser tolerance.
+def _kernel_tol() -> float:
+    return 1e-2 if torch.cuda.is_available() else 1e-4
+
+
 def _toy_qkv(n: int, d: int = 32, seed: int = 2) -> list[torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(n, d, generator=gen) for _ in range(3)]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return [torch.randn(n, d, generator=gen).to(device) for _ in range(3)]
 
 
 def _launch(run) -> tuple[object, str]:
@@ -101,11 +107,11 @@ def _launch(run) -> tuple[object, str]:
 
 
 def _bad_tiles(out, ref, tile: int) -> list[int]:
-    """Query tiles whose rows differ from the reference (relative error > 1e-4)."""
+    """Query tiles whose rows differ from the reference (relative error over the tolerance)."""
     from .kernels.tutorial import rel_err
 
     return [i for i in range(-(-ref.shape[0] // tile)) if rel_err(out[i * tile:(i + 1) * tile],
-                                                                  ref[i * tile:(i + 1) * tile]) > 1e-4]
+                                                                  ref[i * tile:(i + 1) * tile]) > _kernel_tol()]
 
 
 def _online_rescale(kernel) -> tuple[bool, str]:
@@ -123,14 +129,14 @@ def _online_rescale(kernel) -> tuple[bool, str]:
                        "second key tile under a new running max; rescale what it summed before")
     if bad:
         return False, f"the output differs from the reference in query tiles {bad}"
-    if T.rel_err(lse, ref_lse) > 1e-4:
+    if T.rel_err(lse, ref_lse) > _kernel_tol():
         return False, "the output is right but the LSE is not: store m_i + log(l_i)"
     return True, "every query tile agrees with the reference: out and LSE"
 
 
 def _dilated_attention(q, k, v) -> torch.Tensor:
     """Attention over the keys at distances 0, 2, ..., 14 behind each query, in float64."""
-    q, k, v = (t.double() for t in (q, k, v))
+    q, k, v = (t.double().cpu() for t in (q, k, v))
     dist = torch.arange(q.shape[0])[:, None] - torch.arange(q.shape[0])[None, :]
     keep = (dist >= 0) & (dist % 2 == 0) & (dist < 16)
     s = (q @ k.T / q.shape[1] ** 0.5).masked_fill(~keep, float("-inf"))
@@ -146,7 +152,7 @@ def _dilated_kernel(kernel) -> tuple[bool, str]:
     if why:
         return False, why
     ref = _dilated_attention(q, k, v)
-    rows = [i for i in range(70) if T.rel_err(got[0][i], ref[i]) > 1e-4]
+    rows = [i for i in range(70) if T.rel_err(got[0][i], ref[i]) > _kernel_tol()]
     if rows:
         return False, f"{len(rows)} of 70 query rows differ from the dilated window, the first is row {rows[0]}"
     return True, "8 keys per query at distances 0, 2, ..., 14, as exercise 01.2's mask_mod"
