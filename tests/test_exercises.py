@@ -5,6 +5,7 @@ notebook's own set-up cells."""
 from __future__ import annotations
 
 import json
+import linecache
 import re
 
 import pytest
@@ -33,6 +34,13 @@ def _exercises():
 FOUND = _exercises()
 
 
+def run_cell(code: str, namespace: dict, name: str) -> None:
+    """Run ``code`` as a notebook cell named ``name``: its source is registered, as Jupyter does, so
+    that a ``@triton.jit`` kernel defined in it can read its own source."""
+    linecache.cache[name] = (len(code), None, code.splitlines(True), name)
+    exec(compile(code, name, "exec"), namespace)
+
+
 def test_every_checker_has_its_exercise_in_a_notebook():
     assert sorted(e[1] for e in FOUND) == sorted(EXERCISES)
 
@@ -45,7 +53,7 @@ def test_the_guess_fails_and_the_solution_passes(notebook, exercise, setup, gues
         namespace: dict = {}
         exec(setup, namespace)  # the parameters and imports the cells rely on
         exec("from longgen_core.exercises import check", namespace)  # the first exercise cell's import
-        exec(code, namespace)
+        run_cell(code, namespace, f"<exercise {exercise} {'solution' if right else 'guess'}>")
         ok, message = EXERCISES[exercise].checker(namespace[answer])
         assert ok is right, message
 

@@ -9,6 +9,7 @@ kernel forgets to write fails the comparison.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 import subprocess
@@ -493,18 +494,64 @@ def test_cpu_without_interpreter_raises():
 
 
 # ----------------------------------------------------------------------------------- tutorial
-def test_tutorial_kernels_match_the_reference():
-    """The notebook's step-by-step kernels (longgen_core.kernels.tutorial)."""
+def _notebook_kernels() -> dict:
+    """The @triton.jit kernels notebook 02 writes in its cells (not the exercises' kernels, which
+    tests/test_exercises.py runs), defined as the notebook defines them."""
+    from test_exercises import run_cell
+
+    from longgen_core.runner import numbered_notebooks
+
+    path = next(p for p in numbered_notebooks() if p.name.startswith("02_"))
+    namespace: dict = {}
+    exec("import triton\nimport triton.language as tl\nfrom longgen_core.kernels.common import pattern_keep",
+         namespace)
+    for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and source.startswith("@triton.jit") and "check(" not in source:
+            run_cell(source, namespace, f"<notebook 02 cell {i}>")
+    return namespace
+
+
+@pytest.mark.parametrize("n, tile", [(70, 16), (96, 32)])
+def test_the_notebook_kernels_match_the_reference(n, tile):
+    """Notebook 02's teaching kernels, through longgen_core.kernels.tutorial's launchers: values,
+    LSE and gradients against the float64 reference, a ragged and an even length, two patterns."""
+    from longgen_core.kernels import tutorial as T
+
+    nk = _notebook_kernels()
+    gen = torch.Generator().manual_seed(15)
+    q, k, v, do = (torch.randn(n, 32, generator=gen).to(DEVICE) for _ in range(4))
+    assert T.rel_err(T.scores(nk["scores_kernel"], q, k, tile), q.double() @ k.double().T) < FP32_TOL
+    out, lse = T.dense_forward(nk["online_kernel"], q, k, v, tile)
+    assert max(T.rel_err(a, b) for a, b in zip((out, lse), T.reference(q, k, v))) < FP32_TOL
+    for pattern in (sink_window(3, 20), strided(16, 2, 3)):
+        out, lse = T.csr_forward(nk["csr_kernel"], q, k, v, pattern, tile)
+        assert max(T.rel_err(a, b) for a, b in zip((out, lse), T.reference(q, k, v, pattern))) < FP32_TOL
+        delta = (out * do).sum(-1)
+        grads = (T.csr_dq(nk["dq_kernel"], q, k, v, do, lse, delta, pattern, tile),
+                 *T.csc_dkdv(nk["dkdv_kernel"], q, k, v, do, lse, delta, pattern, tile))
+        errs = [T.rel_err(a, b) for a, b in zip(grads, T.reference_grads(q, k, v, do, pattern))]
+        assert max(errs) < FP32_TOL, errs
+    window = sink_window(3, 20)
+    positions = torch.cat([torch.arange(3), torch.roll(torch.arange(n - 20, n), n % 20), torch.tensor([-1])])
+    cache = [torch.cat([t[positions[:-1]], torch.zeros(1, 32, device=DEVICE)]) for t in (k, v)]
+    got = T.decode(nk["decode_kernel"], q[-1], *cache, positions, n - 1, window, block=16)
+    assert T.rel_err(got, T.reference(q, k, v, window)[0][-1]) < FP32_TOL
+
+
+def test_online_softmax_trace_ends_at_the_logsumexp():
     from longgen_core.kernels import tutorial
 
-    q, k, v = (t[0, 0] for t in random_qkv(1, 1, 1, 70, 32, seed=15))
-    q32, k32, v32 = (t.float().to(DEVICE) for t in (q, k, v))
-    assert rel_err(tutorial.tiled_scores(q32, k32, 16).cpu(), q @ k.T) < FP32_TOL
-    dense = reference_attention(q[None, None], k[None, None], v[None, None], full_causal())[0, 0]
-    assert rel_err(tutorial.online_softmax_attention(q32, k32, v32, 16).cpu(), dense) < FP32_TOL
-    for pattern in (sink_window(3, 20), strided(16, 2, 3)):
-        ref = reference_attention(q[None, None], k[None, None], v[None, None], pattern)[0, 0]
-        assert rel_err(tutorial.csr_attention(q32, k32, v32, pattern, 16).cpu(), ref) < FP32_TOL
     x = torch.tensor([1.0, 3.0, 2.0, 5.0, -1.0])
     m, l = tutorial.online_softmax_trace(x, 2)[-1]  # noqa: E741 -- the running max and sum: the tutorial's m, l
     assert abs(m + torch.log(torch.tensor(l)).item() - torch.logsumexp(x, 0).item()) < 1e-6
+
+
+def test_library_steps_read_every_number_from_the_committed_measurements():
+    """Notebook 02's table of changes: every row parsed from NOTES.md and the versus JSON."""
+    from longgen_core.jsonio import read_json
+    from longgen_core.kernels import tutorial
+    from longgen_core.paths import figures_dir
+
+    rows = tutorial.library_steps(read_json(figures_dir() / "kernels_versus_a910ee6.json"))
+    assert len(rows) == 6 and all(r["before"] > 0 and r["after"] > 0 and r["where"] for r in rows)

@@ -6,7 +6,8 @@
   training) and :func:`sparse_decode` (new tokens against a KV cache), ``backend="triton"`` or
   ``"reference"``.
 - :mod:`.flex`: PyTorch's FlexAttention for a pattern (the models' ``backend="flex"``).
-- :mod:`.tutorial`: the small teaching kernels of notebook 02.
+- :mod:`.tutorial`: launchers and references for the teaching kernels notebook 02 writes in its
+  cells, and what each step to the library's kernels measured.
 """
 
 from .api import reference_decode, sparse_attention, sparse_decode

@@ -1,78 +1,154 @@
-"""Teaching kernels for notebook 02: the production kernels (:mod:`.forward`, :mod:`.backward`,
-:mod:`.decode`), built up in steps.
+"""Host side of notebook 02's teaching kernels: the notebook writes each ``@triton.jit`` kernel in
+the cell that explains it; these functions launch such a kernel on one head at toy size, give the
+dense reference to check it against, and read what the library's kernels measured.
 
-Each step is one small Triton kernel on a single head, ``q, k, v: (N, D)``:
+A kernel is passed in, so that a reader can change it in the notebook and run it again. One head,
+``q, k, v: (N, D)`` contiguous; ``N`` need not be a multiple of the tile. The arguments each
+launcher passes, in order (``<pattern>`` = ``SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND``,
+the parameters of :func:`~longgen_core.kernels.common.pattern_keep` from
+:func:`~longgen_core.kernels.api.pattern_args`; upper-case names after ``sm_scale`` are
+``tl.constexpr``):
 
-1. :func:`tiled_scores` -- tiles and ``tl.dot``: one program per (query tile, key tile) writes
-   its block of ``S = q @ k.T``.
-2. :func:`online_softmax_attention` -- one program per query tile walks *every* key tile up to
-   the diagonal with FlashAttention's online softmax; :func:`online_softmax_trace` shows the
-   recurrence on a plain vector.
-3. :func:`csr_attention` -- the same loop over only the key tiles listed in the tile's CSR row
-   of a :class:`~longgen_core.patterns.BlockLayout`, the token mask applied inside each.
+- :func:`scores`, grid (tiles, tiles): ``Q, K, S, N, HEAD_DIM, TILE``
+- :func:`dense_forward`, grid (tiles,): ``Q, K, V, Out, LSE, N, sm_scale, HEAD_DIM, TILE``
+- :func:`csr_forward`, grid (tiles,): ``Q, K, V, Out, LSE, ROW_PTR, COL_IDX, ROW_MASK, N,
+  sm_scale, <pattern>, HEAD_DIM, TILE`` (and any extra compile-time arguments given)
+- :func:`csr_dq`, grid (tiles,): ``Q, K, V, DO, LSE, DELTA, DQ, ROW_PTR, COL_IDX, ROW_MASK, N,
+  sm_scale, <pattern>, HEAD_DIM, TILE``
+- :func:`csc_dkdv`, grid (tiles,): ``Q, K, V, DO, LSE, DELTA, DK, DV, COL_PTR, ROW_IDX, COL_MASK,
+  N, sm_scale, <pattern>, HEAD_DIM, TILE``
+- :func:`decode`, grid (1,): ``Q, K, V, POS, Out, L, q_pos, sm_scale, <pattern>, HEAD_DIM, BLOCK``
 
-The production forward adds sub-blocks, a mask only on edge tiles, GQA, the LSE output and a
-schedule; the backward (CSC walk) is shown in the notebook with the production kernels.
+The LSE is natural-log, ``(N,)`` float32; ``DELTA = rowsum(O * dO)``; ``POS`` the position of each
+cache slot (-1: empty); the layout tensors are int32. :func:`reference` and
+:func:`reference_grads` give the float64 answers, :func:`online_softmax_trace` the recurrence on a
+plain vector, :func:`library_steps` what each step from these kernels to the library's
+(``forward.py``, ``backward.py``, ``decode.py``) measured on the GPU.
 
-Example (CPU, with ``TRITON_INTERPRET=1`` set before import)::
+Example (CPU, with ``TRITON_INTERPRET=1`` set before the kernel is defined)::
 
-    >>> q, k, v = (torch.randn(40, 16) for _ in range(3))
-    >>> out = csr_attention(q, k, v, sink_window(2, 8), tile=16)   # (40, 16)
+    out, lse = csr_forward(csr_kernel, q, k, v, sink_window(2, 8), tile=16)  # (N, D), (N,)
+    rel_err(out, reference(q, k, v, sink_window(2, 8))[0])                   # ~1e-7
 """
 
 from __future__ import annotations
 
-import inspect
+import functools
 import math
+import re
+from pathlib import Path
 
 import torch
 import triton
-import triton.language as tl
 
-from ..patterns import Pattern
-from .common import is_interpreted, mm, pattern_keep
+from ..patterns import Pattern, full_causal
 from .api import pattern_args
+from .reference import reference_attention
 
-__all__ = ["tiled_scores", "online_softmax_trace", "online_softmax_attention", "csr_attention",
-           "kernel_source"]
+__all__ = ["scores", "dense_forward", "csr_forward", "csr_dq", "csc_dkdv", "decode", "reference",
+           "reference_grads", "rel_err", "online_softmax_trace", "library_steps"]
 
-
-def kernel_source(kernel, max_lines: int | None = None) -> str:
-    """The Python source of a ``@triton.jit`` kernel (compiled or interpreted), to read it."""
-    lines = inspect.getsource(kernel.fn).splitlines()
-    if max_lines is not None and len(lines) > max_lines:
-        lines = lines[:max_lines] + [f"    ... ({len(lines) - max_lines} more lines)"]
-    return "\n".join(lines)
+NOTES = Path(__file__).with_name("NOTES.md")
 
 
-def _dot_f32(x: torch.Tensor) -> bool:
-    return is_interpreted() or x.dtype == torch.float32
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """``|out - ref| / |ref|`` (Frobenius), in float64 on the CPU."""
+    out, ref = (t.detach().double().cpu() for t in (out, ref))
+    return float((out - ref).norm() / ref.norm())
 
 
-# ----------------------------------------------------------------------------------- step 1
-@triton.jit
-def _scores_kernel(Q, K, S, N, HEAD_DIM: tl.constexpr, TILE: tl.constexpr, DOT_F32: tl.constexpr):
-    i = tl.program_id(0)  # query tile
-    j = tl.program_id(1)  # key tile
-    rows = i * TILE + tl.arange(0, TILE)  # (TILE,) query positions
-    cols = j * TILE + tl.arange(0, TILE)  # (TILE,) key positions
-    d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + rows[:, None] * HEAD_DIM + d[None, :], mask=rows[:, None] < N, other=0.0)  # (TILE, D)
-    k = tl.load(K + cols[:, None] * HEAD_DIM + d[None, :], mask=cols[:, None] < N, other=0.0)  # (TILE, D)
-    s = mm(q, tl.trans(k), DOT_F32)  # (TILE, TILE) on the tensor cores
-    tl.store(S + rows[:, None] * N + cols[None, :], s, mask=(rows[:, None] < N) & (cols[None, :] < N))
+# ----------------------------------------------------------------------------------- references
+def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern | None = None):
+    """``(out (N, D), lse (N,))`` of one head in float64: :func:`reference_attention` of ``pattern``
+    (default: full causal)."""
+    out, lse = reference_attention(*(t.double().cpu()[None, None] for t in (q, k, v)),
+                                   pattern or full_causal(), return_lse=True)
+    return out[0, 0], lse[0, 0]
 
 
-def tiled_scores(q: torch.Tensor, k: torch.Tensor, tile: int = 16) -> torch.Tensor:
-    """``q @ k.T`` computed tile by tile: ``(N, D), (N, D) -> (N, N)`` float32."""
+def reference_grads(q, k, v, do, pattern: Pattern | None = None) -> tuple[torch.Tensor, ...]:
+    """``(dq, dk, dv)`` of ``sum(out * do)`` through the float64 reference."""
+    leaves = [t.double().cpu().requires_grad_() for t in (q, k, v)]
+    out, _ = reference(*leaves, pattern)
+    return torch.autograd.grad(out, leaves, do.double().cpu())
+
+
+# ----------------------------------------------------------------------------------- launchers
+def _tiles(n: int, tile: int) -> int:
+    return triton.cdiv(n, tile)
+
+
+@functools.lru_cache(maxsize=16)  # so that a timed launch measures the kernel, not the layout
+def _pattern(pattern: Pattern, n: int, tile: int, device: torch.device) -> tuple[dict, dict]:
+    """The kernel arguments of ``pattern`` and its layout's head-0 tensors on ``device``."""
+    lay = pattern.block_layout(n, tile)
+    t = {name: getattr(lay, name)[0].to(device=device, dtype=torch.int32)
+         for name in ("row_ptr", "col_idx", "row_mask", "col_ptr", "row_idx", "col_mask")}
+    return pattern_args(pattern), t
+
+
+def scores(kernel, q: torch.Tensor, k: torch.Tensor, tile: int = 16) -> torch.Tensor:
+    """``S = q @ k.T`` ``(N, N)`` float32, one program per (query tile, key tile)."""
     n, d = q.shape
     s = torch.empty(n, n, dtype=torch.float32, device=q.device)
-    _scores_kernel[(triton.cdiv(n, tile), triton.cdiv(n, tile))](
-        q.contiguous(), k.contiguous(), s, n, HEAD_DIM=d, TILE=tile, DOT_F32=_dot_f32(q))
+    kernel[(_tiles(n, tile), _tiles(n, tile))](q, k, s, n, HEAD_DIM=d, TILE=tile)
     return s
 
 
-# ----------------------------------------------------------------------------------- step 2
+def dense_forward(kernel, q, k, v, tile: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention ``(out (N, D), lse (N,))``, one program per query tile, every key tile up
+    to the diagonal."""
+    n, d = q.shape
+    o = torch.empty(n, d, dtype=q.dtype, device=q.device)
+    lse = torch.empty(n, dtype=torch.float32, device=q.device)
+    kernel[(_tiles(n, tile),)](q, k, v, o, lse, n, 1.0 / math.sqrt(d), HEAD_DIM=d, TILE=tile)
+    return o, lse
+
+
+def csr_forward(kernel, q, k, v, pattern: Pattern, tile: int = 16, **meta) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of ``pattern`` ``(out (N, D), lse (N,))``: a query tile walks its CSR row
+    (``meta``: more compile-time arguments of the kernel, e.g. ``BLOCK_N=16``)."""
+    n, d = q.shape
+    args, lay = _pattern(pattern, n, tile, q.device)
+    o = torch.empty(n, d, dtype=q.dtype, device=q.device)
+    lse = torch.empty(n, dtype=torch.float32, device=q.device)
+    kernel[(_tiles(n, tile),)](q, k, v, o, lse, lay["row_ptr"], lay["col_idx"], lay["row_mask"], n,
+                               1.0 / math.sqrt(d), **args, HEAD_DIM=d, TILE=tile, **meta)
+    return o, lse
+
+
+def csr_dq(kernel, q, k, v, do, lse, delta, pattern: Pattern, tile: int = 16) -> torch.Tensor:
+    """``dq (N, D)``: a query tile walks its CSR row (``lse``, ``delta``: ``(N,)`` float32)."""
+    n, d = q.shape
+    args, lay = _pattern(pattern, n, tile, q.device)
+    dq = torch.empty_like(q)
+    kernel[(_tiles(n, tile),)](q, k, v, do, lse, delta, dq, lay["row_ptr"], lay["col_idx"], lay["row_mask"],
+                               n, 1.0 / math.sqrt(d), **args, HEAD_DIM=d, TILE=tile)
+    return dq
+
+
+def csc_dkdv(kernel, q, k, v, do, lse, delta, pattern: Pattern, tile: int = 16) -> tuple[torch.Tensor, ...]:
+    """``(dk, dv)``, each ``(N, D)``: a key tile walks its CSC column."""
+    n, d = q.shape
+    args, lay = _pattern(pattern, n, tile, q.device)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    kernel[(_tiles(n, tile),)](q, k, v, do, lse, delta, dk, dv, lay["col_ptr"], lay["row_idx"],
+                               lay["col_mask"], n, 1.0 / math.sqrt(d), **args, HEAD_DIM=d, TILE=tile)
+    return dk, dv
+
+
+def decode(kernel, q: torch.Tensor, k_cache, v_cache, positions: torch.Tensor, q_pos: int,
+           pattern: Pattern, block: int = 16) -> torch.Tensor:
+    """One new query ``q (D,)`` at position ``q_pos`` against a cache of slots ``(L, D)``,
+    ``positions (L,)`` the position each slot holds (-1: empty); returns ``(D,)``."""
+    length, d = k_cache.shape
+    o = torch.empty(d, dtype=q.dtype, device=q.device)
+    kernel[(1,)](q, k_cache, v_cache, positions.to(device=q.device, dtype=torch.int32), o, length, q_pos,
+                 1.0 / math.sqrt(d), **pattern_args(pattern), HEAD_DIM=d, BLOCK=block)
+    return o
+
+
+# ----------------------------------------------------------------------------------- the recurrence
 def online_softmax_trace(x: torch.Tensor, chunk: int) -> list[tuple[float, float]]:
     """The online softmax on a vector read ``chunk`` entries at a time (pure PyTorch).
 
@@ -93,87 +169,58 @@ def online_softmax_trace(x: torch.Tensor, chunk: int) -> list[tuple[float, float
     return trace
 
 
-@triton.jit
-def _online_kernel(Q, K, V, O, N, sm_scale_log2,
-                   HEAD_DIM: tl.constexpr, TILE: tl.constexpr, DOT_F32: tl.constexpr):
-    i = tl.program_id(0)
-    rows = i * TILE + tl.arange(0, TILE)
-    d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + rows[:, None] * HEAD_DIM + d[None, :], mask=rows[:, None] < N, other=0.0)
-    m_i = tl.full([TILE], -1.0e30, dtype=tl.float32)  # running max (base-2 scores)
-    l_i = tl.zeros([TILE], dtype=tl.float32)  # running sum of exp2(s - m_i)
-    acc = tl.zeros([TILE, HEAD_DIM], dtype=tl.float32)  # running sum of p @ v
-    for j in range(0, i + 1):  # causal: key tiles up to the diagonal
-        cols = j * TILE + tl.arange(0, TILE)
-        k = tl.load(K + cols[:, None] * HEAD_DIM + d[None, :], mask=cols[:, None] < N, other=0.0)
-        v = tl.load(V + cols[:, None] * HEAD_DIM + d[None, :], mask=cols[:, None] < N, other=0.0)
-        s = mm(q, tl.trans(k), DOT_F32) * sm_scale_log2
-        s = tl.where((rows[:, None] >= cols[None, :]) & (cols[None, :] < N), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)  # rescales what was summed under the old max
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + mm(p, v, DOT_F32)
-        m_i = m_new
-    tl.store(O + rows[:, None] * HEAD_DIM + d[None, :], acc / l_i[:, None], mask=rows[:, None] < N)
+# ----------------------------------------------------------------------------------- measured steps
+def _table(text: str, header: str) -> dict[str, dict[str, str]]:
+    """The markdown table of ``text`` whose header line starts with ``header``: row name ->
+    {column header -> cell}."""
+    lines = text[text.index(header):].splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
 
 
-def online_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             tile: int = 16) -> torch.Tensor:
-    """Dense causal attention, one program per query tile, never holding a full row of scores.
-
-    ``(N, D) x 3 -> (N, D)`` float32.
-    """
-    n, d = q.shape
-    out = torch.empty(n, d, dtype=torch.float32, device=q.device)
-    _online_kernel[(triton.cdiv(n, tile),)](q.contiguous(), k.contiguous(), v.contiguous(), out, n,
-                                            math.log2(math.e) / math.sqrt(d), HEAD_DIM=d, TILE=tile,
-                                            DOT_F32=_dot_f32(q))
-    return out
+def _ms(cell: str) -> float:
+    """The first ``<number> ms`` of a table cell (or a bare leading number)."""
+    return float(re.match(r"\s*([\d.]+)", cell).group(1))
 
 
-# ----------------------------------------------------------------------------------- step 3
-@triton.jit
-def _csr_kernel(Q, K, V, O, ROW_PTR, COL_IDX, N, sm_scale_log2,
-                SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP,
-                KIND: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr, DOT_F32: tl.constexpr):
-    i = tl.program_id(0)
-    rows = i * TILE + tl.arange(0, TILE)
-    d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + rows[:, None] * HEAD_DIM + d[None, :], mask=rows[:, None] < N, other=0.0)
-    m_i = tl.full([TILE], -1.0e30, dtype=tl.float32)
-    l_i = tl.zeros([TILE], dtype=tl.float32)
-    acc = tl.zeros([TILE, HEAD_DIM], dtype=tl.float32)
-    for t in range(tl.load(ROW_PTR + i), tl.load(ROW_PTR + i + 1)):  # only the kept key tiles
-        j = tl.load(COL_IDX + t)
-        cols = j * TILE + tl.arange(0, TILE)
-        k = tl.load(K + cols[:, None] * HEAD_DIM + d[None, :], mask=cols[:, None] < N, other=0.0)
-        v = tl.load(V + cols[:, None] * HEAD_DIM + d[None, :], mask=cols[:, None] < N, other=0.0)
-        s = mm(q, tl.trans(k), DOT_F32) * sm_scale_log2
-        keep = pattern_keep(rows[:, None], cols[None, :], 0, KIND, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP)
-        s = tl.where(keep & (cols[None, :] < N), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + mm(p, v, DOT_F32)
-        m_i = m_new
-    tl.store(O + rows[:, None] * HEAD_DIM + d[None, :], acc / l_i[:, None], mask=rows[:, None] < N)
+def library_steps(versus: dict, notes: str | None = None) -> list[dict]:
+    """What each step from the teaching kernels to the library's measured on the GPU, read from
+    ``NOTES.md`` (``notes``: its text) and ``versus`` (``figures/kernels_versus_*.json``). One row
+    per change: ``change``, ``where`` (file:function), ``before``, ``after`` (ms), ``what`` (what
+    the two numbers are)."""
+    notes = NOTES.read_text() if notes is None else notes
+    versions = _table(notes, "| version |")
+    v1, v2 = versions["v1 (run 1)"], versions["v2 (run 2)"]
+    run4 = _table(notes, "| 128K, sink 64 + window 4096 |")["backward alone, median of 18"]
+    launch = re.search(r"Forward, tile 128: \(BLOCK_M, BLOCK_N, warps, stages\) = (.*?)needs", notes, re.S).group(1)
+    settings = {m.group(1): float(m.group(2)) for m in re.finditer(r"(\(\d+, \d+, \d+, \d+\)) ([\d.]+)", launch)}
+    fused = _table(notes, "| | keys per program step |")["128-key blocks, 8 warps"]
+    plain = [r for r in versus["rows"] if r["pattern"] == "sink_window" and r["n"] == 131072]
+    by_pass = {r["pass"]: r for r in plain}
+    return [
+        dict(change="scale folded into the exp2 argument (one FMA per score)", where="forward.py:forward_kernel",
+             before=_ms(v1["fwd"]), after=_ms(v2["fwd"]),
+             what="forward at 128K, v1 -> v2 (v2 was also re-tuned at 128K)"),
+        dict(change="launch settings: 128 x 128 sub-blocks, 8 warps, 3 stages (against 64 x 64, 4 warps)",
+             where="api.py:TUNED", before=settings["(64, 64, 4, 3)"], after=settings["(128, 128, 8, 3)"],
+             what="forward at 128K, tile 128"),
+        dict(change="delta = rowsum(O * dO) inside the dQ kernel (no preprocess launch)",
+             where="backward.py:dq_kernel", before=_ms(run4["v3 (HEAD)"]),
+             after=_ms(run4["v4, delta only (dK/dV on 128-tiles)"]), what="backward at 128K, v3 -> v4"),
+        dict(change="dK/dV on a 64-token CSC (no empty 64 x 64 corners)", where="backward.py:dkdv_kernel",
+             before=_ms(run4["v4, delta only (dK/dV on 128-tiles)"]), after=_ms(run4["v4"]),
+             what="backward at 128K"),
+        dict(change="dQ and dK/dV as two kernels (7 tile products), not dQ inside the dK/dV walk",
+             where="backward.py", before=_ms(fused["time"]), after=_ms(run4["v4"]),
+             what="backward at 128K: dQ inside the dK/dV walk (prototype) -> two kernels"),
+        dict(change="decode plan (visible chunks listed once per step, reused by every layer)",
+             where="api.py:sparse_decode", before=by_pass["decode"]["ms_this"], after=by_pass["decode_plan"]["ms_this"],
+             what="decode at 128K, batch 8, full cache: without -> with the plan"),
+    ]
 
-
-def csr_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern: Pattern,
-                  tile: int = 16) -> torch.Tensor:
-    """Sparse attention of one head (head 0 of ``pattern``) through the CSR rows of its layout.
-
-    ``(N, D) x 3 -> (N, D)`` float32.
-    """
-    n, d = q.shape
-    layout = pattern.block_layout(n, tile)
-    out = torch.empty(n, d, dtype=torch.float32, device=q.device)
-    a = pattern_args(pattern)
-    _csr_kernel[(layout.num_blocks,)](
-        q.contiguous(), k.contiguous(), v.contiguous(), out, layout.row_ptr[0].to(q.device),
-        layout.col_idx[0].to(q.device), n, math.log2(math.e) / math.sqrt(d), a["SINK"], a["WINDOW"],
-        a["PBLOCK"], a["LOCAL"], a["VSTRIDE"], a["HSTEP"], KIND=a["KIND"], HEAD_DIM=d, TILE=tile,
-        DOT_F32=_dot_f32(q))
-    return out
