@@ -172,6 +172,8 @@ def test_bad_corpora_are_clear_errors(tokenizer, tmp_path, local):
         next(PackedCorpus(local["jsonl"], tokenizer, seq_len=100_000))
     with pytest.raises(ValueError, match="no field 'body'"):
         next(PackedCorpus(local["jsonl"], tokenizer, seq_len=32, text_field="body"))
+    with pytest.raises(ValueError, match="records come from .jsonl, .json or .parquet"):
+        data.records(next(local["txt"].glob("*.txt")))
     with pytest.raises(ValueError, match="docs_per_batch"):
         PackedCorpus("pydoc", tokenizer, seq_len=32, docs_per_batch=0)
     with pytest.raises(ValueError, match="seq_len"):

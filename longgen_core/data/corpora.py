@@ -76,8 +76,6 @@ CORPORA = {
     },
 }
 HELDOUT_EVERY = 10  # kjv: books 1, 11, 21, ... (0-based index % 10 == 1) form the held-out split
-
-
 HUB_PREFIX = "hf:"  # "hf:owner/name[/config]": a Hugging Face Hub dataset, streamed
 HUB_SPLITS = {"train": "train", "heldout": "validation"}
 _LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -101,7 +99,8 @@ def document_shards(source: str | Path, split: str = "train") -> tuple[list, Cal
     hub ids, which :func:`records` streams. Raises ValueError for an unknown corpus, a bad split,
     a missing package, an empty file or a folder without ``.txt`` files.
 
-    Example: ``document_shards("pydoc", "heldout")[0][:2]`` -> ``['atom-literals', 'booleans']``
+    Example: ``keys, read = document_shards("kjv", "heldout")`` -> ``keys[:2] == [[1, 2, "Exodus"],
+    [1, 12, "2 Kings"]]`` (testament, book, name), and ``next(read(keys[1:]))`` is 2 Kings.
     """
     if split not in ("train", "heldout", "all"):
         raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
@@ -164,6 +163,8 @@ def records(source: str | Path, split: str = "train"):
 
     if not is_hub_id(source):
         path = _existing_path(source)
+        if path.suffix not in _LOCAL_FORMATS:
+            raise ValueError(f"records come from .jsonl, .json or .parquet files (or hub ids), got {path}")
         return datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path), split="train",
                                      streaming=True)
     parts = source[len(HUB_PREFIX):].split("/")
