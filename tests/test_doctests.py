@@ -7,6 +7,7 @@ import pytest
 import longgen_core
 import longgen_core.kernels.reference
 import longgen_core.data.corpora
+import longgen_core.data.pipeline
 import longgen_core.data.stream
 import longgen_core.formatting
 import longgen_core.models.fused
@@ -29,7 +30,8 @@ import longgen_core.kernels.flex
 import longgen_core.paths
 
 MODULES = [longgen_core.patterns.masks, longgen_core.kernels.reference, longgen_core.kernels.flex, longgen_core.plots,
-           longgen_core.data.corpora, longgen_core.data.stream, longgen_core.models.convert, longgen_core.models.hybrid,
+           longgen_core.data.corpora, longgen_core.data.pipeline, longgen_core.data.stream, longgen_core.models.convert,
+           longgen_core.models.hybrid,
            longgen_core.models.settings, longgen_core.models.fused,
            longgen_core, longgen_core.train.options, longgen_core.bench.targets, longgen_core.bench.baselines,
            longgen_core.bench.results, longgen_core.cli_parser, longgen_core.cli_values, longgen_core.jsonio,

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 from longgen_core.bench import training as bench_training
 from longgen_core.experiments import cli as experiments_cli
 from longgen_core.experiments import miniature
-from longgen_core.manifest import MANIFEST_FILE, IntegrityError
+from longgen_core.manifest import MANIFEST_FILE, IntegrityError, write_manifest
 from longgen_core.models.base import tiny_llama
 from longgen_core.models.convert import load_longgen, save_longgen, to_longgen
 from longgen_core.patterns import sink_window
@@ -218,6 +218,27 @@ def test_a_checkpoint_without_a_manifest_is_not_resumed(tmp_path, caplog):
         result = run(tmp_path, stop_after=1)
     assert result.resumed_from == 0
     assert "skipping step-0000003: no manifest.json" in caplog.text
+
+
+def test_a_checkpoint_without_a_data_state_resumes_by_reading_the_corpus_to_its_position(straight, tmp_path):
+    """Checkpoints written before data_state.json: still resumed, exactly, with a warning."""
+    run(tmp_path, stop_after=4)
+    newest = ckpt.latest_checkpoint(tmp_path / "checkpoints")
+    (newest / ckpt.DATA_STATE_FILE).unlink()
+    write_manifest(newest)  # as an older version wrote it
+    with pytest.warns(UserWarning, match="step-0000003 has no data_state.json .* reads its first 3 items again"):
+        resumed = run(tmp_path)
+    assert resumed.resumed_from == 3 and losses(resumed) == losses(straight)
+
+
+def test_a_data_state_at_another_position_than_the_trainer_state_is_refused(tmp_path):
+    run(tmp_path, stop_after=4)
+    newest = ckpt.latest_checkpoint(tmp_path / "checkpoints")
+    path = newest / ckpt.DATA_STATE_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), "position": 5}))
+    write_manifest(newest)
+    with pytest.raises(ValueError, match="data_state.json is at item 5, trainer_state.json at 3"):
+        run(tmp_path)
 
 
 def test_a_damaged_json_file_is_named():

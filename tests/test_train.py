@@ -9,6 +9,7 @@ import torch
 from longgen_core.train import checkpoint as ckpt
 from longgen_core.train import cli as train_cli
 from longgen_core.train import loop as tr
+from longgen_core.data.stream import TrainingStream
 from longgen_core.models.convert import load_longgen
 from longgen_core.train.loss import IGNORE_INDEX, CausalLMLoss, chunked_lm_loss
 from longgen_core.models.base import tiny_llama
@@ -91,9 +92,16 @@ def test_run_writes_log_checkpoints_and_a_reloadable_final_model(straight):
     assert reloaded.config.rope_parameters["rope_theta"] == straight.info["rope_theta"]
 
 
-def test_resume_reproduces_the_uninterrupted_losses(straight, tmp_path):
+def test_resume_reproduces_the_uninterrupted_losses(straight, tmp_path, monkeypatch):
     interrupted = run(tmp_path, stop_after=4)  # checkpoint at 3, step 4 lost in the "crash"
     assert not interrupted.finished and [r["step"] for r in interrupted.log] == [1, 2, 3, 4]
+    data_state = json.loads((tmp_path / "checkpoints" / "step-0000003" / ckpt.DATA_STATE_FILE).read_text())
+    assert data_state["position"] == 3 and data_state["corpus"]["source"] == "pydoc"
+
+    def reread(self, position):
+        raise AssertionError("the resume read the consumed corpus again (TrainingStream.seek)")
+
+    monkeypatch.setattr(TrainingStream, "seek", reread)  # the data state puts the stream in place
     resumed = run(tmp_path)
     assert resumed.resumed_from == 3 and resumed.finished
     assert [r["step"] for r in resumed.log] == list(range(1, 7))  # the lost step's line was replaced

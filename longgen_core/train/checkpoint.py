@@ -12,6 +12,8 @@ nothing that loading could execute)::
         rng-<rank>.json          Python and NumPy RNG states of each process
         rng-<rank>.safetensors   torch CPU (and CUDA) RNG states of each process
         trainer_state.json       step, data position, tokens, elapsed time, RNG fingerprint
+        data_state.json          the training stream's state_dict() (position, corpus pipeline state
+                                 and carried tokens): the data resumes without re-reading
         manifest.json            size and SHA-256 of every file above (written last)
 
 A checkpoint is written into ``.tmp-step-0000020/`` and renamed into place with ``os.replace``
@@ -48,15 +50,18 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from ..jsonio import read_json, write_json_atomic
 from ..manifest import MANIFEST_FILE, WRITE_ERRORS, IntegrityError, verify_manifest, write_failure, write_manifest
 
-__all__ = ["STATE_FILE", "CheckpointWriteError", "refuse_sharded", "checkpoint_name", "list_checkpoints",
-           "latest_checkpoint", "resume_point", "remove_stale", "save_checkpoint", "load_checkpoint"]
+__all__ = ["STATE_FILE", "DATA_STATE_FILE", "CheckpointWriteError", "refuse_sharded", "checkpoint_name",
+           "list_checkpoints", "latest_checkpoint", "resume_point", "remove_stale", "save_checkpoint",
+           "load_checkpoint"]
 
 STATE_FILE = "trainer_state.json"
+DATA_STATE_FILE = "data_state.json"  # absent from checkpoints of older versions
 _PREFIX, _TMP = "step-", ".tmp-"
 _MODEL, _OPT_TENSORS, _OPT_JSON, _SCHEDULER = ("model.safetensors", "optimizer.safetensors", "optimizer.json",
                                                "scheduler.json")
 _ALLOWED = re.compile(rf"^({re.escape(_MODEL)}|{re.escape(_OPT_TENSORS)}|{re.escape(_OPT_JSON)}|{re.escape(_SCHEDULER)}"
-                      rf"|rng-\d+\.json|rng-\d+\.safetensors|{re.escape(STATE_FILE)}|{re.escape(MANIFEST_FILE)})$")
+                      rf"|rng-\d+\.json|rng-\d+\.safetensors|{re.escape(STATE_FILE)}"
+                      rf"|{re.escape(DATA_STATE_FILE)}|{re.escape(MANIFEST_FILE)})$")
 _SHARDED = {"FSDP", "DEEPSPEED", "MEGATRON_LM"}
 log = logging.getLogger(__name__)
 
@@ -164,7 +169,8 @@ def _restore_rng(meta: dict, tensors: dict) -> None:
         torch.cuda.set_rng_state_all(cuda)
 
 
-def _write_parts(accelerator, tmp: Path, step: int, state: dict, model, optimizer, scheduler) -> None:
+def _write_parts(accelerator, tmp: Path, step: int, state: dict, model, optimizer, scheduler,
+                 data_state: dict | None) -> None:
     rank = accelerator.process_index
     meta, tensors = _rng_files()
     write_json_atomic(tmp / f"rng-{rank}.json", meta)
@@ -175,6 +181,8 @@ def _write_parts(accelerator, tmp: Path, step: int, state: dict, model, optimize
         save_file(opt_tensors, str(tmp / _OPT_TENSORS))
         write_json_atomic(tmp / _OPT_JSON, opt_meta)
         write_json_atomic(tmp / _SCHEDULER, scheduler.state_dict())
+        if data_state is not None:
+            write_json_atomic(tmp / DATA_STATE_FILE, data_state)
         write_json_atomic(tmp / STATE_FILE, {"step": step, **state})
 
 
@@ -191,9 +199,10 @@ def refuse_sharded(accelerator) -> None:
 
 
 def save_checkpoint(accelerator, root: str | Path, step: int, state: dict, model, optimizer, scheduler,
-                    keep: int = 2) -> Path:
-    """Save ``model`` (as prepared), ``optimizer``, ``scheduler``, the RNG states and ``state`` as
-    checkpoint ``step``; keep the newest ``keep``. Every process must call it. Returns the path.
+                    keep: int = 2, data_state: dict | None = None) -> Path:
+    """Save ``model`` (as prepared), ``optimizer``, ``scheduler``, the RNG states, ``state`` and
+    ``data_state`` (JSON, the data stream's state) as checkpoint ``step``; keep the newest ``keep``.
+    Every process must call it. Returns the path.
 
     Raises :class:`CheckpointWriteError` (one line: what, where, why) when the disk refuses a file;
     the half-written folder is removed and the previous checkpoint is left as it was.
@@ -209,7 +218,7 @@ def save_checkpoint(accelerator, root: str | Path, step: int, state: dict, model
             remove_stale(root)
             tmp.mkdir()
         accelerator.wait_for_everyone()
-        _write_parts(accelerator, tmp, step, state, model, optimizer, scheduler)
+        _write_parts(accelerator, tmp, step, state, model, optimizer, scheduler, data_state)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_manifest(tmp)  # last: marks the folder complete
@@ -237,7 +246,8 @@ def _check_files(path: Path) -> None:
 
 def load_checkpoint(accelerator, path: str | Path, model, optimizer, scheduler) -> dict:
     """Restore ``model``, ``optimizer``, ``scheduler`` and this process's RNG states from the
-    checkpoint at ``path`` (verified against its manifest first); return its trainer state."""
+    checkpoint at ``path`` (verified against its manifest first); return its trainer state, with
+    the data stream's under ``"data_state"`` (``None`` in a checkpoint of an older version)."""
     path = Path(path)
     refuse_sharded(accelerator)
     _check_files(path)
@@ -251,4 +261,5 @@ def load_checkpoint(accelerator, path: str | Path, model, optimizer, scheduler) 
     optimizer.load_state_dict(_optimizer_state(load_file(str(path / _OPT_TENSORS)), read_json(path / _OPT_JSON)))
     scheduler.load_state_dict(read_json(path / _SCHEDULER))
     _restore_rng(read_json(path / f"rng-{rank}.json"), load_file(str(path / f"rng-{rank}.safetensors")))
-    return read_json(path / STATE_FILE)
+    data_state = read_json(path / DATA_STATE_FILE) if (path / DATA_STATE_FILE).is_file() else None
+    return {**read_json(path / STATE_FILE), "data_state": data_state}

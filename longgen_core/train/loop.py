@@ -51,8 +51,12 @@ What a run does:
    manifest; a hybrid loads back, verified, with :func:`~longgen_core.models.convert.load_longgen`).
 
 Resume is exact: run it again with the same ``run_dir`` and it continues from the newest
-checkpoint -- model, optimizer, scheduler, data position and RNG states restored, log lines after
-that step dropped -- and gives the same loss sequence as an uninterrupted run (tested on CPU).
+checkpoint -- model, optimizer, scheduler, data state and RNG states restored, log lines after
+that step dropped -- and gives the same loss sequence as an uninterrupted run (tested on CPU). The
+data state (``data_state.json``: the stream's position and its corpus pipeline's ``datasets``
+state with the tokens carried) resumes at the next token without tokenising the consumed corpus
+again; a checkpoint of an older version, without it, resumes by reading the corpus up to its position
+(with a warning).
 """
 
 from __future__ import annotations
@@ -83,8 +87,8 @@ from ..models.convert import layer_map, save_longgen, to_longgen
 from ..models.fused import fuse_rms_norms
 from ..models.rope import rope_theta_of, set_rope
 from ..paths import runs_dir
-from .checkpoint import (CheckpointWriteError, latest_checkpoint, load_checkpoint, refuse_sharded, remove_stale,
-                         resume_point, save_checkpoint)
+from .checkpoint import (DATA_STATE_FILE, STATE_FILE, CheckpointWriteError, latest_checkpoint, load_checkpoint,
+                         refuse_sharded, remove_stale, resume_point, save_checkpoint)
 from .loss import CausalLMLoss
 from .presets import DEFAULT_PRESET, Preset, base_config, get_preset
 
@@ -365,7 +369,7 @@ def train(preset: str | Preset = DEFAULT_PRESET, attention: str = "hybrid", run_
             if checkpoints and (due or step == preset.steps or out_of_time):
                 _log_step(run, pending, bar)  # the log holds every step a checkpoint holds
                 pending = None
-                _save(run, batch["position"])
+                _save(run, batch["state"])
             if out_of_time:
                 end = step
                 break
@@ -492,11 +496,25 @@ def _open_run_dir(run: _Run, resume: bool) -> None:
         if accelerator.is_main_process and state["rng"] != _rng_fingerprint():
             raise RuntimeError(f"RNG states were not restored from {latest}")
         run.step, run.tokens, run.elapsed_s = state["step"], state["tokens"], state["elapsed_s"]
-        run.stream.seek(state["data_position"])
+        _resume_data(run.stream, state, latest)
     if accelerator.is_main_process:
         run.log_path.touch()
         _truncate_log(run.log_path, run.step)
     accelerator.wait_for_everyone()
+
+
+def _resume_data(stream: TrainingStream, state: dict, checkpoint: Path) -> None:
+    """Put ``stream`` where the checkpoint's data state says (the next token, nothing consumed read
+    again); a checkpoint of an older version has only the position: found by reading up to it."""
+    if state["data_state"] is None:
+        warnings.warn(f"{checkpoint.name} has no {DATA_STATE_FILE} (written by an older version): the data "
+                      f"stream reads its first {state['data_position']} items again to find its place", stacklevel=3)
+        stream.seek(state["data_position"])
+        return
+    if state["data_state"]["position"] != state["data_position"]:
+        raise ValueError(f"{checkpoint}: {DATA_STATE_FILE} is at item {state['data_state']['position']}, "
+                         f"{STATE_FILE} at {state['data_position']}: the checkpoint is inconsistent")
+    stream.load_state_dict(state["data_state"])
 
 
 def _claim_run_dir(run_dir: Path, fresh: bool) -> None:
@@ -581,11 +599,13 @@ def _log_entry(record: StepRecord, losses: torch.Tensor, step_tokens: int, step_
             "tokens_per_s": step_tokens / step_s, "step_s": step_s, "elapsed_s": elapsed_s}
 
 
-def _save(run: _Run, data_position) -> None:
-    """Checkpoint the run after its step ``run.step``; ``data_position`` resumes the data after it."""
+def _save(run: _Run, data_state: dict) -> None:
+    """Checkpoint the run after its step ``run.step``; ``data_state`` (the stream's ``state_dict()``
+    after the step's batch) resumes the data after it."""
     save_checkpoint(run.accelerator, run.run_dir / CKPT_DIR, run.step, {
-        "data_position": data_position, "tokens": run.tokens, "elapsed_s": run.elapsed_s,
-        "rng": _rng_fingerprint()}, run.wrapped, run.optimizer, run.scheduler, keep=run.preset.keep_checkpoints)
+        "data_position": data_state["position"], "tokens": run.tokens, "elapsed_s": run.elapsed_s,
+        "rng": _rng_fingerprint()}, run.wrapped, run.optimizer, run.scheduler, keep=run.preset.keep_checkpoints,
+        data_state=data_state)
 
 
 def _finish(run: _Run, start: int, finished: bool, save_final: bool) -> TrainResult:

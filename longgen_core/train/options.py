@@ -38,7 +38,8 @@ def common_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the preset's architecture with random weights")
     parser.add_argument("--model", help="model source (load_model): 'smollm2', a directory or a hub id")
     parser.add_argument("--tokenizer", help="tokenizer directory or hub id (default: the model's)")
-    parser.add_argument("--corpus", help="'kjv', 'pydoc', a local .txt/.jsonl/.parquet, or 'random'")
+    parser.add_argument("--corpus", help="'kjv', 'pydoc', a local .txt/.jsonl/.parquet, a hub dataset 'hf:owner/name', "
+                                              "or 'random'")
     parser.add_argument("--steps", type=int, help="optimizer steps")
     parser.add_argument("--seq-len", type=int, help="training sequence length (<= target length)")
     parser.add_argument("--set", nargs=2, action="append", default=[], metavar=("FIELD", "VALUE"),

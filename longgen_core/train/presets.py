@@ -27,7 +27,8 @@ validated (``get_preset("gpu-small", steps=20)``).
     settings, which follow Fu et al. 2024 ("Data Engineering for Scaling Language Models to 128K
     Context", the length-upsampled SlimPajama recipe LongGen builds on): lr 2e-5, 4M-token
     batches (32 x 128K: micro-batch 1, 4 accumulation steps on 8 GPUs), 1200 steps = 5.0B tokens.
-    The corpus path is a placeholder for that data as local jsonl/parquet.
+    The corpus path is a placeholder for that data as local jsonl/parquet (or a hub id
+    ``"hf:owner/name"`` where the node has network).
 
 Example::
 
@@ -90,8 +91,9 @@ class Preset:
     micro-steps per optimizer step. ``trainable``: ``"all"``, ``"layers"`` (decoder layers and
     final norm; embeddings and head frozen) or ``"attention"`` (the q/k/v/o projections only).
 
-    Data: ``corpus`` (:func:`~longgen_core.data.corpora.documents` source, or ``"random"`` tokens for
-    speed runs) and a ``synthetic_ratio`` share of ``synthetic_tasks`` retrieval samples.
+    Data: ``corpus`` (:func:`~longgen_core.data.corpora.documents` source: a shipped corpus, a local
+    file or folder, a hub id ``"hf:owner/name"``; or ``"random"`` tokens for speed runs) and a
+    ``synthetic_ratio`` share of ``synthetic_tasks`` retrieval samples.
 
     Run: a checkpoint every ``checkpoint_every`` steps (0: only at the end), the last
     ``keep_checkpoints`` kept; ``dtype`` ``"bf16"`` = bf16 autocast on GPU (fp32 on CPU);
