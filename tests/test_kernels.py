@@ -149,14 +149,40 @@ WALK_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", WALK_CASES,
-                         ids=["sink-dkdv32-dq16", "strided-dkdv16-dq32", "sink-tail-dkdv16"])
-def test_backward_walk_tiles(case, monkeypatch):
+# The forward split into two loops (fully kept tiles without mask code, then the partial ones)
+_BWD16 = dict(dkdv_n=16, dkdv_m=16, dq_m=16, dq_n=16, decode_n=16)
+SPLIT_CASES = [
+    (sink_window(5, 37), 1, 3, 1, 101, None, 64, ops.KernelConfig(32, 16, 16, fwd_split=True, **_BWD16)),
+    (strided(16, 2, 3, homo_head=False, num_heads=2), 2, 2, 2, 90, None, 128,
+     ops.KernelConfig(32, 32, 16, fwd_split=True, **_BWD16)),
+    (sink_window(3, 30), 1, 4, 1, 100, 45, 64,  # queries at the end, GQA 4
+     ops.KernelConfig(32, 16, 32, fwd_split=True, **_BWD16)),
+    (full_causal(), 1, 2, 2, 64, None, 64, ops.KernelConfig(16, 16, 16, fwd_split=True, **_BWD16)),  # EVEN
+]
+
+
+@pytest.mark.parametrize("case", WALK_CASES + SPLIT_CASES,
+                         ids=["sink-dkdv32-dq16", "strided-dkdv16-dq32", "sink-tail-dkdv16", "split-sink-gqa3",
+                              "split-strided-per-head", "split-sink-tail-gqa4", "split-full-even"])
+def test_launch_configs_equal_the_reference(case, monkeypatch):
     pattern, batch, heads, kv_heads, n, n_q, head_dim, cfg = case
     monkeypatch.setattr(ops, "default_config", lambda *args: cfg)
     q, k, v = random_qkv(batch, heads, kv_heads, n, head_dim, n_q=n_q, seed=21)
     errs = run_fwd_bwd(q, k, v, pattern, cfg.tile, torch.float32)
     assert all(e < FP32_TOL for e in errs.values()), errs
+
+
+def test_split_rows_put_each_rows_full_tiles_first():
+    pattern, n, tile = sink_window(4, 40), 160, 16
+    split, full = ops._split_rows(pattern, n, tile, 1, "cpu")
+    lay = ops._kernel_layout(pattern, n, tile, 1, "cpu")
+    ptr, idx, partial = lay.row_ptr[0].long(), lay.col_idx[0], lay.row_mask[0].bool()
+    for row in range(lay.nb):
+        a, b = int(ptr[row]), int(ptr[row + 1])
+        want_full = idx[a:b][~partial[a:b]].tolist()
+        assert split[0, a:b].tolist() == want_full + idx[a:b][partial[a:b]].tolist()
+        assert int(full[0, row]) == len(want_full)
+    assert int(full.sum()) > 0 and int(full.sum()) < int(ptr[-1])  # both kinds occur
 
 
 def test_backward_is_deterministic():

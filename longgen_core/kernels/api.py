@@ -57,7 +57,9 @@ class KernelConfig:
 
     fwd_m/fwd_n: query rows per program / keys per step; dkdv_n/dkdv_m: keys per program /
     queries per step; dq_m/dq_n: like fwd; decode_n: cache slots per step; *_warps and
-    *_stages: Triton's num_warps and num_stages. dkdv_tile/dq_tile: the tile of the layout that
+    *_stages: Triton's num_warps and num_stages. fwd_split: the forward walks each CSR row in two
+    loops, its fully kept tiles and then its partial ones (:func:`_split_rows`), so that the main
+    loop has no branch. dkdv_tile/dq_tile: the tile of the layout that
     the dK/dV (CSC) and dQ (CSR) walks use, 0 for ``tile``; a finer layout skips the empty
     corners of the coarse tiles (dkdv_tile = dkdv_n: a 64-key program never visits a 64-query
     step that sees none of its keys). ``dkdv_n, dkdv_m`` divide dkdv_tile, ``dq_m, dq_n`` dq_tile.
@@ -82,6 +84,7 @@ class KernelConfig:
     decode_per_sm: int = 2  # split the cache until about this many decode programs per SM
     dkdv_tile: int = 0  # 0: tile
     dq_tile: int = 0  # 0: tile
+    fwd_split: bool = False  # forward in two loops: fully kept tiles first (no mask code), then partial
 
     def walk_tiles(self) -> tuple[int, int]:
         """The layout tiles of the dK/dV and dQ walks."""
@@ -201,6 +204,27 @@ def _kernel_layout(pattern: Pattern, n: int, tile: int, num_heads: int, device: 
         row_order=put(row_order), col_order=put(col_order), row_heavy=row_heavy, col_heavy=col_heavy)
 
 
+@functools.lru_cache(maxsize=8)
+def _split_rows(pattern: Pattern, n: int, tile: int, num_heads: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CSR of :func:`_kernel_layout` with each row's fully kept tiles first (then its partial
+    ones, each group in ascending order), and the number of fully kept tiles per row:
+    ``(col_idx (H_l, nnz_max), row_full (H_l, nb))`` int32 on ``device``.
+
+    Example: a row keeping tiles 0 (partial: the sink), 5, 6 (full) and 7 (partial: the diagonal)
+    becomes ``5, 6, 0, 7`` with ``row_full = 2``.
+    """
+    lay = _kernel_layout(pattern, n, tile, num_heads, device)
+    ptr, idx, partial = lay.row_ptr.long().cpu(), lay.col_idx.cpu(), lay.row_mask.cpu().bool()
+    split, full = idx.clone(), torch.zeros(ptr.shape[0], lay.nb, dtype=torch.int32)
+    for h in range(ptr.shape[0]):
+        count = int(ptr[h, -1])
+        rows = torch.repeat_interleave(torch.arange(lay.nb), ptr[h, 1:] - ptr[h, :-1])
+        order = torch.sort(rows * 2 + partial[h, :count].long(), stable=True).indices
+        split[h, :count] = idx[h, order]
+        full[h] = torch.bincount(rows[~partial[h, :count]], minlength=lay.nb).to(torch.int32)
+    return split.contiguous().to(device), full.contiguous().to(device)
+
+
 def _layout_strides(lay, which: str) -> dict:
     """Per-head strides of one side (``"row"``: CSR, ``"col"``: CSC) of a layout; 0 if shared."""
     ptr, idx, order = ((lay.row_ptr, lay.col_idx, lay.row_order) if which == "row"
@@ -288,15 +312,18 @@ def launch_forward(q, k, v, pattern, scale, cfg: KernelConfig, poison: bool = Fa
     lse = _empty((batch, heads, n_q), torch.float32, q.device, poison)
     parts = cfg.tile // cfg.fwd_m
     grid = (batch * heads * lay.nb * parts,)
+    col_idx, row_full = lay.col_idx, lay.row_order  # row_full is not read unless SPLIT
+    if cfg.fwd_split:
+        col_idx, row_full = _split_rows(pattern, k.shape[2], cfg.tile, heads, str(q.device))
     forward_kernel[grid](
-        q, k, v, o, lse, lay.row_ptr, lay.col_idx, lay.row_mask, lay.row_order,
+        q, k, v, o, lse, lay.row_ptr, col_idx, lay.row_mask, lay.row_order, row_full,
         **_layout_strides(lay, "row"), sm_scale_log2=scale * math.log2(math.e),
         stride_qb=q.stride(0), stride_qh=q.stride(1), stride_qn=q.stride(2),
         stride_kb=k.stride(0), stride_kh=k.stride(1), stride_kn=k.stride(2),
         stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
         stride_ob=o.stride(0), stride_oh=o.stride(1), stride_on=o.stride(2),
         BH=batch * heads, NUM_TILES=lay.nb, HEAVY=lay.row_heavy, BLOCK_M=cfg.fwd_m, BLOCK_N=cfg.fwd_n,
-        num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages, **a)
+        SPLIT=cfg.fwd_split, num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages, **a)
     return o, lse
 
 

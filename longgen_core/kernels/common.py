@@ -143,10 +143,14 @@ def csr_row(ROW_PTR, h, lay_stride_ptr, row, TILE: tl.constexpr, BLOCK_N: tl.con
 @triton.jit
 def csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK, lay_stride_idx,
                N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND: tl.constexpr, HEAD_DIM: tl.constexpr,
-               TILE: tl.constexpr, BLOCK_N: tl.constexpr, EVEN: tl.constexpr, DOT_F32: tl.constexpr):
+               TILE: tl.constexpr, BLOCK_N: tl.constexpr, EVEN: tl.constexpr, DOT_F32: tl.constexpr,
+               MASKING: tl.constexpr = 0):
     """Step ``it`` of a CSR row walk: the step's keys and values ``(BLOCK_N, HEAD_DIM)`` and the raw
-    scores ``q . k`` ``(BLOCK_M, BLOCK_N)``, -inf where the pattern drops the pair (only tiles the
-    layout flags evaluate the mask)."""
+    scores ``q . k`` ``(BLOCK_M, BLOCK_N)``, -inf where the pattern drops the pair.
+
+    ``MASKING``: 0 -- the layout's flag decides per tile (a branch in the loop); 1 -- never mask
+    (the caller walks fully kept tiles only); 2 -- always mask (partial tiles only). 1 and 2 serve
+    a walk split into two loops, whose first loop has no branch and no mask code at all."""
     t = it // (TILE // BLOCK_N)
     col = tl.load(COL_IDX + h * lay_stride_idx + t)
     k_pos = col * TILE + (it % (TILE // BLOCK_N)) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -154,11 +158,20 @@ def csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, R
     k = load_rows(k_base + k_pos[:, None] * stride_kn + offs_d[None, :], k_pos < N_K, EVEN)
     v = load_rows(v_base + k_pos[:, None] * stride_vn + offs_d[None, :], k_pos < N_K, EVEN)
     s = mm(q, tl.trans(k), DOT_F32)  # (BLOCK_M, BLOCK_N) raw scores q.k
-    if tl.load(ROW_MASK + h * lay_stride_idx + t) != 0:  # edge/diagonal tile: apply the mask
-        keep = pattern_keep(q_pos[:, None], k_pos[None, :], h, KIND, SINK, WINDOW, PBLOCK, LOCAL,
-                            VSTRIDE, HSTEP) & (k_pos[None, :] < N_K)
-        s = tl.where(keep, s, float("-inf"))
+    if MASKING == 2:
+        s = _apply_mask(s, q_pos, k_pos, h, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND)
+    elif MASKING == 0:
+        if tl.load(ROW_MASK + h * lay_stride_idx + t) != 0:  # edge/diagonal tile: apply the mask
+            s = _apply_mask(s, q_pos, k_pos, h, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND)
     return s, k, v
+
+
+@triton.jit
+def _apply_mask(s, q_pos, k_pos, h, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND: tl.constexpr):
+    """``s`` with -inf where the pattern (or the end of the keys) drops the pair."""
+    keep = pattern_keep(q_pos[:, None], k_pos[None, :], h, KIND, SINK, WINDOW, PBLOCK, LOCAL,
+                        VSTRIDE, HSTEP) & (k_pos[None, :] < N_K)
+    return tl.where(keep, s, float("-inf"))
 
 
 def is_interpreted() -> bool:

@@ -15,9 +15,24 @@ from .common import LN2, NEG_BIG, csr_program, csr_row, csr_scores, head_ptr, lo
 
 # ----------------------------------------------------------------------------------- forward
 @triton.jit
+def online_softmax_step(s, v, m_i, l_i, acc, sm_scale_log2, DOT_F32: tl.constexpr):
+    """One key block of the online softmax, in base 2: rescale what we have by
+    ``exp2(m_old - m_new)``, add this block. The scale rides inside the exp2 argument:
+    ``s * c - m`` is one FMA per element. ``s`` (BLOCK_M, BLOCK_N) raw scores, ``v``
+    (BLOCK_N, HEAD_DIM); returns the new ``(m_i, l_i, acc)``."""
+    m_new = tl.maximum(m_i, tl.max(s, 1) * sm_scale_log2)
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s * sm_scale_log2 - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_F32)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def forward_kernel(
     Q, K, V, O, LSE,  # *pointers*: q, o (B, H, N_Q, D); k, v (B, H_KV, N_K, D); lse (B, H, N_Q) fp32
     ROW_PTR, COL_IDX, ROW_MASK, ROW_ORDER,  # CSR layout (H_l, nb + 1), (H_l, nnz), (H_l, nnz), (H_l, nb)
+    ROW_FULL,  # SPLIT only: (H_l, nb) fully kept tiles per row, which COL_IDX then lists first
     lay_stride_ptr, lay_stride_idx, lay_stride_order,  # per-head strides of the layout; 0: shared
     sm_scale_log2,  # softmax scale * log2(e)
     stride_qb, stride_qh, stride_qn,  # q strides (head_dim is contiguous)
@@ -31,6 +46,7 @@ def forward_kernel(
     BLOCK_N: tl.constexpr,  # keys per inner step (divides TILE)
     EVEN: tl.constexpr,  # N_K % TILE == 0 and Q_OFF == 0: no bounds checks at all
     DOT_F32: tl.constexpr,
+    SPLIT: tl.constexpr = False,  # two loops: the row's fully kept tiles (no mask code), then the rest
 ):
     bh, b, h, hk, row, q_pos, q_ok = csr_program(BH, H, GROUP, NUM_TILES, HEAVY, ROW_ORDER, lay_stride_order,
                                                  Q_OFF, N_K, TILE, BLOCK_M)
@@ -46,18 +62,25 @@ def forward_kernel(
     m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)  # running max of s2
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(s2 - m_i)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)  # running sum of p @ v
-    for it in range(lo, hi):
-        s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
-                             lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND, HEAD_DIM,
-                             TILE, BLOCK_N, EVEN, DOT_F32)
-        # online softmax in base 2: rescale what we have by exp2(m_old - m_new), add this block.
-        # The scale rides inside the exp2 argument: s * c - m is one FMA per element.
-        m_new = tl.maximum(m_i, tl.max(s, 1) * sm_scale_log2)
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s * sm_scale_log2 - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = mma(p.to(v.dtype), v, acc * alpha[:, None], DOT_F32)
-        m_i = m_new
+    if SPLIT:
+        # The software pipeliner sees a loop without a branch; the few partial tiles follow.
+        mid = lo + tl.load(ROW_FULL + h * lay_stride_order + row) * (TILE // BLOCK_N)
+        for it in range(lo, mid):
+            s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
+                                 lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND,
+                                 HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32, MASKING=1)
+            m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, sm_scale_log2, DOT_F32)
+        for it in range(mid, hi):
+            s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
+                                 lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND,
+                                 HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32, MASKING=2)
+            m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, sm_scale_log2, DOT_F32)
+    else:
+        for it in range(lo, hi):
+            s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
+                                 lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND,
+                                 HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32)
+            m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, sm_scale_log2, DOT_F32)
 
     # --- normalise, write O and the natural-log LSE
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # rows outside [Q_OFF, N_K) are never stored
