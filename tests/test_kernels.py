@@ -149,15 +149,15 @@ WALK_CASES = [
 ]
 
 
-# The forward split into two loops (fully kept tiles without mask code, then the partial ones)
-_BWD16 = dict(dkdv_n=16, dkdv_m=16, dq_m=16, dq_n=16, decode_n=16)
+# The forward and dQ walks split into two loops (fully kept tiles without mask code, then the partial ones)
+_SPLIT = dict(fwd_split=True, dq_split=True, dkdv_n=16, dkdv_m=16, dq_m=16, dq_n=16, decode_n=16)
 SPLIT_CASES = [
-    (sink_window(5, 37), 1, 3, 1, 101, None, 64, ops.KernelConfig(32, 16, 16, fwd_split=True, **_BWD16)),
+    (sink_window(5, 37), 1, 3, 1, 101, None, 64, ops.KernelConfig(32, 16, 16, **_SPLIT)),
     (strided(16, 2, 3, homo_head=False, num_heads=2), 2, 2, 2, 90, None, 128,
-     ops.KernelConfig(32, 32, 16, fwd_split=True, **_BWD16)),
+     ops.KernelConfig(32, 32, 16, **_SPLIT)),
     (sink_window(3, 30), 1, 4, 1, 100, 45, 64,  # queries at the end, GQA 4
-     ops.KernelConfig(32, 16, 32, fwd_split=True, **_BWD16)),
-    (full_causal(), 1, 2, 2, 64, None, 64, ops.KernelConfig(16, 16, 16, fwd_split=True, **_BWD16)),  # EVEN
+     ops.KernelConfig(32, 16, 32, **_SPLIT)),
+    (full_causal(), 1, 2, 2, 64, None, 64, ops.KernelConfig(16, 16, 16, **_SPLIT)),  # EVEN
 ]
 
 

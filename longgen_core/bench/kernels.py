@@ -642,13 +642,17 @@ def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
         do = torch.randn_like(q)
         base = ops.default_config(tile, head_dim, torch.bfloat16, False)
         o, lse = ops.launch_forward(q, k, v, p, None, base)
-        fwd = [(m, nn, w, s) for m, nn, w, s in [(128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2),
-                                                  (128, 64, 4, 3), (64, 64, 4, 3), (64, 32, 4, 3)]
-               if m <= tile and nn <= tile]
+        # (m, n, warps, stages, split): split walks fully kept tiles in a loop of their own (api.KernelConfig)
+        fwd = [c for c in [(128, 128, 8, 3, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
+                           (128, 64, 4, 3, False), (64, 64, 4, 3, False), (64, 32, 4, 3, False),
+                           (128, 128, 8, 3, True), (128, 128, 8, 4, True), (128, 64, 8, 3, True),
+                           (128, 64, 8, 4, True)]
+               if c[0] <= tile and c[1] <= tile]
         best = min(fwd, key=lambda c: timed(f"fwd {c}", lambda c=c: ops.launch_forward(
-            q, k, v, p, None,
-            dataclasses.replace(base, fwd_m=c[0], fwd_n=c[1], fwd_warps=c[2], fwd_stages=c[3]))))
-        cfg = dataclasses.replace(base, fwd_m=best[0], fwd_n=best[1], fwd_warps=best[2], fwd_stages=best[3])
+            q, k, v, p, None, dataclasses.replace(base, fwd_m=c[0], fwd_n=c[1], fwd_warps=c[2], fwd_stages=c[3],
+                                                  fwd_split=c[4]))))
+        cfg = dataclasses.replace(base, fwd_m=best[0], fwd_n=best[1], fwd_warps=best[2], fwd_stages=best[3],
+                                  fwd_split=best[4])
         dkdv = [c for c in [(64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 2),
                             (128, 64, 4, 2)] if c[0] <= tile and c[1] <= c[0]]
         # the dK/dV walk reads the layout at its key block (dkdv_tile = dkdv_n): no empty steps
@@ -658,12 +662,15 @@ def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
                                 dkdv_tile=c[0]))))
         cfg = dataclasses.replace(cfg, dkdv_n=best[0], dkdv_m=best[1], dkdv_warps=best[2],
                                   dkdv_stages=best[3], dkdv_tile=best[0])
-        dq = [c for c in [(128, 64, 8, 3), (64, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2), (128, 64, 4, 2)]
+        dq = [c for c in [(128, 64, 8, 3, False), (64, 64, 4, 2, False), (128, 64, 8, 2, False),
+                          (128, 128, 8, 2, False), (128, 64, 4, 2, False), (128, 64, 8, 3, True),
+                          (128, 128, 8, 2, True), (128, 64, 8, 2, True)]
               if c[0] <= tile and c[1] <= tile]
         best = min(dq, key=lambda c: timed(f"bwd dq {c}", lambda c=c: ops.launch_backward(
             do, None, q, k, v, o, lse, p, None,
-            dataclasses.replace(cfg, dq_m=c[0], dq_n=c[1], dq_warps=c[2], dq_stages=c[3]))))
-        return dataclasses.replace(cfg, dq_m=best[0], dq_n=best[1], dq_warps=best[2], dq_stages=best[3])
+            dataclasses.replace(cfg, dq_m=c[0], dq_n=c[1], dq_warps=c[2], dq_stages=c[3], dq_split=c[4]))))
+        return dataclasses.replace(cfg, dq_m=best[0], dq_n=best[1], dq_warps=best[2], dq_stages=best[3],
+                                   dq_split=best[4])
 
     def tune_decode(p, tile, cfg, timed):
         """decode at batch 8 on the evicted sink+window cache (the hybrid's decode): ``cfg`` with its best."""

@@ -57,9 +57,9 @@ class KernelConfig:
 
     fwd_m/fwd_n: query rows per program / keys per step; dkdv_n/dkdv_m: keys per program /
     queries per step; dq_m/dq_n: like fwd; decode_n: cache slots per step; *_warps and
-    *_stages: Triton's num_warps and num_stages. fwd_split: the forward walks each CSR row in two
-    loops, its fully kept tiles and then its partial ones (:func:`_split_rows`), so that the main
-    loop has no branch. dkdv_tile/dq_tile: the tile of the layout that
+    *_stages: Triton's num_warps and num_stages. fwd_split / dq_split: the forward / dQ walks each
+    CSR row in two loops, its fully kept tiles and then its partial ones (:func:`_split_rows`), so
+    that the main loop has no branch. dkdv_tile/dq_tile: the tile of the layout that
     the dK/dV (CSC) and dQ (CSR) walks use, 0 for ``tile``; a finer layout skips the empty
     corners of the coarse tiles (dkdv_tile = dkdv_n: a 64-key program never visits a 64-query
     step that sees none of its keys). ``dkdv_n, dkdv_m`` divide dkdv_tile, ``dq_m, dq_n`` dq_tile.
@@ -85,6 +85,7 @@ class KernelConfig:
     dkdv_tile: int = 0  # 0: tile
     dq_tile: int = 0  # 0: tile
     fwd_split: bool = False  # forward in two loops: fully kept tiles first (no mask code), then partial
+    dq_split: bool = False  # the same for the dQ walk
 
     def walk_tiles(self) -> tuple[int, int]:
         """The layout tiles of the dK/dV and dQ walks."""
@@ -349,13 +350,16 @@ def launch_backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig
                    stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
                    stride_dob=do.stride(0), stride_doh=do.stride(1), stride_don=do.stride(2))
     scales = dict(sm_scale=scale, sm_scale_log2=scale * math.log2(math.e))
+    col_idx, row_full = lay_r.col_idx, lay_r.row_order  # row_full is not read unless SPLIT
+    if cfg.dq_split:
+        col_idx, row_full = _split_rows(pattern, k.shape[2], dq_tile, heads, str(q.device))
     dq_kernel[(batch * heads * lay_r.nb * (dq_tile // cfg.dq_m),)](
-        q, k, v, o, do, lse, dlse, delta, dq, lay_r.row_ptr, lay_r.col_idx, lay_r.row_mask,
-        lay_r.row_order, **_layout_strides(lay_r, "row"), **scales, **strides,
+        q, k, v, o, do, lse, dlse, delta, dq, lay_r.row_ptr, col_idx, lay_r.row_mask,
+        lay_r.row_order, row_full, **_layout_strides(lay_r, "row"), **scales, **strides,
         stride_ob=o.stride(0), stride_oh=o.stride(1), stride_on=o.stride(2),
         stride_dqb=dq.stride(0), stride_dqh=dq.stride(1), stride_dqn=dq.stride(2),
         BH=batch * heads, NUM_TILES=lay_r.nb, HEAVY=lay_r.row_heavy, BLOCK_M=cfg.dq_m, BLOCK_N=cfg.dq_n,
-        HAS_DLSE=has_dlse, num_warps=cfg.dq_warps, num_stages=cfg.dq_stages, **a_r)
+        HAS_DLSE=has_dlse, SPLIT=cfg.dq_split, num_warps=cfg.dq_warps, num_stages=cfg.dq_stages, **a_r)
     dkdv_kernel[(batch * kv_heads * lay_c.nb * (dkdv_tile // cfg.dkdv_n),)](
         q, k, v, do, lse, delta, dk, dv, lay_c.col_ptr, lay_c.row_idx, lay_c.col_mask, lay_c.col_order,
         **_layout_strides(lay_c, "col"), **scales, **strides,

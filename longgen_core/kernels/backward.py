@@ -21,7 +21,7 @@ from .common import LOG2E, csr_program, csr_row, csr_scores, head_ptr, load_rows
 @triton.jit
 def dq_kernel(
     Q, K, V, O, DO, LSE, DLSE, DELTA, DQ,  # o, dq like q; lse, dlse, delta (B, H, N_Q) fp32
-    ROW_PTR, COL_IDX, ROW_MASK, ROW_ORDER,  # CSR layout, as in the forward
+    ROW_PTR, COL_IDX, ROW_MASK, ROW_ORDER, ROW_FULL,  # CSR layout, as in the forward (ROW_FULL: SPLIT only)
     lay_stride_ptr, lay_stride_idx, lay_stride_order,
     sm_scale, sm_scale_log2,
     stride_qb, stride_qh, stride_qn,
@@ -35,6 +35,7 @@ def dq_kernel(
     KIND: tl.constexpr, HEAD_DIM: tl.constexpr, TILE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN: tl.constexpr, DOT_F32: tl.constexpr,
     HAS_DLSE: tl.constexpr,  # the caller also differentiates the returned LSE
+    SPLIT: tl.constexpr = False,  # walk the row as the forward's SPLIT does: full tiles, then partial
 ):
     """dQ for ``BLOCK_M`` queries: walk the CSR row like the forward, recompute P from the
     saved LSE, ``dS = P * (dO V^T - delta)``, ``dQ += dS K``.
@@ -69,14 +70,19 @@ def dq_kernel(
 
     lo, hi = csr_row(ROW_PTR, h, lay_stride_ptr, row, TILE, BLOCK_N)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    for it in range(lo, hi):
+    mid = lo
+    if SPLIT:  # the row's fully kept tiles, without a branch or mask code
+        mid = lo + tl.load(ROW_FULL + h * lay_stride_order + row) * (TILE // BLOCK_N)
+        for it in range(lo, mid):
+            s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
+                                 lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND,
+                                 HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32, MASKING=1)
+            dq = _dq_step(s, k, v, do, lse2, delta, dq, sm_scale_log2, DOT_F32)
+    for it in range(mid, hi):
         s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
                              lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND, HEAD_DIM,
-                             TILE, BLOCK_N, EVEN, DOT_F32)
-        p = tl.exp2(s * sm_scale_log2 - lse2[:, None])
-        dp = mm(do, tl.trans(v), DOT_F32)
-        ds = p * (dp - delta[:, None])
-        dq = mma(ds.to(k.dtype), k, dq, DOT_F32)
+                             TILE, BLOCK_N, EVEN, DOT_F32, MASKING=2 * SPLIT)
+        dq = _dq_step(s, k, v, do, lse2, delta, dq, sm_scale_log2, DOT_F32)
 
     dq *= sm_scale
     dq_ptrs = head_ptr(DQ, b, h, stride_dqb, stride_dqh) + (q_pos - Q_OFF)[:, None] * stride_dqn + offs_d[None, :]
@@ -84,6 +90,15 @@ def dq_kernel(
         tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty))
     else:
         tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=q_ok[:, None])
+
+
+@triton.jit
+def _dq_step(s, k, v, do, lse2, delta, dq, sm_scale_log2, DOT_F32: tl.constexpr):
+    """``dq + dS K`` for one key block: P recomputed from the base-2 LSE, ``dS = P * (dO V^T - delta)``."""
+    p = tl.exp2(s * sm_scale_log2 - lse2[:, None])
+    dp = mm(do, tl.trans(v), DOT_F32)
+    ds = p * (dp - delta[:, None])
+    return mma(ds.to(k.dtype), k, dq, DOT_F32)
 
 
 @triton.jit

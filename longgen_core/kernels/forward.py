@@ -62,25 +62,19 @@ def forward_kernel(
     m_i = tl.full([BLOCK_M], NEG_BIG, dtype=tl.float32)  # running max of s2
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(s2 - m_i)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)  # running sum of p @ v
-    if SPLIT:
-        # The software pipeliner sees a loop without a branch; the few partial tiles follow.
+    mid = lo
+    if SPLIT:  # first a loop without a branch or mask code over the row's fully kept tiles
         mid = lo + tl.load(ROW_FULL + h * lay_stride_order + row) * (TILE // BLOCK_N)
         for it in range(lo, mid):
             s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
                                  lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND,
                                  HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32, MASKING=1)
             m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, sm_scale_log2, DOT_F32)
-        for it in range(mid, hi):
-            s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
-                                 lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND,
-                                 HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32, MASKING=2)
-            m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, sm_scale_log2, DOT_F32)
-    else:
-        for it in range(lo, hi):
-            s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
-                                 lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND,
-                                 HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32)
-            m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, sm_scale_log2, DOT_F32)
+    for it in range(mid, hi):  # SPLIT: the partial tiles, always masked; else the flag decides per tile
+        s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
+                             lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND,
+                             HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32, MASKING=2 * SPLIT)
+        m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, sm_scale_log2, DOT_F32)
 
     # --- normalise, write O and the natural-log LSE
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # rows outside [Q_OFF, N_K) are never stored
