@@ -158,12 +158,17 @@ SPLIT_CASES = [
     (sink_window(3, 30), 1, 4, 1, 100, 45, 64,  # queries at the end, GQA 4
      ops.KernelConfig(32, 16, 32, **_SPLIT)),
     (full_causal(), 1, 2, 2, 64, None, 64, ops.KernelConfig(16, 16, 16, **_SPLIT)),  # EVEN
+    # K and V through tensor descriptors (rows past N_K read 0), with and without the split walk
+    (sink_window(5, 37), 1, 3, 1, 101, None, 64, ops.KernelConfig(32, 16, 16, fwd_desc=True, **_SPLIT)),
+    (strided(16, 2, 3, homo_head=False, num_heads=2), 2, 2, 2, 90, None, 128,
+     ops.KernelConfig(32, 32, 16, fwd_desc=True, dkdv_n=16, dkdv_m=16, dq_m=16, dq_n=16, decode_n=16)),
 ]
 
 
 @pytest.mark.parametrize("case", WALK_CASES + SPLIT_CASES,
                          ids=["sink-dkdv32-dq16", "strided-dkdv16-dq32", "sink-tail-dkdv16", "split-sink-gqa3",
-                              "split-strided-per-head", "split-sink-tail-gqa4", "split-full-even"])
+                              "split-strided-per-head", "split-sink-tail-gqa4", "split-full-even",
+                              "desc-split-sink-gqa3", "desc-strided-per-head"])
 def test_launch_configs_equal_the_reference(case, monkeypatch):
     pattern, batch, heads, kv_heads, n, n_q, head_dim, cfg = case
     monkeypatch.setattr(ops, "default_config", lambda *args: cfg)

@@ -642,17 +642,24 @@ def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
         do = torch.randn_like(q)
         base = ops.default_config(tile, head_dim, torch.bfloat16, False)
         o, lse = ops.launch_forward(q, k, v, p, None, base)
-        # (m, n, warps, stages, split): split walks fully kept tiles in a loop of their own (api.KernelConfig)
-        fwd = [c for c in [(128, 128, 8, 3, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
-                           (128, 64, 4, 3, False), (64, 64, 4, 3, False), (64, 32, 4, 3, False),
-                           (128, 128, 8, 3, True), (128, 128, 8, 4, True), (128, 64, 8, 3, True),
-                           (128, 64, 8, 4, True)]
+        # (m, n, warps, stages, split, desc): split walks fully kept tiles in a loop of their own, desc
+        # loads K/V through tensor descriptors (api.KernelConfig's fwd_split, fwd_desc)
+        fwd = [c for c in [(128, 128, 8, 3, False, False), (128, 64, 8, 3, False, False),
+                           (128, 128, 8, 2, False, False), (128, 64, 4, 3, False, False),
+                           (64, 64, 4, 3, False, False), (64, 32, 4, 3, False, False),
+                           (128, 128, 8, 3, True, False), (128, 128, 8, 4, True, False),
+                           (128, 64, 8, 3, True, False), (128, 64, 8, 4, True, False),
+                           (128, 128, 8, 3, False, True), (128, 128, 8, 3, True, True),
+                           (128, 64, 8, 4, True, True), (128, 128, 8, 4, True, True)]
                if c[0] <= tile and c[1] <= tile]
-        best = min(fwd, key=lambda c: timed(f"fwd {c}", lambda c=c: ops.launch_forward(
-            q, k, v, p, None, dataclasses.replace(base, fwd_m=c[0], fwd_n=c[1], fwd_warps=c[2], fwd_stages=c[3],
-                                                  fwd_split=c[4]))))
-        cfg = dataclasses.replace(base, fwd_m=best[0], fwd_n=best[1], fwd_warps=best[2], fwd_stages=best[3],
-                                  fwd_split=best[4])
+
+        def fwd_config(c):
+            return dataclasses.replace(base, fwd_m=c[0], fwd_n=c[1], fwd_warps=c[2], fwd_stages=c[3],
+                                       fwd_split=c[4], fwd_desc=c[5])
+
+        best = min(fwd, key=lambda c: timed(f"fwd {c}", lambda c=c: ops.launch_forward(q, k, v, p, None,
+                                                                                      fwd_config(c))))
+        cfg = fwd_config(best)
         dkdv = [c for c in [(64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 2),
                             (128, 64, 4, 2)] if c[0] <= tile and c[1] <= c[0]]
         # the dK/dV walk reads the layout at its key block (dkdv_tile = dkdv_n): no empty steps

@@ -59,7 +59,8 @@ class KernelConfig:
     queries per step; dq_m/dq_n: like fwd; decode_n: cache slots per step; *_warps and
     *_stages: Triton's num_warps and num_stages. fwd_split / dq_split: the forward / dQ walks each
     CSR row in two loops, its fully kept tiles and then its partial ones (:func:`_split_rows`), so
-    that the main loop has no branch. dkdv_tile/dq_tile: the tile of the layout that
+    that the main loop has no branch. fwd_desc: the forward reads K and V through on-device tensor
+    descriptors (TMA loads on Hopper and later). dkdv_tile/dq_tile: the tile of the layout that
     the dK/dV (CSC) and dQ (CSR) walks use, 0 for ``tile``; a finer layout skips the empty
     corners of the coarse tiles (dkdv_tile = dkdv_n: a 64-key program never visits a 64-query
     step that sees none of its keys). ``dkdv_n, dkdv_m`` divide dkdv_tile, ``dq_m, dq_n`` dq_tile.
@@ -86,6 +87,7 @@ class KernelConfig:
     dq_tile: int = 0  # 0: tile
     fwd_split: bool = False  # forward in two loops: fully kept tiles first (no mask code), then partial
     dq_split: bool = False  # the same for the dQ walk
+    fwd_desc: bool = False  # forward loads K/V through tensor descriptors (TMA on Hopper)
 
     def walk_tiles(self) -> tuple[int, int]:
         """The layout tiles of the dK/dV and dQ walks."""
@@ -316,6 +318,8 @@ def launch_forward(q, k, v, pattern, scale, cfg: KernelConfig, poison: bool = Fa
     col_idx, row_full = lay.col_idx, lay.row_order  # row_full is not read unless SPLIT
     if cfg.fwd_split:
         col_idx, row_full = _split_rows(pattern, k.shape[2], cfg.tile, heads, str(q.device))
+    if cfg.fwd_desc:
+        _descriptor_scratch(q.device)
     forward_kernel[grid](
         q, k, v, o, lse, lay.row_ptr, col_idx, lay.row_mask, lay.row_order, row_full,
         **_layout_strides(lay, "row"), sm_scale_log2=scale * math.log2(math.e),
@@ -324,8 +328,16 @@ def launch_forward(q, k, v, pattern, scale, cfg: KernelConfig, poison: bool = Fa
         stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
         stride_ob=o.stride(0), stride_oh=o.stride(1), stride_on=o.stride(2),
         BH=batch * heads, NUM_TILES=lay.nb, HEAVY=lay.row_heavy, BLOCK_M=cfg.fwd_m, BLOCK_N=cfg.fwd_n,
-        SPLIT=cfg.fwd_split, num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages, **a)
+        SPLIT=cfg.fwd_split, DESC=cfg.fwd_desc, num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages, **a)
     return o, lse
+
+
+def _descriptor_scratch(device: torch.device) -> None:
+    """On-device tensor descriptors need a scratch allocator for the descriptors themselves; set
+    it (process-wide, once) on the device the kernels run on."""
+    if getattr(_descriptor_scratch, "device", None) != device:
+        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
+        _descriptor_scratch.device = device
 
 
 def launch_backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig, poison: bool = False):

@@ -144,19 +144,26 @@ def csr_row(ROW_PTR, h, lay_stride_ptr, row, TILE: tl.constexpr, BLOCK_N: tl.con
 def csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK, lay_stride_idx,
                N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND: tl.constexpr, HEAD_DIM: tl.constexpr,
                TILE: tl.constexpr, BLOCK_N: tl.constexpr, EVEN: tl.constexpr, DOT_F32: tl.constexpr,
-               MASKING: tl.constexpr = 0):
+               MASKING: tl.constexpr = 0, DESC: tl.constexpr = False):
     """Step ``it`` of a CSR row walk: the step's keys and values ``(BLOCK_N, HEAD_DIM)`` and the raw
     scores ``q . k`` ``(BLOCK_M, BLOCK_N)``, -inf where the pattern drops the pair.
 
     ``MASKING``: 0 -- the layout's flag decides per tile (a branch in the loop); 1 -- never mask
     (the caller walks fully kept tiles only); 2 -- always mask (partial tiles only). 1 and 2 serve
-    a walk split into two loops, whose first loop has no branch and no mask code at all."""
+    a walk split into two loops, whose first loop has no branch and no mask code at all.
+    ``DESC``: ``k_base`` and ``v_base`` are tensor descriptors of this head's ``(N_K, HEAD_DIM)``
+    keys and values (TMA loads on Hopper; rows past ``N_K`` read 0), not pointers."""
     t = it // (TILE // BLOCK_N)
     col = tl.load(COL_IDX + h * lay_stride_idx + t)
-    k_pos = col * TILE + (it % (TILE // BLOCK_N)) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    k = load_rows(k_base + k_pos[:, None] * stride_kn + offs_d[None, :], k_pos < N_K, EVEN)
-    v = load_rows(v_base + k_pos[:, None] * stride_vn + offs_d[None, :], k_pos < N_K, EVEN)
+    k_start = col * TILE + (it % (TILE // BLOCK_N)) * BLOCK_N
+    k_pos = k_start + tl.arange(0, BLOCK_N)
+    if DESC:
+        k = k_base.load([k_start, 0])
+        v = v_base.load([k_start, 0])
+    else:
+        offs_d = tl.arange(0, HEAD_DIM)
+        k = load_rows(k_base + k_pos[:, None] * stride_kn + offs_d[None, :], k_pos < N_K, EVEN)
+        v = load_rows(v_base + k_pos[:, None] * stride_vn + offs_d[None, :], k_pos < N_K, EVEN)
     s = mm(q, tl.trans(k), DOT_F32)  # (BLOCK_M, BLOCK_N) raw scores q.k
     if MASKING == 2:
         s = _apply_mask(s, q_pos, k_pos, h, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND)

@@ -47,6 +47,7 @@ def forward_kernel(
     EVEN: tl.constexpr,  # N_K % TILE == 0 and Q_OFF == 0: no bounds checks at all
     DOT_F32: tl.constexpr,
     SPLIT: tl.constexpr = False,  # two loops: the row's fully kept tiles (no mask code), then the rest
+    DESC: tl.constexpr = False,  # K and V through tensor descriptors (TMA on Hopper) instead of pointers
 ):
     bh, b, h, hk, row, q_pos, q_ok = csr_program(BH, H, GROUP, NUM_TILES, HEAVY, ROW_ORDER, lay_stride_order,
                                                  Q_OFF, N_K, TILE, BLOCK_M)
@@ -56,6 +57,11 @@ def forward_kernel(
                   q_ok, EVEN)
     k_base = head_ptr(K, b, hk, stride_kb, stride_kh)
     v_base = head_ptr(V, b, hk, stride_vb, stride_vh)
+    if DESC:
+        k_base = tl.make_tensor_descriptor(k_base, shape=[N_K, HEAD_DIM], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+        v_base = tl.make_tensor_descriptor(v_base, shape=[N_K, HEAD_DIM], strides=[stride_vn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
 
     # --- the CSR row
     lo, hi = csr_row(ROW_PTR, h, lay_stride_ptr, row, TILE, BLOCK_N)
@@ -68,12 +74,12 @@ def forward_kernel(
         for it in range(lo, mid):
             s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
                                  lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND,
-                                 HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32, MASKING=1)
+                                 HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32, MASKING=1, DESC=DESC)
             m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, sm_scale_log2, DOT_F32)
     for it in range(mid, hi):  # SPLIT: the partial tiles, always masked; else the flag decides per tile
         s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
                              lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND,
-                             HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32, MASKING=2 * SPLIT)
+                             HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32, MASKING=2 * SPLIT, DESC=DESC)
         m_i, l_i, acc = online_softmax_step(s, v, m_i, l_i, acc, sm_scale_log2, DOT_F32)
 
     # --- normalise, write O and the natural-log LSE
