@@ -159,7 +159,8 @@ SPLIT_CASES = [
      ops.KernelConfig(32, 16, 32, **_SPLIT)),
     (full_causal(), 1, 2, 2, 64, None, 64, ops.KernelConfig(16, 16, 16, **_SPLIT)),  # EVEN
     # K and V through tensor descriptors (rows past N_K read 0), with and without the split walk
-    (sink_window(5, 37), 1, 3, 1, 101, None, 64, ops.KernelConfig(32, 16, 16, fwd_desc=True, **_SPLIT)),
+    (sink_window(5, 37), 1, 3, 1, 101, None, 64,
+     ops.KernelConfig(32, 16, 16, fwd_desc=True, fwd_warp_spec=True, **_SPLIT)),
     (strided(16, 2, 3, homo_head=False, num_heads=2), 2, 2, 2, 90, None, 128,
      ops.KernelConfig(32, 32, 16, fwd_desc=True, dkdv_n=16, dkdv_m=16, dq_m=16, dq_n=16, decode_n=16)),
 ]

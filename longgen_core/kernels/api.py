@@ -60,7 +60,8 @@ class KernelConfig:
     *_stages: Triton's num_warps and num_stages. fwd_split / dq_split: the forward / dQ walks each
     CSR row in two loops, its fully kept tiles and then its partial ones (:func:`_split_rows`), so
     that the main loop has no branch. fwd_desc: the forward reads K and V through on-device tensor
-    descriptors (TMA loads on Hopper and later). dkdv_tile/dq_tile: the tile of the layout that
+    descriptors (TMA loads on Hopper and later); fwd_warp_spec: Triton warp-specialises the split
+    walk's mask-free loop (producer warps load, consumers compute). dkdv_tile/dq_tile: the tile of the layout that
     the dK/dV (CSC) and dQ (CSR) walks use, 0 for ``tile``; a finer layout skips the empty
     corners of the coarse tiles (dkdv_tile = dkdv_n: a 64-key program never visits a 64-query
     step that sees none of its keys). ``dkdv_n, dkdv_m`` divide dkdv_tile, ``dq_m, dq_n`` dq_tile.
@@ -88,6 +89,7 @@ class KernelConfig:
     fwd_split: bool = False  # forward in two loops: fully kept tiles first (no mask code), then partial
     dq_split: bool = False  # the same for the dQ walk
     fwd_desc: bool = False  # forward loads K/V through tensor descriptors (TMA on Hopper)
+    fwd_warp_spec: bool = False  # fwd_split's first loop warp-specialised (needs fwd_split and fwd_desc)
 
     def walk_tiles(self) -> tuple[int, int]:
         """The layout tiles of the dK/dV and dQ walks."""
@@ -328,7 +330,8 @@ def launch_forward(q, k, v, pattern, scale, cfg: KernelConfig, poison: bool = Fa
         stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
         stride_ob=o.stride(0), stride_oh=o.stride(1), stride_on=o.stride(2),
         BH=batch * heads, NUM_TILES=lay.nb, HEAVY=lay.row_heavy, BLOCK_M=cfg.fwd_m, BLOCK_N=cfg.fwd_n,
-        SPLIT=cfg.fwd_split, DESC=cfg.fwd_desc, num_warps=cfg.fwd_warps, num_stages=cfg.fwd_stages, **a)
+        SPLIT=cfg.fwd_split, DESC=cfg.fwd_desc, WARP_SPEC=cfg.fwd_warp_spec, num_warps=cfg.fwd_warps,
+        num_stages=cfg.fwd_stages, **a)
     return o, lse
 
 

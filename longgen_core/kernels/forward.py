@@ -48,6 +48,7 @@ def forward_kernel(
     DOT_F32: tl.constexpr,
     SPLIT: tl.constexpr = False,  # two loops: the row's fully kept tiles (no mask code), then the rest
     DESC: tl.constexpr = False,  # K and V through tensor descriptors (TMA on Hopper) instead of pointers
+    WARP_SPEC: tl.constexpr = False,  # SPLIT's first loop warp-specialised (loads / MMAs / softmax)
 ):
     bh, b, h, hk, row, q_pos, q_ok = csr_program(BH, H, GROUP, NUM_TILES, HEAVY, ROW_ORDER, lay_stride_order,
                                                  Q_OFF, N_K, TILE, BLOCK_M)
@@ -71,7 +72,7 @@ def forward_kernel(
     mid = lo
     if SPLIT:  # first a loop without a branch or mask code over the row's fully kept tiles
         mid = lo + tl.load(ROW_FULL + h * lay_stride_order + row) * (TILE // BLOCK_N)
-        for it in range(lo, mid):
+        for it in tl.range(lo, mid, warp_specialize=WARP_SPEC):
             s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
                                  lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND,
                                  HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32, MASKING=1, DESC=DESC)
