@@ -5,6 +5,8 @@ Each notebook ends with exercises. An exercise is a markdown cell headed ``### E
 code cell that defines the answer (a first guess to change) and calls :func:`check`, and a
 markdown cell holding the solution in a collapsed ``<details>`` block. :data:`EXERCISES` maps
 each id to the answer's name in the notebook and its checker, which returns ``(ok, message)``.
+The checkers of notebook 01 are below; those of later notebooks are in modules of this package,
+one per notebook (``nb03`` ...).
 
 Example::
 
@@ -20,7 +22,7 @@ from typing import Callable
 
 import torch
 
-from . import patterns as P
+from .. import patterns as P
 
 __all__ = ["EXERCISES", "Exercise", "check"]
 
