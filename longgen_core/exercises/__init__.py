@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 
 from .. import patterns as P
+from . import nb03
 
 __all__ = ["EXERCISES", "Exercise", "check"]
 
@@ -90,6 +91,11 @@ EXERCISES = {
     "01.2": Exercise("dilated_mask", _dilated_mask),
     "01.3": Exercise("answer", _full_layers_at_top),
 }
+EXERCISES.update({  # notebooks 03-06, from their modules
+    "03.1": Exercise("full_layers", nb03.kv_budget_map),
+    "03.2": Exercise("held", nb03.cache_positions),
+    "03.3": Exercise("layer_bytes", nb03.per_layer_bytes),
+})
 
 
 def check(exercise: str, answer) -> None:
