@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from .. import patterns as P
-from . import nb03, nb06
+from . import nb03, nb04, nb06
 
 __all__ = ["EXERCISES", "Exercise", "check"]
 
@@ -95,6 +95,9 @@ EXERCISES.update({  # notebooks 03-06, from their modules
     "03.1": Exercise("full_layers", nb03.kv_budget_map),
     "03.2": Exercise("held", nb03.cache_positions),
     "03.3": Exercise("layer_bytes", nb03.per_layer_bytes),
+    "04.1": Exercise("new_base", nb04.rope_base_16x),
+    "04.2": Exercise("logits_gib", nb04.logits_memory),
+    "04.3": Exercise("item", nb04.resumed_item),
     "06.1": Exercise("speedup", nb06.prefill_speedup),
     "06.2": Exercise("kv_gib", nb06.gqa_kv_cache),
     "06.3": Exercise("n_tokens", nb06.train_target_length),
