@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 
 from .. import patterns as P
-from . import nb03, nb04, nb06
+from . import nb03, nb04, nb05, nb06
 
 __all__ = ["EXERCISES", "Exercise", "check"]
 
@@ -98,6 +98,8 @@ EXERCISES.update({  # notebooks 03-06, from their modules
     "04.1": Exercise("new_base", nb04.rope_base_16x),
     "04.2": Exercise("logits_gib", nb04.logits_memory),
     "04.3": Exercise("item", nb04.resumed_item),
+    "05.1": Exercise("continuations", nb05.scored_continuations),
+    "05.2": Exercise("in_cache", nb05.visible_depths),
     "06.1": Exercise("speedup", nb06.prefill_speedup),
     "06.2": Exercise("kv_gib", nb06.gqa_kv_cache),
     "06.3": Exercise("n_tokens", nb06.train_target_length),
