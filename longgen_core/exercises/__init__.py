@@ -5,6 +5,8 @@ Each notebook ends with exercises. An exercise is a markdown cell headed ``### E
 code cell that defines the answer (a first guess to change) and calls :func:`check`, and a
 markdown cell holding the solution in a collapsed ``<details>`` block. :data:`EXERCISES` maps
 each id to the answer's name in the notebook and its checker, which returns ``(ok, message)``.
+The checkers of notebook 01 are below; those of later notebooks are in modules of this package,
+one per notebook (``nb03`` ...).
 
 Example::
 
@@ -20,7 +22,8 @@ from typing import Callable
 
 import torch
 
-from . import patterns as P
+from .. import patterns as P
+from . import nb03, nb04, nb05, nb06
 
 __all__ = ["EXERCISES", "Exercise", "check"]
 
@@ -185,6 +188,19 @@ EXERCISES = {
     "02.2": Exercise("dilated_kernel", _dilated_kernel),
     "02.3": Exercise("blocked_kernel", _sub_blocks),
 }
+EXERCISES.update({  # notebooks 03-06, from their modules
+    "03.1": Exercise("full_layers", nb03.kv_budget_map),
+    "03.2": Exercise("held", nb03.cache_positions),
+    "03.3": Exercise("layer_bytes", nb03.per_layer_bytes),
+    "04.1": Exercise("new_base", nb04.rope_base_16x),
+    "04.2": Exercise("logits_gib", nb04.logits_memory),
+    "04.3": Exercise("item", nb04.resumed_item),
+    "05.1": Exercise("continuations", nb05.scored_continuations),
+    "05.2": Exercise("in_cache", nb05.visible_depths),
+    "06.1": Exercise("speedup", nb06.prefill_speedup),
+    "06.2": Exercise("kv_gib", nb06.gqa_kv_cache),
+    "06.3": Exercise("n_tokens", nb06.train_target_length),
+})
 
 
 def check(exercise: str, answer) -> None:
