@@ -63,3 +63,47 @@ def test_a_wrong_id_is_refused_and_a_wrong_answer_only_printed(capsys):
         check("99.9", None)
     check("01.2", "not a function")
     assert capsys.readouterr().out.startswith("not yet: calling it on index tensors failed")
+
+
+def _solution(exercise: str) -> tuple[str, str]:
+    """``(set-up code, solution code)`` of one exercise."""
+    setup, solution = next((e[2], e[4]) for e in FOUND if e[1] == exercise)
+    return setup, solution
+
+
+def _answer_from(setup: str, code: str, exercise: str):
+    namespace: dict = {}
+    exec(setup, namespace)
+    exec("from longgen_core.exercises import check", namespace)
+    run_cell(code, namespace, f"<exercise {exercise} variant>")
+    return namespace[EXERCISES[exercise].answer]
+
+
+def test_an_output_holding_nan_is_infinitely_wrong():
+    import math
+
+    import torch
+
+    from longgen_core.kernels.tutorial import rel_err
+
+    assert rel_err(torch.tensor([1.0, float("nan")]), torch.ones(2)) == math.inf
+
+
+def test_a_kernel_that_stores_nothing_fails_the_kernel_exercises():
+    # The launchers hand out NaN-filled buffers: an output never written must not pass on luck.
+    setup, solution = _solution("02.1")
+    lazy = re.sub(r"\n\s*tl\.store\([^\n]*", "\n    pass", solution)
+    assert "tl.store" not in lazy
+    ok, _ = EXERCISES["02.1"].checker(_answer_from(setup, lazy, "02.1"))
+    assert not ok
+
+
+def test_a_kernel_that_loads_whole_tiles_fails_the_sub_block_exercise():
+    setup, solution = _solution("02.3")
+    assert "BLOCK_N" in solution
+    # right values at every BLOCK_N (a whole tile per step), but BLOCK_N unused: the check must see it
+    whole_tiles = solution.replace("STEPS = TILE // BLOCK_N", "STEPS = 1").replace(
+        "(it % STEPS) * BLOCK_N + tl.arange(0, BLOCK_N)", "tl.arange(0, TILE)")
+    assert whole_tiles.count("BLOCK_N") == solution.count("BLOCK_N") - 3
+    ok, message = EXERCISES["02.3"].checker(_answer_from(setup, whole_tiles, "02.3"))
+    assert not ok and "never uses BLOCK_N" in message, message

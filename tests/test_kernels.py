@@ -158,8 +158,12 @@ SPLIT_CASES = [
     (sink_window(3, 30), 1, 4, 1, 100, 45, 64,  # queries at the end, GQA 4
      ops.KernelConfig(32, 16, 32, **_SPLIT)),
     (full_causal(), 1, 2, 2, 64, None, 64, ops.KernelConfig(16, 16, 16, **_SPLIT)),  # EVEN
+    # layouts with many fully kept tiles: per-head (4 layouts, 19-22 full tiles each), and a query
+    # tail with GQA 2 whose dQ walk reads a finer layout (dq_tile 16) than the forward (tile 32)
+    (strided(16, 3, 2, homo_head=False, num_heads=4), 1, 4, 4, 128, None, 64, ops.KernelConfig(16, 16, 16, **_SPLIT)),
+    (sink_window(4, 70), 1, 4, 2, 130, 50, 64, ops.KernelConfig(32, 16, 16, dq_tile=16, **_SPLIT)),
     # K and V through tensor descriptors (rows past N_K read 0), with and without the split walk
-    (sink_window(5, 37), 1, 3, 1, 101, None, 64,
+    (sink_window(4, 70), 1, 3, 1, 130, None, 64,
      ops.KernelConfig(32, 16, 16, fwd_desc=True, fwd_warp_spec=True, **_SPLIT)),
     (strided(16, 2, 3, homo_head=False, num_heads=2), 2, 2, 2, 90, None, 128,
      ops.KernelConfig(32, 32, 16, fwd_desc=True, dkdv_n=16, dkdv_m=16, dq_m=16, dq_n=16, decode_n=16)),
@@ -169,6 +173,7 @@ SPLIT_CASES = [
 @pytest.mark.parametrize("case", WALK_CASES + SPLIT_CASES,
                          ids=["sink-dkdv32-dq16", "strided-dkdv16-dq32", "sink-tail-dkdv16", "split-sink-gqa3",
                               "split-strided-per-head", "split-sink-tail-gqa4", "split-full-even",
+                              "split-strided-full-tiles", "split-sink-tail-dq-tile-16",
                               "desc-split-sink-gqa3", "desc-strided-per-head"])
 def test_launch_configs_equal_the_reference(case, monkeypatch):
     pattern, batch, heads, kv_heads, n, n_q, head_dim, cfg = case
@@ -176,6 +181,13 @@ def test_launch_configs_equal_the_reference(case, monkeypatch):
     q, k, v = random_qkv(batch, heads, kv_heads, n, head_dim, n_q=n_q, seed=21)
     errs = run_fwd_bwd(q, k, v, pattern, cfg.tile, torch.float32)
     assert all(e < FP32_TOL for e in errs.values()), errs
+
+
+def test_most_split_cases_walk_fully_kept_tiles():
+    # A split case without a fully kept tile never runs the mask-free loop it exists for.
+    walking = [case for case in SPLIT_CASES if int(ops._split_rows(case[0], case[4], case[7].tile, case[2],
+                                                                   "cpu")[1].sum()) > 0]
+    assert len(walking) >= 3
 
 
 def test_split_rows_put_each_rows_full_tiles_first():

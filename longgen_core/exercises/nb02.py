@@ -96,4 +96,22 @@ def sub_blocks(kernel) -> tuple[bool, str]:
         if bad:
             return False, (f"TILE = 32, BLOCK_N = {block_n}: query tiles {bad} differ from the reference; "
                            f"each kept tile takes {32 // block_n} steps of {block_n} keys")
+    if _names_in_body(kernel).isdisjoint({"BLOCK_N"}):
+        # a kernel that loads whole tiles is right at every BLOCK_N: the values cannot tell
+        return False, "right values, but the kernel never uses BLOCK_N: step through each tile BLOCK_N keys at a time"
     return True, "TILE = 32 with BLOCK_N = 16 and 32: the tile and the step are separate choices"
+
+
+def _names_in_body(kernel) -> set[str]:
+    """The names a kernel's body uses (its signature and comments left out), read from its source;
+    ``{"BLOCK_N"}`` where the source cannot be read (then only the values were checked)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(getattr(kernel, "fn", kernel))))
+    except (OSError, TypeError, SyntaxError):
+        return {"BLOCK_N"}
+    body = tree.body[0].body
+    return {node.id for stmt in body for node in ast.walk(stmt) if isinstance(node, ast.Name)}

@@ -52,9 +52,17 @@ NOTES = Path(__file__).with_name("NOTES.md")
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """``|out - ref| / |ref|`` (Frobenius), in float64 on the CPU."""
+    """``|out - ref| / |ref|`` (Frobenius), in float64 on the CPU; ``inf`` where ``out`` holds a NaN
+    or an inf (so that ``rel_err(...) > tol`` and ``max(...)`` catch a value a kernel never wrote)."""
     out, ref = (t.detach().double().cpu() for t in (out, ref))
-    return float((out - ref).norm() / ref.norm())
+    err = float((out - ref).norm() / ref.norm())
+    return err if math.isfinite(err) else math.inf
+
+
+def _unwritten(shape, dtype, device) -> torch.Tensor:
+    """An output buffer filled with NaN: an element the reader's kernel forgets to store fails
+    every comparison instead of passing on whatever the memory held."""
+    return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
 
 # ----------------------------------------------------------------------------------- references
@@ -99,8 +107,8 @@ def dense_forward(kernel, q, k, v, tile: int = 16) -> tuple[torch.Tensor, torch.
     """Causal attention ``(out (N, D), lse (N,))``, one program per query tile, every key tile up
     to the diagonal."""
     n, d = q.shape
-    o = torch.empty(n, d, dtype=q.dtype, device=q.device)
-    lse = torch.empty(n, dtype=torch.float32, device=q.device)
+    o = _unwritten((n, d), q.dtype, q.device)
+    lse = _unwritten((n,), torch.float32, q.device)
     kernel[(_tiles(n, tile),)](q, k, v, o, lse, n, 1.0 / math.sqrt(d), HEAD_DIM=d, TILE=tile)
     return o, lse
 
@@ -110,8 +118,8 @@ def csr_forward(kernel, q, k, v, pattern: Pattern, tile: int = 16, **meta) -> tu
     (``meta``: more compile-time arguments of the kernel, e.g. ``BLOCK_N=16``)."""
     n, d = q.shape
     args, lay = _pattern(pattern, n, tile, q.device)
-    o = torch.empty(n, d, dtype=q.dtype, device=q.device)
-    lse = torch.empty(n, dtype=torch.float32, device=q.device)
+    o = _unwritten((n, d), q.dtype, q.device)
+    lse = _unwritten((n,), torch.float32, q.device)
     kernel[(_tiles(n, tile),)](q, k, v, o, lse, lay["row_ptr"], lay["col_idx"], lay["row_mask"], n,
                                1.0 / math.sqrt(d), **args, HEAD_DIM=d, TILE=tile, **meta)
     return o, lse
@@ -121,7 +129,7 @@ def csr_dq(kernel, q, k, v, do, lse, delta, pattern: Pattern, tile: int = 16) ->
     """``dq (N, D)``: a query tile walks its CSR row (``lse``, ``delta``: ``(N,)`` float32)."""
     n, d = q.shape
     args, lay = _pattern(pattern, n, tile, q.device)
-    dq = torch.empty_like(q)
+    dq = _unwritten(q.shape, q.dtype, q.device)
     kernel[(_tiles(n, tile),)](q, k, v, do, lse, delta, dq, lay["row_ptr"], lay["col_idx"], lay["row_mask"],
                                n, 1.0 / math.sqrt(d), **args, HEAD_DIM=d, TILE=tile)
     return dq
@@ -131,7 +139,7 @@ def csc_dkdv(kernel, q, k, v, do, lse, delta, pattern: Pattern, tile: int = 16) 
     """``(dk, dv)``, each ``(N, D)``: a key tile walks its CSC column."""
     n, d = q.shape
     args, lay = _pattern(pattern, n, tile, q.device)
-    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dk, dv = _unwritten(k.shape, k.dtype, k.device), _unwritten(v.shape, v.dtype, v.device)
     kernel[(_tiles(n, tile),)](q, k, v, do, lse, delta, dk, dv, lay["col_ptr"], lay["row_idx"],
                                lay["col_mask"], n, 1.0 / math.sqrt(d), **args, HEAD_DIM=d, TILE=tile)
     return dk, dv
@@ -142,7 +150,7 @@ def decode(kernel, q: torch.Tensor, k_cache, v_cache, positions: torch.Tensor, q
     """One new query ``q (D,)`` at position ``q_pos`` against a cache of slots ``(L, D)``,
     ``positions (L,)`` the position each slot holds (-1: empty); returns ``(D,)``."""
     length, d = k_cache.shape
-    o = torch.empty(d, dtype=q.dtype, device=q.device)
+    o = _unwritten((d,), q.dtype, q.device)
     kernel[(1,)](q, k_cache, v_cache, positions.to(device=q.device, dtype=torch.int32), o, length, q_pos,
                  1.0 / math.sqrt(d), **pattern_args(pattern), HEAD_DIM=d, BLOCK=block)
     return o
