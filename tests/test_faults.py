@@ -231,6 +231,20 @@ def test_a_checkpoint_without_a_data_state_resumes_by_reading_the_corpus_to_its_
     assert resumed.resumed_from == 3 and losses(resumed) == losses(straight)
 
 
+def test_a_data_state_of_another_datasets_version_resumes_by_reading_the_corpus(straight, tmp_path):
+    """datasets' state format is its own: after an upgrade the stream finds its place by reading."""
+    run(tmp_path, stop_after=4)
+    newest = ckpt.latest_checkpoint(tmp_path / "checkpoints")
+    path = newest / ckpt.DATA_STATE_FILE
+    state = json.loads(path.read_text())
+    state["corpus"]["datasets_version"] = "0.0.1"
+    path.write_text(json.dumps(state))
+    write_manifest(newest)
+    with pytest.warns(UserWarning, match="written by datasets 0.0.1.* reads its first 3 items again"):
+        resumed = run(tmp_path)
+    assert resumed.resumed_from == 3 and losses(resumed) == losses(straight)
+
+
 def test_a_data_state_at_another_position_than_the_trainer_state_is_refused(tmp_path):
     run(tmp_path, stop_after=4)
     newest = ckpt.latest_checkpoint(tmp_path / "checkpoints")

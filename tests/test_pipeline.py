@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer
 
 from longgen_core.data import corpora as data
-from longgen_core.data.pipeline import PackedCorpus
+from longgen_core.data.pipeline import PackedCorpus, StaleDataState
 from longgen_core.data.stream import TrainingStream
 from longgen_core.models.base import setup_smollm2
 
@@ -40,6 +40,10 @@ class CountingTokenizer:
     def __init__(self, tokenizer):
         self.tokenizer, self.texts = tokenizer, []
         self.eos_token_id = tokenizer.eos_token_id
+        self.name_or_path = tokenizer.name_or_path  # the same tokenizer, as far as a data state can tell
+
+    def __len__(self):
+        return len(self.tokenizer)
 
     def __call__(self, texts, **kwargs):
         self.texts.extend([texts] if isinstance(texts, str) else texts)
@@ -188,3 +192,16 @@ def test_a_state_of_another_corpus_is_refused(tokenizer, local):
         TrainingStream("pydoc", tokenizer, seq_len=32).load_state_dict({"position": 3, "corpus": None})
     with pytest.raises(ValueError, match="position"):
         TrainingStream("pydoc", tokenizer, seq_len=32).load_state_dict({"position": -1})
+
+
+def test_a_state_of_another_tokenizer_or_datasets_version_is_refused(tokenizer, local):
+    state = PackedCorpus(local["txt"], tokenizer, seq_len=24).state_dict()
+    assert state["tokenizer"].endswith(f"({len(tokenizer)} tokens)")
+    with pytest.raises(ValueError, match="another corpus or packing: {'tokenizer'"):
+        other = CountingTokenizer(tokenizer)
+        other.name_or_path = "another/tokenizer"
+        PackedCorpus(local["txt"], other, seq_len=24).load_state_dict(state)
+    # datasets' own state format may change between versions: a distinct error, which the training
+    # loop answers by reading up to the position instead (tests/test_faults.py)
+    with pytest.raises(StaleDataState, match="written by datasets 0.0.1"):
+        PackedCorpus(local["txt"], tokenizer, seq_len=24).load_state_dict({**state, "datasets_version": "0.0.1"})

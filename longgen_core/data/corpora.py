@@ -176,10 +176,13 @@ def records(source: str | Path, split: str = "train"):
     config = parts[2] if len(parts) == 3 else None
     try:
         return datasets.load_dataset("/".join(parts[:2]), config, split=HUB_SPLITS[split], streaming=True)
-    except (ConnectionError, OSError, ValueError) as err:  # offline, unknown id, no such split or config
+    except (ConnectionError, OSError) as err:  # offline, or no such dataset
         raise ValueError(f"hub dataset {source!r} could not be opened ({type(err).__name__}: {err}); hub ids "
                          f"need network access to the Hugging Face Hub -- offline, use a shipped corpus "
                          f"{sorted(CORPORA)} or a local .txt/.jsonl/.parquet file") from err
+    except ValueError as err:  # it opened, but has no such config or split
+        raise ValueError(f"hub dataset {source!r}: {err} (split {split!r} reads the hub's "
+                         f"{HUB_SPLITS[split]!r} split; a config is the third part of the id)") from err
 
 
 def _text_of(record: dict, text_field: str) -> str:

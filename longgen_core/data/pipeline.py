@@ -47,7 +47,7 @@ import torch
 
 from .corpora import document_shards, records
 
-__all__ = ["DOCS_PER_BATCH", "text_dataset", "token_dataset", "PackedCorpus"]
+__all__ = ["DOCS_PER_BATCH", "text_dataset", "token_dataset", "PackedCorpus", "StaleDataState"]
 
 DOCS_PER_BATCH = 8  # documents per tokenizer call (a KJV book is ~15K tokens)
 
@@ -94,6 +94,20 @@ def token_dataset(texts, tokenizer, docs_per_batch: int = DOCS_PER_BATCH):
                                            fn_kwargs={"tokenizer": tokenizer, "eos_id": tokenizer.eos_token_id})
 
 
+class StaleDataState(ValueError):
+    """A data state that another version of ``datasets`` wrote (see :meth:`PackedCorpus.load_state_dict`)."""
+
+
+def _tokenizer_identity(tokenizer) -> str:
+    """What a resume must not change about the tokenizer: its name (or class) and vocabulary size."""
+    name = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+    try:
+        size = len(tokenizer)
+    except TypeError:
+        size = "?"
+    return f"{name} ({size} tokens)"
+
+
 def _tokenise_group(group: dict, tokenizer, eos_id: int) -> dict:
     ids: list[int] = []
     for doc in tokenizer(group["text"], add_special_tokens=False)["input_ids"]:
@@ -110,7 +124,7 @@ class PackedCorpus:
     :meth:`state_dict` / :meth:`load_state_dict`: see the module docstring.
     """
 
-    _IDENTITY = ("source", "split", "text_field", "seq_len", "docs_per_batch")
+    _IDENTITY = ("source", "split", "text_field", "seq_len", "docs_per_batch", "tokenizer")
 
     def __init__(self, source: str | Path, tokenizer, seq_len: int, split: str = "train", text_field: str = "text",
                  docs_per_batch: int = DOCS_PER_BATCH):
@@ -169,18 +183,26 @@ class PackedCorpus:
         """Where the corpus is, as JSON-able values: its identity (source, split, text field,
         seq_len, docs_per_batch), ``epoch``, ``blocks``, ``epoch_tokens``, ``dataset`` (the token
         dataset's ``state_dict()``, ``None`` before the epoch's first group) and ``carry``."""
-        identity = {name: str(getattr(self, name)) if name == "source" else getattr(self, name)
-                    for name in self._IDENTITY}
+        import datasets
+
+        identity = {name: getattr(self, name) for name in self._IDENTITY if name not in ("source", "tokenizer")}
+        identity.update(source=str(self.source), tokenizer=_tokenizer_identity(self.tokenizer))
         return {**identity, "epoch": self.epoch, "blocks": self.blocks, "epoch_tokens": self._epoch_tokens,
-                "dataset": self._dataset_state, "carry": self._carry[self._offset:]}
+                "dataset": self._dataset_state, "datasets_version": datasets.__version__,
+                "carry": self._carry[self._offset:]}
 
     def load_state_dict(self, state: dict) -> "PackedCorpus":
         """Continue where ``state`` (of :meth:`state_dict`) was taken; return self. Raises
-        ValueError when it is the state of another corpus or packing."""
+        ValueError when it is the state of another corpus, packing or tokenizer, and
+        :class:`StaleDataState` when another version of ``datasets`` wrote it (its state format is
+        that library's own: the caller can fall back to reading up to the position)."""
         mine = self.state_dict()
         other = {name: (mine[name], state.get(name)) for name in self._IDENTITY if state.get(name) != mine[name]}
         if other:
             raise ValueError(f"the data state is of another corpus or packing: {other} (this one, the state's)")
+        if state.get("datasets_version") != mine["datasets_version"]:
+            raise StaleDataState(f"the data state was written by datasets {state.get('datasets_version')}, this is "
+                                 f"datasets {mine['datasets_version']}")
         self.epoch, self.blocks, self._epoch_tokens = state["epoch"], state["blocks"], state["epoch_tokens"]
         self._carry, self._offset, self._dataset_state = list(state["carry"]), 0, state["dataset"]
         self._rows = None  # opened at the loaded state on the next read

@@ -79,6 +79,7 @@ from tqdm.auto import tqdm  # one widget bar in a notebook, a text bar in a term
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..bench.results import software_versions
+from ..data.pipeline import StaleDataState
 from ..data.stream import Prefetcher, TrainingStream
 from ..jsonio import read_json, write_json_atomic
 from ..manifest import WRITE_ERRORS, write_failure
@@ -514,7 +515,12 @@ def _resume_data(stream: TrainingStream, state: dict, checkpoint: Path) -> None:
     if state["data_state"]["position"] != state["data_position"]:
         raise ValueError(f"{checkpoint}: {DATA_STATE_FILE} is at item {state['data_state']['position']}, "
                          f"{STATE_FILE} at {state['data_position']}: the checkpoint is inconsistent")
-    stream.load_state_dict(state["data_state"])
+    try:
+        stream.load_state_dict(state["data_state"])
+    except StaleDataState as err:
+        warnings.warn(f"{checkpoint.name}: {err}; the data stream reads its first {state['data_position']} items "
+                      "again to find its place", stacklevel=3)
+        stream.seek(state["data_position"])
 
 
 def _claim_run_dir(run_dir: Path, fresh: bool) -> None:
