@@ -52,8 +52,8 @@ def logits_memory(answer) -> tuple[bool, str]:
 
 
 def resumed_item(item) -> tuple[bool, str]:
-    """04.3: the first item a run resumed at data position 7 reads: item 7 of the uninterrupted
-    stream (KJV, 256 tokens, seed 0, a quarter of synthetic samples)."""
+    """04.3: the first item a run resumed from the stream's state after 7 items reads: item 7 of
+    the uninterrupted stream (KJV, 256 tokens, seed 0, a quarter of synthetic samples)."""
     import torch
 
     from ..data.stream import TrainingStream
@@ -69,8 +69,9 @@ def resumed_item(item) -> tuple[bool, str]:
              and torch.equal(it["input_ids"], ids)]
     if found == [7]:
         corpus = sum(it["kind"] == "corpus" for it in items[:7])
-        return True, (f"item 7 ({items[7]['kind']}), the tensor the uninterrupted run read: seek(7) replays 7 coin "
-                      f"flips of the per-item generators and skips the {corpus} corpus sequences among them")
+        return True, (f"item 7 ({items[7]['kind']}), the tensor the uninterrupted run read: the state carries the "
+                      f"corpus to its next token after the {corpus} corpus sequences among the first 7 items, and the "
+                      f"per-item generators depend only on (seed, 7)")
     if found:
         return False, f"this is item {found[0]} of the stream ({items[found[0]]['kind']}); the run resumes at item 7"
     return False, "not one of the first 12 items of this stream: KJV, seq_len 256, seed 0, synthetic_ratio 0.25"
