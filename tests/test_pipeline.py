@@ -110,8 +110,8 @@ def test_training_stream_state_resumes_the_mixed_stream(tokenizer):
 
     first = stream()
     batch = first.take(9)
-    assert batch["state"] == first.state_dict() and batch["state"]["position"] == 9
-    state = json.loads(json.dumps(batch["state"]))
+    assert batch["state"]() == first.state_dict() and batch["state"]()["position"] == 9
+    state = json.loads(json.dumps(batch["state"]()))
     expected = first.take(10)
     resumed = stream().load_state_dict(state).take(10)
     assert resumed["kinds"] == expected["kinds"] and torch.equal(resumed["input_ids"], expected["input_ids"])

@@ -41,6 +41,7 @@ Example (a toy tokenizer: a word's id is its length, EOS is 0)::
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -181,15 +182,25 @@ class PackedCorpus:
 
     def state_dict(self) -> dict:
         """Where the corpus is, as JSON-able values: its identity (source, split, text field,
-        seq_len, docs_per_batch), ``epoch``, ``blocks``, ``epoch_tokens``, ``dataset`` (the token
-        dataset's ``state_dict()``, ``None`` before the epoch's first group) and ``carry``."""
+        seq_len, docs_per_batch, tokenizer), ``epoch``, ``blocks``, ``epoch_tokens``, ``dataset``
+        (the token dataset's ``state_dict()``, ``None`` before the epoch's first group),
+        ``datasets_version`` and ``carry``."""
+        return self.snapshot()()
+
+    def snapshot(self):
+        """:meth:`state_dict` as of now, built only when called: cheap to take after every batch
+        (the carried tokens, up to a whole group, are copied only for the states that are saved).
+        Safe because ``_carry`` is replaced, never changed in place."""
+        return functools.partial(self._state, self._carry, self._offset, self.epoch, self.blocks,
+                                 self._epoch_tokens, self._dataset_state)
+
+    def _state(self, carry, offset, epoch, blocks, epoch_tokens, dataset_state) -> dict:
         import datasets
 
         identity = {name: getattr(self, name) for name in self._IDENTITY if name not in ("source", "tokenizer")}
         identity.update(source=str(self.source), tokenizer=_tokenizer_identity(self.tokenizer))
-        return {**identity, "epoch": self.epoch, "blocks": self.blocks, "epoch_tokens": self._epoch_tokens,
-                "dataset": self._dataset_state, "datasets_version": datasets.__version__,
-                "carry": self._carry[self._offset:]}
+        return {**identity, "epoch": epoch, "blocks": blocks, "epoch_tokens": epoch_tokens,
+                "dataset": dataset_state, "datasets_version": datasets.__version__, "carry": carry[offset:]}
 
     def load_state_dict(self, state: dict) -> "PackedCorpus":
         """Continue where ``state`` (of :meth:`state_dict`) was taken; return self. Raises

@@ -113,8 +113,13 @@ class TrainingStream:
     def state_dict(self) -> dict:
         """``{"position": items handed out, "corpus": PackedCorpus.state_dict() (None for source
         'random')}``, JSON-able: what :meth:`load_state_dict` resumes from."""
-        corpus = None if self.source == "random" else self._corpus_iter().state_dict()
-        return {"position": self.position, "corpus": corpus}
+        return self.snapshot()()
+
+    def snapshot(self):
+        """:meth:`state_dict` as of now, built when called (cheap to take after every batch; see
+        :meth:`PackedCorpus.snapshot`)."""
+        corpus = None if self.source == "random" else self._corpus_iter().snapshot()
+        return partial(_stream_state, self.position, corpus)
 
     def load_state_dict(self, state: dict) -> "TrainingStream":
         """Continue after the items counted in ``state`` (of :meth:`state_dict`), with the corpus at
@@ -178,12 +183,16 @@ class TrainingStream:
 
     def take(self, n: int) -> dict:
         """The next ``n`` items collated: ``input_ids``/``labels`` ``(n, seq_len)``, ``kinds`` list,
-        ``position``, the stream position after them, and ``state``, :meth:`state_dict` after them
-        (what a checkpoint stores)."""
+        ``position``, the stream position after them, and ``state``, :meth:`snapshot` after them
+        (call it for the state a checkpoint stores)."""
         items = [next(self) for _ in range(n)]
         return {"input_ids": torch.stack([it["input_ids"] for it in items]),
                 "labels": torch.stack([it["labels"] for it in items]),
-                "kinds": [it["kind"] for it in items], "position": self.position, "state": self.state_dict()}
+                "kinds": [it["kind"] for it in items], "position": self.position, "state": self.snapshot()}
+
+
+def _stream_state(position: int, corpus) -> dict:
+    return {"position": position, "corpus": None if corpus is None else corpus()}
 
 
 def _check_position(position) -> None:

@@ -370,7 +370,7 @@ def train(preset: str | Preset = DEFAULT_PRESET, attention: str = "hybrid", run_
             if checkpoints and (due or step == preset.steps or out_of_time):
                 _log_step(run, pending, bar)  # the log holds every step a checkpoint holds
                 pending = None
-                _save(run, batch["state"])
+                _save(run, batch["state"]())  # the snapshot taken after this batch
             if out_of_time:
                 end = step
                 break
