@@ -87,7 +87,7 @@ def documents(source: str | Path, split: str = "train", text_field: str = "text"
     if shards is not None:
         keys, read = shards
         return read(keys)
-    return (_text_of(record, text_field) for record in records(source, split))
+    return (text_of(record, text_field) for record in records(source, split))
 
 
 def document_shards(source: str | Path, split: str = "train") -> tuple[list, Callable] | None:
@@ -185,7 +185,8 @@ def records(source: str | Path, split: str = "train"):
                          f"{HUB_SPLITS[split]!r} split; a config is the third part of the id)") from err
 
 
-def _text_of(record: dict, text_field: str) -> str:
+def text_of(record: dict, text_field: str) -> str:
+    """The text of one record; ValueError naming the fields it has when ``text_field`` is not one."""
     if text_field not in record:
         raise ValueError(f"record has no field {text_field!r} (fields: {sorted(record)}); pass text_field=")
     return record[text_field]

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from .corpora import document_shards, records
+from .corpora import document_shards, records, text_of
 
 __all__ = ["DOCS_PER_BATCH", "text_dataset", "token_dataset", "PackedCorpus", "StaleDataState"]
 
@@ -75,9 +75,7 @@ def _document_rows(keys: list, read):
 
 
 def _text_row(record: dict, text_field: str) -> dict:
-    if text_field not in record:
-        raise ValueError(f"record has no field {text_field!r} (fields: {sorted(record)}); pass text_field=")
-    return {"text": record[text_field]}
+    return {"text": text_of(record, text_field)}
 
 
 def token_dataset(texts, tokenizer, docs_per_batch: int = DOCS_PER_BATCH):

@@ -230,6 +230,14 @@ def _split_rows(pattern: Pattern, n: int, tile: int, num_heads: int, device: str
     return split.contiguous().to(device), full.contiguous().to(device)
 
 
+def _csr_walk(lay, split: bool, pattern: Pattern, n: int, tile: int, num_heads: int, device: str):
+    """``(col_idx, row_full)`` for a CSR walk of ``lay``: its own column order when not ``split``
+    (``row_full`` is then a placeholder the kernel does not read), else :func:`_split_rows`'s."""
+    if split:
+        return _split_rows(pattern, n, tile, num_heads, device)
+    return lay.col_idx, lay.row_order
+
+
 def _layout_strides(lay, which: str) -> dict:
     """Per-head strides of one side (``"row"``: CSR, ``"col"``: CSC) of a layout; 0 if shared."""
     ptr, idx, order = ((lay.row_ptr, lay.col_idx, lay.row_order) if which == "row"
@@ -317,9 +325,7 @@ def launch_forward(q, k, v, pattern, scale, cfg: KernelConfig, poison: bool = Fa
     lse = _empty((batch, heads, n_q), torch.float32, q.device, poison)
     parts = cfg.tile // cfg.fwd_m
     grid = (batch * heads * lay.nb * parts,)
-    col_idx, row_full = lay.col_idx, lay.row_order  # row_full is not read unless SPLIT
-    if cfg.fwd_split:
-        col_idx, row_full = _split_rows(pattern, k.shape[2], cfg.tile, heads, str(q.device))
+    col_idx, row_full = _csr_walk(lay, cfg.fwd_split, pattern, k.shape[2], cfg.tile, heads, str(q.device))
     if cfg.fwd_desc:
         _descriptor_scratch(q.device)
     forward_kernel[grid](
@@ -365,9 +371,7 @@ def launch_backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig
                    stride_vb=v.stride(0), stride_vh=v.stride(1), stride_vn=v.stride(2),
                    stride_dob=do.stride(0), stride_doh=do.stride(1), stride_don=do.stride(2))
     scales = dict(sm_scale=scale, sm_scale_log2=scale * math.log2(math.e))
-    col_idx, row_full = lay_r.col_idx, lay_r.row_order  # row_full is not read unless SPLIT
-    if cfg.dq_split:
-        col_idx, row_full = _split_rows(pattern, k.shape[2], dq_tile, heads, str(q.device))
+    col_idx, row_full = _csr_walk(lay_r, cfg.dq_split, pattern, k.shape[2], dq_tile, heads, str(q.device))
     dq_kernel[(batch * heads * lay_r.nb * (dq_tile // cfg.dq_m),)](
         q, k, v, o, do, lse, dlse, delta, dq, lay_r.row_ptr, col_idx, lay_r.row_mask,
         lay_r.row_order, row_full, **_layout_strides(lay_r, "row"), **scales, **strides,
