@@ -13,6 +13,12 @@ The public API is importable from here (loaded on first use, so ``import longgen
 """
 
 import importlib
+import warnings
+
+# tqdm.auto warns "IProgress not found" at import where ipywidgets is missing, whether we import it
+# (longgen_core.progress) or transformers' hub client does first; filtered here, before either can,
+# so that it never lands in a notebook's stored output. Text bars are the right fallback there.
+warnings.filterwarnings("ignore", message="IProgress not found")
 
 __version__ = "0.1.0"
 

@@ -104,10 +104,13 @@ def _model_table(bench: dict) -> list[str]:
     ns = sorted({r["n"] for r in rows})
     v = {k: bench.get(k, "?") for k in ("device", "torch", "transformers", "date", "layers", "layer_map",
                                          "pattern", "dtype", "reps", "decode_steps")}
-    lines = [f"**Whole model** ({v['device']}, torch {v['torch']}, transformers {v['transformers']}, {v['date']}; "
+    backend = bench.get("backend", "auto")  # the hybrid's attention (models.attention); auto: our kernels
+    title = "Whole model" if backend == "auto" else f"Whole model, the hybrid on `backend=\"{backend}\"`"
+    command = "python -m longgen_core.bench model" + ("" if backend == "auto" else f" --backend {backend}")
+    lines = [f"**{title}** ({v['device']}, torch {v['torch']}, transformers {v['transformers']}, {v['date']}; "
              f"{v['layers']} decoder layers of Llama-2-7B shape, random weights, layer map `{v['layer_map']}`, "
              f"{v['pattern']}, {v['dtype']}; decode per token over {v['decode_steps']} steps; median of "
-             f"{v['reps']}; `python -m longgen_core.bench model`)", "",
+             f"{v['reps']}; `{command}`)", "",
              "| metric | N | full | hybrid | full / hybrid | paper (7B, 128K) | target (128K) |",
              "|---|---|---|---|---|---|---|"]
     on_fa4 = any(r["attention"] == "full_fa4" for r in rows)  # the full model on FlashAttention-4 too
@@ -269,7 +272,8 @@ def _layer_counts(layer_map: str) -> str:
 # The JSON each table is rendered from, in the block's order.
 TABLES = (("bench_kernels.json", _kernel_table), ("bench_kernels_fa4.json", _kernel_table),
           ("bench_kernels_fa4_32k_64k.json", _kernel_table),
-          ("bench_model.json", _model_table),
+          ("bench_model.json", _model_table), ("bench_model_flex.json", _model_table),
+          ("bench_model_flex_flash.json", _model_table),
           ("bench_generate.json", _generate_table), ("train_gpu_small.json", _train_table),
           ("miniature.json", _miniature_table), ("experiment_128k.json", _extension_table))
 WRITE_COMMAND = "python -m longgen_core.report --write"

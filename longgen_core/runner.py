@@ -3,8 +3,14 @@
 Each notebook gets the parameters it declares in its ``parameters`` cell and no others:
 ``PRESET`` (when the notebook has it) plus any ``-p NAME VALUE`` override. Executed copies and
 logs go to ``--out``; the run stops at the first failing notebook and prints the failing cell's
-traceback; a summary table (notebook, preset, status, wall time) is written as
-``summary.md`` and ``summary.json``.
+traceback; a summary table (notebook, preset, status, wall time, device) is written as
+``summary.md`` and ``summary.json``. A later run into the same ``--out`` replaces the rows of the
+notebooks it runs and keeps the others, so a batch can be split across jobs with a time limit.
+
+The kernels get an environment that works from a plain checkout: relative ``PYTHONPATH`` entries
+made absolute (papermill starts each kernel in the notebooks' folder) with the checkout itself in
+front, and text progress bars that write a line every ``TQDM_MININTERVAL`` seconds (default 30)
+instead of one per step into the stored outputs.
 
 Usage (also ``longgen notebooks ...``)::
 
@@ -28,6 +34,7 @@ from .paths import notebooks_dir
 
 FIGURE_DIR_ENV = "LONGGEN_FIGURE_DIR"  # where plots.save_figure writes (default: figures/)
 NOTEBOOKS_DIR = notebooks_dir()
+PROGRESS_INTERVAL_S = "30"  # TQDM_MININTERVAL for the kernels unless the caller set one
 
 
 def numbered_notebooks(directory: Path = NOTEBOOKS_DIR) -> list[Path]:
@@ -81,21 +88,44 @@ def run_notebooks(notebooks: list[Path], out: Path | None, preset: str | None = 
     into ``out/``, with a log per notebook and the figures the notebooks save in ``out/figures``
     (unless ``$LONGGEN_FIGURE_DIR`` says where), so a run leaves the checkout as it was.
     """
-    redirect = out is not None and not os.environ.get(FIGURE_DIR_ENV)
-    if redirect:  # absolute: the kernels run in the notebooks' folder and inherit this environment
+    saved = dict(os.environ)
+    os.environ.update(kernel_environment(os.environ))
+    if out is not None and not os.environ.get(FIGURE_DIR_ENV):
+        # absolute: the kernels run in the notebooks' folder and inherit this environment
         os.environ[FIGURE_DIR_ENV] = str((out / "figures").resolve())
     try:
         return _run_each(notebooks, out, preset, overrides, timeout)
     finally:
-        if redirect:
-            del os.environ[FIGURE_DIR_ENV]
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def kernel_environment(environ) -> dict:
+    """The variables the notebook kernels need on top of ``environ`` (module doc): ``PYTHONPATH``
+    with relative entries made absolute and, in a source checkout, the checkout first (so that
+    ``import longgen_core`` works without an install); ``TQDM_MININTERVAL`` unless set.
+
+    Example::
+
+        >>> env = kernel_environment({"PYTHONPATH": "lib", "TQDM_MININTERVAL": "5"})
+        >>> env["PYTHONPATH"].endswith(str(Path("lib").resolve())), env["TQDM_MININTERVAL"]
+        (True, '5')
+    """
+    from .paths import in_checkout
+
+    entries = [str(Path(e).resolve()) for e in environ.get("PYTHONPATH", "").split(os.pathsep) if e]
+    if in_checkout():
+        entries.insert(0, str(Path(__file__).resolve().parent.parent))
+    env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(entries))} if entries else {}
+    env["TQDM_MININTERVAL"] = environ.get("TQDM_MININTERVAL", PROGRESS_INTERVAL_S)
+    return env
 
 
 def _run_each(notebooks, out, preset, overrides, timeout) -> list[dict]:
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    rows = []
+    rows, device = [], _device_name()
     for nb in notebooks:
         target = nb if out is None else out / nb.name
         params = parameters_for(nb, preset, overrides or {})
@@ -114,7 +144,7 @@ def _run_each(notebooks, out, preset, overrides, timeout) -> list[dict]:
         if out is None:
             _drop_machine_paths(nb)
         rows.append({"notebook": nb.name, "preset": preset or "default", "status": status,
-                     "wall_s": round(time.perf_counter() - start, 1)})
+                     "wall_s": round(time.perf_counter() - start, 1), "device": device})
         if error is not None:
             print(f"\n!! {nb.name} failed at {error}", file=sys.stderr)
             break
@@ -122,6 +152,13 @@ def _run_each(notebooks, out, preset, overrides, timeout) -> list[dict]:
         write_summary(rows, out)
     print(summary_table(rows))
     return rows
+
+
+def _device_name() -> str:
+    """The GPU the notebooks see (``torch.cuda``), else ``"cpu"``: recorded in every summary row."""
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 def _drop_machine_paths(path: Path) -> None:
@@ -139,15 +176,22 @@ def _drop_machine_paths(path: Path) -> None:
 
 def summary_table(rows: list[dict]) -> str:
     """Markdown table of the summary rows."""
-    lines = ["| notebook | preset | status | wall time (s) |", "|---|---|---|---|"]
-    lines += [f"| {r['notebook']} | {r['preset']} | {r['status']} | {r['wall_s']} |" for r in rows]
+    lines = ["| notebook | preset | status | wall time (s) | device |", "|---|---|---|---|---|"]
+    lines += [f"| {r['notebook']} | {r['preset']} | {r['status']} | {r['wall_s']} | {r.get('device', '')} |"
+              for r in rows]
     return "\n".join(lines)
 
 
 def write_summary(rows: list[dict], out: Path) -> None:
+    """``out/summary.json`` and ``summary.md``: ``rows``, plus the rows an earlier run into ``out``
+    wrote for other notebooks (module doc), in notebook order."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    (out / "summary.md").write_text(summary_table(rows) + "\n")
+    path = out / "summary.json"
+    ran = {r["notebook"] for r in rows}
+    earlier = [r for r in json.loads(path.read_text()) if r["notebook"] not in ran] if path.exists() else []
+    merged = sorted(earlier + rows, key=lambda r: r["notebook"])
+    path.write_text(json.dumps(merged, indent=2) + "\n")
+    (out / "summary.md").write_text(summary_table(merged) + "\n")
 
 
 class _tee_to:

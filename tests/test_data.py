@@ -17,6 +17,13 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(setup_smollm2(verbose=False))
 
 
+def test_the_smollm2_tokenizer_decodes_text_back_unchanged(tokenizer):
+    # BPE: a WordPiece space clean-up (on by default in some transformers versions) would turn
+    # "Lord , and" into "Lord, and", and a haystack would not decode to the text it was built from
+    text = "And the LORD said , Let there be light : and there was light ."
+    assert tokenizer.decode(tokenizer(text).input_ids) == text
+
+
 def test_pack_loses_and_duplicates_nothing():
     gen = torch.Generator().manual_seed(0)
     docs = [torch.randint(1, 100, (int(n),), generator=gen).tolist()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from longgen_core.kernels import reference_attention
-from longgen_core.kernels.flex import block_mask, flex_attention
+from longgen_core.kernels.flex import block_mask, flex_attention, quiet_fa4_compiles
 from longgen_core.models.base import tiny_llama
 from longgen_core.models.convert import to_longgen, use_backend
 from longgen_core.patterns import full_causal, sink_window, sliding_window, strided
@@ -74,3 +74,15 @@ def test_the_flash_backend_refuses_the_cpu_inside_a_model():
     model = to_longgen(tiny_llama(), pattern=sink_window(4, 32), backend="flex_flash").eval()
     with torch.no_grad(), pytest.raises(ValueError, match="FLASH backend runs on CUDA only"):
         model(torch.randint(3, 500, (1, 40)))
+
+
+def test_fa4s_compile_warning_is_silenced_and_no_other():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet_fa4_compiles()
+        warnings.warn("Argument aux_data (position 17) cannot be converted to a JitArgument for function "
+                      "'cutlass___call___flash_attncuteflash_fwd_sm90'", UserWarning)
+        warnings.warn("Argument q cannot be converted", UserWarning)
+    assert [str(w.message) for w in seen] == ["Argument q cannot be converted"]

@@ -57,6 +57,43 @@ def test_a_run_into_a_folder_saves_the_figures_there_not_in_figures(tmp_path, mo
     assert "LONGGEN_FIGURE_DIR" not in os.environ  # restored after the run
 
 
+def test_kernels_get_absolute_import_paths_and_sparse_progress_bars(tmp_path, monkeypatch):
+    # papermill starts each kernel in the notebook's folder: a relative PYTHONPATH entry (the GPU
+    # batch once ran with PYTHONPATH=.) would point there, and longgen_core would not import
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PYTHONPATH", "lib")
+    monkeypatch.delenv("TQDM_MININTERVAL", raising=False)
+    src, out = tmp_path / "nbs", tmp_path / "runs"
+    src.mkdir()
+    nb = make_notebook(src / "01_env.ipynb", [
+        "import os, longgen_core\n"
+        "paths = os.environ['PYTHONPATH'].split(os.pathsep)\n"
+        "print('absolute', all(os.path.isabs(p) for p in paths), paths[-1])\n"
+        "print('interval', os.environ['TQDM_MININTERVAL'])"])
+    assert runner.run_notebooks([nb], out)[0]["status"] == "ok"
+    printed = "".join(o.get("text", "") for c in nbformat.read(out / "01_env.ipynb", 4).cells
+                      for o in c.get("outputs", []))
+    assert f"absolute True {tmp_path / 'lib'}" in printed
+    assert "interval 30" in printed
+    assert os.environ["PYTHONPATH"] == "lib" and "TQDM_MININTERVAL" not in os.environ  # restored
+
+
+def test_a_later_run_into_the_same_folder_keeps_the_other_rows(tmp_path):
+    src, out = tmp_path / "nbs", tmp_path / "runs"
+    src.mkdir()
+    first = make_notebook(src / "01_a.ipynb", ["print(1)"])
+    second = make_notebook(src / "02_b.ipynb", ["print(2)"])
+    runner.run_notebooks([second], out)
+    runner.run_notebooks([first], out, preset="gpu-small")
+    rows = json.loads((out / "summary.json").read_text())
+    assert [(r["notebook"], r["preset"], r["device"]) for r in rows] == [
+        ("01_a.ipynb", "gpu-small", "cpu"), ("02_b.ipynb", "default", "cpu")]
+    runner.run_notebooks([second], out, preset="gpu-small")  # replaces its own row only
+    rows = json.loads((out / "summary.json").read_text())
+    assert [(r["notebook"], r["preset"]) for r in rows] == [("01_a.ipynb", "gpu-small"), ("02_b.ipynb", "gpu-small")]
+    assert "| 02_b.ipynb | gpu-small | ok |" in (out / "summary.md").read_text()
+
+
 def test_an_in_place_run_keeps_no_machine_path_in_the_metadata(tmp_path):
     nb = make_notebook(tmp_path / "01_here.ipynb", ["print(STEPS)"])
     assert runner.run_notebooks([nb], None)[0]["status"] == "ok"

@@ -221,6 +221,15 @@ def test_command_line_trains_and_rejects_unknown_presets(tmp_path, capsys):
     assert "unknown preset 'nope'" in capsys.readouterr().err
 
 
+def test_the_progress_bar_redraws_at_its_interval_not_every_step(tmp_path, capsys, monkeypatch):
+    # headless runs (the notebook runner) set TQDM_MININTERVAL: a stored notebook then holds a few bar
+    # lines, not one per step (a GPU batch run once stored ~200 for notebook 04)
+    monkeypatch.setenv("TQDM_MININTERVAL", "1000")
+    tr.train("cpu-tiny", "hybrid", tmp_path / "run", progress=True, **MICRO)
+    draws = capsys.readouterr().err.count("cpu-tiny hybrid")
+    assert 1 <= draws <= 3, draws  # the first draw, then the last at close(); six steps between
+
+
 def test_measure_records_both_runs(tmp_path):
     out = tmp_path / "train_micro.json"
     results = measure("cpu-tiny", untimed_steps=1, out=out, progress=False, **{**MICRO, "steps": 3})

@@ -122,6 +122,9 @@ def fa4(pattern, num_splits: int = 1):
     import torch
     from flash_attn.cute import flash_attn_func
 
+    from ..kernels.flex import quiet_fa4_compiles
+
+    quiet_fa4_compiles()
     window = _fa4_window(pattern)
     if num_splits != 1 and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9:
         num_splits = 1  # flash-attn-4 4.0.0b36 on Hopper: "SplitKV not supported on SM 9.0"

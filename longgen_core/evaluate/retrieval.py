@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 import torch
-from tqdm.auto import tqdm
+from ..progress import tqdm
 
 from ..data import suite, tasks
 from ..formatting import format_tokens
@@ -85,7 +85,7 @@ def retrieval_grid(model, tokenizer, task: str = "passkey", lengths=(512, 1024),
             if start == 0:
                 examples.append({"length": n, "depth": depth, "answer": chunk[0].answer, "output": texts[0]})
         scores[i][j] = total / samples
-        bar.set_postfix(length=n, depth=depth, score=round(scores[i][j], 2))
+        bar.set_postfix(length=n, depth=depth, score=round(scores[i][j], 2), refresh=False)  # drawn by the next step
     mean_by_length = {str(n): sum(scores[i][j] for i in range(len(depths))) / len(depths)
                       for j, n in enumerate(lengths)}
     return {"task": task, "lengths": list(lengths), "depths": list(depths), "samples": samples, "seed": seed,

@@ -119,6 +119,9 @@ def setup_smollm2(force: bool = False, verbose: bool = True) -> Path:
         gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=_GGUF_NAME,
                                                           dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=_GGUF_NAME)
+        # SmolLM2's tokenizer is BPE: the WordPiece space clean-up would strip spaces before
+        # punctuation, and transformers 5.17 (the GPU image's) warns at every decode if it is on
+        tokenizer.clean_up_tokenization_spaces = False
         config_dict = gguf_model.config.to_dict()
         for key in ("quantization_config", "_name_or_path", "_model_name_or_path", "transformers_version"):
             config_dict.pop(key, None)

@@ -75,7 +75,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm  # one widget bar in a notebook, a text bar in a terminal
+from ..progress import tqdm  # one widget bar in a notebook, a text bar in a terminal
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..bench.results import software_versions
@@ -588,8 +588,10 @@ def _log_step(run: _Run, record: StepRecord, bar, ended: float | None = None) ->
     if run.accelerator.is_main_process:
         with open(run.log_path, "a") as f:
             f.write(json.dumps(entry) + "\n")
+    # postfix first, without its own refresh: update() then redraws at most every mininterval
+    # (TQDM_MININTERVAL in headless runs), where a refreshing postfix would write a line per step
+    bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{entry['tokens_per_s']:,.0f}", refresh=False)
     bar.update(1)
-    bar.set_postfix(loss=f"{entry['loss']:.3f}", tok_s=f"{entry['tokens_per_s']:,.0f}")
     return entry
 
 
