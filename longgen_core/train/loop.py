@@ -506,21 +506,22 @@ def _open_run_dir(run: _Run, resume: bool) -> None:
 
 def _resume_data(stream: TrainingStream, state: dict, checkpoint: Path) -> None:
     """Put ``stream`` where the checkpoint's data state says (the next token, nothing consumed read
-    again); a checkpoint of an older version has only the position: found by reading up to it."""
-    if state["data_state"] is None:
-        warnings.warn(f"{checkpoint.name} has no {DATA_STATE_FILE} (written by an older version): the data "
-                      f"stream reads its first {state['data_position']} items again to find its place", stacklevel=3)
-        stream.seek(state["data_position"])
-        return
-    if state["data_state"]["position"] != state["data_position"]:
-        raise ValueError(f"{checkpoint}: {DATA_STATE_FILE} is at item {state['data_state']['position']}, "
-                         f"{STATE_FILE} at {state['data_position']}: the checkpoint is inconsistent")
-    try:
-        stream.load_state_dict(state["data_state"])
-    except StaleDataState as err:
-        warnings.warn(f"{checkpoint.name}: {err}; the data stream reads its first {state['data_position']} items "
-                      "again to find its place", stacklevel=3)
-        stream.seek(state["data_position"])
+    again). Where that state cannot be used -- an older version's checkpoint has only the position,
+    or the state was written by another ``datasets`` -- the place is found by reading up to it."""
+    saved, position = state["data_state"], state["data_position"]
+    if saved is None:
+        why = f"{checkpoint.name} has no {DATA_STATE_FILE} (written by an older version)"
+    elif saved["position"] != position:
+        raise ValueError(f"{checkpoint}: {DATA_STATE_FILE} is at item {saved['position']}, "
+                         f"{STATE_FILE} at {position}: the checkpoint is inconsistent")
+    else:
+        try:
+            stream.load_state_dict(saved)
+            return
+        except StaleDataState as err:
+            why = f"{checkpoint.name}: {err}"
+    warnings.warn(f"{why}; the data stream reads its first {position} items again to find its place", stacklevel=3)
+    stream.seek(position)
 
 
 def _claim_run_dir(run_dir: Path, fresh: bool) -> None:
