@@ -169,12 +169,26 @@ SPLIT_CASES = [
      ops.KernelConfig(32, 32, 16, fwd_desc=True, dkdv_n=16, dkdv_m=16, dq_m=16, dq_n=16, decode_n=16)),
 ]
 
+# The backward's per-step loads through tensor descriptors: K and V in the dQ walk (dq_desc); rows
+# past N_K read 0 from the descriptor, as the pointer loads' masks give.
+_BWD_DESC = dict(dq_desc=True, dkdv_n=16, dkdv_m=16, dq_m=16, dq_n=16, decode_n=16)
+BWD_DESC_CASES = [
+    (sink_window(4, 70), 1, 3, 1, 130, None, 64,  # GQA 3, the dQ split walk, dK/dV on 16-tiles
+     ops.KernelConfig(32, 16, 16, dq_split=True, dkdv_tile=16, **_BWD_DESC)),
+    (strided(16, 2, 3, homo_head=False, num_heads=2), 2, 2, 2, 90, None, 128,  # per head, dQ on 16-tiles
+     ops.KernelConfig(32, 32, 16, dq_tile=16, **_BWD_DESC)),
+    (full_causal(), 1, 2, 2, 64, None, 64, ops.KernelConfig(16, 16, 16, fwd_desc=True, **_BWD_DESC)),  # EVEN
+    (sink_window(3, 30), 1, 4, 1, 100, 45, 64,  # queries at the end, GQA 4
+     ops.KernelConfig(64, 32, 32, dkdv_tile=32, **_BWD_DESC)),
+]
 
-@pytest.mark.parametrize("case", WALK_CASES + SPLIT_CASES,
+
+@pytest.mark.parametrize("case", WALK_CASES + SPLIT_CASES + BWD_DESC_CASES,
                          ids=["sink-dkdv32-dq16", "strided-dkdv16-dq32", "sink-tail-dkdv16", "split-sink-gqa3",
                               "split-strided-per-head", "split-sink-tail-gqa4", "split-full-even",
                               "split-strided-full-tiles", "split-sink-tail-dq-tile-16",
-                              "desc-split-sink-gqa3", "desc-strided-per-head"])
+                              "desc-split-sink-gqa3", "desc-strided-per-head", "bwd-desc-sink-gqa3",
+                              "bwd-desc-strided-per-head", "bwd-desc-full-even", "bwd-desc-sink-tail-gqa4"])
 def test_launch_configs_equal_the_reference(case, monkeypatch):
     pattern, batch, heads, kv_heads, n, n_q, head_dim, cfg = case
     monkeypatch.setattr(ops, "default_config", lambda *args: cfg)

@@ -36,6 +36,7 @@ def dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN: tl.constexpr, DOT_F32: tl.constexpr,
     HAS_DLSE: tl.constexpr,  # the caller also differentiates the returned LSE
     SPLIT: tl.constexpr = False,  # walk the row as the forward's SPLIT does: full tiles, then partial
+    DESC: tl.constexpr = False,  # K and V through tensor descriptors (TMA on Hopper), as the forward's DESC
 ):
     """dQ for ``BLOCK_M`` queries: walk the CSR row like the forward, recompute P from the
     saved LSE, ``dS = P * (dO V^T - delta)``, ``dQ += dS K``.
@@ -67,6 +68,11 @@ def dq_kernel(
     lse2 = lse * LOG2E
     k_base = head_ptr(K, b, hk, stride_kb, stride_kh)
     v_base = head_ptr(V, b, hk, stride_vb, stride_vh)
+    if DESC:  # the per-step loads; q, dO and O above are read once per program
+        k_base = tl.make_tensor_descriptor(k_base, shape=[N_K, HEAD_DIM], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+        v_base = tl.make_tensor_descriptor(v_base, shape=[N_K, HEAD_DIM], strides=[stride_vn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
 
     lo, hi = csr_row(ROW_PTR, h, lay_stride_ptr, row, TILE, BLOCK_N)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -76,12 +82,12 @@ def dq_kernel(
         for it in range(lo, mid):
             s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
                                  lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND,
-                                 HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32, MASKING=1)
+                                 HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32, MASKING=1, DESC=DESC)
             dq = _dq_step(s, k, v, do, lse2, delta, dq, sm_scale_log2, DOT_F32)
     for it in range(mid, hi):
         s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
                              lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND, HEAD_DIM,
-                             TILE, BLOCK_N, EVEN, DOT_F32, MASKING=2 * SPLIT)
+                             TILE, BLOCK_N, EVEN, DOT_F32, MASKING=2 * SPLIT, DESC=DESC)
         dq = _dq_step(s, k, v, do, lse2, delta, dq, sm_scale_log2, DOT_F32)
 
     dq *= sm_scale
