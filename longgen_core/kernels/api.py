@@ -93,6 +93,7 @@ class KernelConfig:
     fwd_desc: bool = False  # forward loads K/V through tensor descriptors (TMA on Hopper)
     fwd_warp_spec: bool = False  # fwd_split's first loop warp-specialised (needs fwd_split and fwd_desc)
     dq_desc: bool = False  # the dQ walk loads K/V through tensor descriptors
+    dkdv_desc: bool = False  # the dK/dV walk loads Q/dO through tensor descriptors
 
     def walk_tiles(self) -> tuple[int, int]:
         """The layout tiles of the dK/dV and dQ walks."""
@@ -352,6 +353,16 @@ def _descriptor_scratch(device: torch.device) -> None:
         _descriptor_scratch.device = device
 
 
+def _for_descriptors(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``(B, H, N, D)`` if tensor descriptors can read it (TMA: a 16-byte aligned start and
+    strides, rows not repeated), else a contiguous copy: a view may start anywhere in its storage,
+    and a dO passed to :func:`launch_backward` may be a broadcast (``stride(2) == 0``)."""
+    size = t.element_size()
+    if t.data_ptr() % 16 == 0 and t.stride(2) > 0 and all(s * size % 16 == 0 for s in t.stride()[:-1]):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def launch_backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig, poison: bool = False):
     """Launch dQ (CSR walk, also writes delta) then dK/dV (CSC walk). Returns dq, dk, dv.
 
@@ -363,6 +374,10 @@ def launch_backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig
     kv_heads = k.shape[1]
     if do.stride(-1) != 1:
         do = do.contiguous()
+    if cfg.dq_desc:
+        k, v = _for_descriptors(k), _for_descriptors(v)
+    if cfg.dkdv_desc:
+        q, do = _for_descriptors(q), _for_descriptors(do)
     delta = torch.empty((batch, heads, n_q), dtype=torch.float32, device=q.device)  # dQ writes it
     has_dlse = dlse is not None
     dlse = dlse.float().contiguous() if has_dlse else delta  # delta: an unread placeholder
@@ -375,7 +390,7 @@ def launch_backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig
                    stride_dob=do.stride(0), stride_doh=do.stride(1), stride_don=do.stride(2))
     scales = dict(sm_scale=scale, sm_scale_log2=scale * math.log2(math.e))
     col_idx, row_full = _csr_walk(lay_r, cfg.dq_split, pattern, k.shape[2], dq_tile, heads, str(q.device))
-    if cfg.dq_desc:
+    if cfg.dq_desc or cfg.dkdv_desc:
         _descriptor_scratch(q.device)
     dq_kernel[(batch * heads * lay_r.nb * (dq_tile // cfg.dq_m),)](
         q, k, v, o, do, lse, dlse, delta, dq, lay_r.row_ptr, col_idx, lay_r.row_mask,
@@ -390,8 +405,8 @@ def launch_backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig
         **_layout_strides(lay_c, "col"), **scales, **strides,
         stride_dkb=dk.stride(0), stride_dkh=dk.stride(1), stride_dkn=dk.stride(2),
         BH_KV=batch * kv_heads, H_KV=kv_heads, NUM_TILES=lay_c.nb, HEAVY=lay_c.col_heavy,
-        BLOCK_N=cfg.dkdv_n, BLOCK_M=cfg.dkdv_m, num_warps=cfg.dkdv_warps, num_stages=cfg.dkdv_stages,
-        **a_c)
+        BLOCK_N=cfg.dkdv_n, BLOCK_M=cfg.dkdv_m, DESC=cfg.dkdv_desc, num_warps=cfg.dkdv_warps,
+        num_stages=cfg.dkdv_stages, **a_c)
     return dq, dk, dv
 
 

@@ -124,10 +124,17 @@ def dkdv_kernel(
     BLOCK_N: tl.constexpr,  # keys per program (divides TILE)
     BLOCK_M: tl.constexpr,  # queries per inner step (divides TILE)
     EVEN: tl.constexpr, DOT_F32: tl.constexpr,
+    DESC: tl.constexpr = False,  # Q and dO through tensor descriptors (TMA on Hopper) instead of pointers
 ):
     """dK, dV for ``BLOCK_N`` keys of one kv head: walk the CSC column, for every query head of
     the GQA group. Transposed products keep the keys on the rows:
-    ``sT = K Q^T``, ``dV += P^T dO``, ``dpT = V dO^T``, ``dK += dS^T Q``."""
+    ``sT = K Q^T``, ``dV += P^T dO``, ``dpT = V dO^T``, ``dK += dS^T Q``.
+
+    ``DESC``: each step's ``(BLOCK_M, HEAD_DIM)`` Q and dO tiles come through descriptors of the
+    head's ``(N_Q, HEAD_DIM)`` rows, which read 0 outside them (a step starting before ``Q_OFF``
+    has a negative row offset). LSE and delta stay pointer loads: a descriptor needs a 16-byte
+    aligned start, which a head's row of ``N_Q`` floats has only when 4 divides ``N_Q``, and they
+    are 1/32 of the step's bytes at head_dim 64 in bf16."""
     bhk, idx, part = schedule(tl.program_id(0), BH_KV, NUM_TILES, TILE // BLOCK_N, HEAVY)
     b = bhk // H_KV
     hk = bhk % H_KV
@@ -148,24 +155,36 @@ def dkdv_kernel(
         h = hk * GROUP + g
         q_base = head_ptr(Q, b, h, stride_qb, stride_qh)
         do_base = head_ptr(DO, b, h, stride_dob, stride_doh)
+        if DESC:
+            q_base = tl.make_tensor_descriptor(q_base, shape=[N_Q, HEAD_DIM], strides=[stride_qn, 1],
+                                               block_shape=[BLOCK_M, HEAD_DIM])
+            do_base = tl.make_tensor_descriptor(do_base, shape=[N_Q, HEAD_DIM], strides=[stride_don, 1],
+                                                block_shape=[BLOCK_M, HEAD_DIM])
         row_base = (b * H + h).to(tl.int64) * N_Q  # into lse and delta
         start = tl.load(COL_PTR + h * lay_stride_ptr + col)
         end = tl.load(COL_PTR + h * lay_stride_ptr + col + 1)
         for it in range(start * (TILE // BLOCK_M), end * (TILE // BLOCK_M)):
             t = it // (TILE // BLOCK_M)
             row = tl.load(ROW_IDX + h * lay_stride_idx + t)
-            q_pos = row * TILE + (it % (TILE // BLOCK_M)) * BLOCK_M + offs_m
-            q_ptrs = q_base + (q_pos - Q_OFF)[:, None] * stride_qn + offs_d[None, :]
-            do_ptrs = do_base + (q_pos - Q_OFF)[:, None] * stride_don + offs_d[None, :]
+            q_start = row * TILE + (it % (TILE // BLOCK_M)) * BLOCK_M
+            q_pos = q_start + offs_m
+            if DESC:
+                q = q_base.load([q_start - Q_OFF, 0])  # (BLOCK_M, HEAD_DIM)
+                do = do_base.load([q_start - Q_OFF, 0])
+            else:  # the pointer path as it was before DESC, so that its compiled kernel stays the same
+                q_ptrs = q_base + (q_pos - Q_OFF)[:, None] * stride_qn + offs_d[None, :]
+                do_ptrs = do_base + (q_pos - Q_OFF)[:, None] * stride_don + offs_d[None, :]
             if EVEN:
-                q = tl.load(q_ptrs)  # (BLOCK_M, HEAD_DIM)
-                do = tl.load(do_ptrs)
+                if not DESC:
+                    q = tl.load(q_ptrs)  # (BLOCK_M, HEAD_DIM)
+                    do = tl.load(do_ptrs)
                 lse = tl.load(LSE + row_base + q_pos)
                 delta = tl.load(DELTA + row_base + q_pos)
             else:  # rows outside [Q_OFF, N_K): lse = +inf makes p = 0, dO = 0
                 q_ok = (q_pos >= Q_OFF) & (q_pos < N_K)
-                q = tl.load(q_ptrs, mask=q_ok[:, None], other=0.0)
-                do = tl.load(do_ptrs, mask=q_ok[:, None], other=0.0)
+                if not DESC:
+                    q = tl.load(q_ptrs, mask=q_ok[:, None], other=0.0)
+                    do = tl.load(do_ptrs, mask=q_ok[:, None], other=0.0)
                 lse = tl.load(LSE + row_base + q_pos - Q_OFF, mask=q_ok, other=float("inf"))
                 delta = tl.load(DELTA + row_base + q_pos - Q_OFF, mask=q_ok, other=0.0)
             sT = mm(k, tl.trans(q), DOT_F32)  # (BLOCK_N, BLOCK_M) raw scores
