@@ -169,18 +169,50 @@ SPLIT_CASES = [
      ops.KernelConfig(32, 32, 16, fwd_desc=True, dkdv_n=16, dkdv_m=16, dq_m=16, dq_n=16, decode_n=16)),
 ]
 
+# The backward's per-step loads through tensor descriptors: K and V in the dQ walk (dq_desc), Q and
+# dO in the dK/dV walk (dkdv_desc). Rows outside the tensor read 0 from a descriptor, as the pointer
+# loads' masks give: keys past N_K, and in the query tail queries before Q_OFF (a negative offset).
+_BWD_DESC = dict(dq_desc=True, dkdv_desc=True, dkdv_n=16, dkdv_m=16, dq_m=16, dq_n=16, decode_n=16)
+BWD_DESC_CASES = [
+    (sink_window(4, 70), 1, 3, 1, 130, None, 64,  # GQA 3, the dQ split walk, dK/dV on 16-tiles
+     ops.KernelConfig(32, 16, 16, dq_split=True, dkdv_tile=16, **_BWD_DESC)),
+    (strided(16, 2, 3, homo_head=False, num_heads=2), 2, 2, 2, 90, None, 128,  # per head, dQ on 16-tiles
+     ops.KernelConfig(32, 32, 16, dq_tile=16, **_BWD_DESC)),
+    (full_causal(), 1, 2, 2, 64, None, 64, ops.KernelConfig(16, 16, 16, fwd_desc=True, **_BWD_DESC)),  # EVEN
+    (sink_window(3, 30), 1, 4, 1, 100, 45, 64,  # queries at the end, GQA 4
+     ops.KernelConfig(64, 32, 32, dkdv_tile=32, **_BWD_DESC)),
+]
 
-@pytest.mark.parametrize("case", WALK_CASES + SPLIT_CASES,
+
+@pytest.mark.parametrize("case", WALK_CASES + SPLIT_CASES + BWD_DESC_CASES,
                          ids=["sink-dkdv32-dq16", "strided-dkdv16-dq32", "sink-tail-dkdv16", "split-sink-gqa3",
                               "split-strided-per-head", "split-sink-tail-gqa4", "split-full-even",
                               "split-strided-full-tiles", "split-sink-tail-dq-tile-16",
-                              "desc-split-sink-gqa3", "desc-strided-per-head"])
+                              "desc-split-sink-gqa3", "desc-strided-per-head", "bwd-desc-sink-gqa3",
+                              "bwd-desc-strided-per-head", "bwd-desc-full-even", "bwd-desc-sink-tail-gqa4"])
 def test_launch_configs_equal_the_reference(case, monkeypatch):
     pattern, batch, heads, kv_heads, n, n_q, head_dim, cfg = case
     monkeypatch.setattr(ops, "default_config", lambda *args: cfg)
     q, k, v = random_qkv(batch, heads, kv_heads, n, head_dim, n_q=n_q, seed=21)
     errs = run_fwd_bwd(q, k, v, pattern, cfg.tile, torch.float32)
     assert all(e < FP32_TOL for e in errs.values()), errs
+
+
+def test_backward_descriptors_take_any_view():
+    """q, k, v that start 4 bytes into their storage: a descriptor cannot read them (TMA wants
+    16-byte aligned starts and strides; the interpreter checks it too), so the backward copies them
+    first."""
+    cfg = ops.KernelConfig(32, 16, 16, **_BWD_DESC)
+    q, k, v = random_qkv(1, 2, 1, 70, 64, seed=23)
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    views = [torch.cat([torch.zeros(1), t.float().flatten()])[1:].view(t.shape).to(DEVICE).requires_grad_()
+             for t in (q, k, v)]
+    assert all(t.data_ptr() % 16 for t in views)
+    sparse_attention(*views, sink_window(3, 20), config=cfg).backward(do.float().to(DEVICE))
+    ref_leaves = [t.float().double().requires_grad_() for t in (q, k, v)]
+    reference_attention(*ref_leaves, sink_window(3, 20)).backward(do)
+    errs = [rel_err(a.grad.cpu(), b.grad) for a, b in zip(views, ref_leaves)]
+    assert max(errs) < FP32_TOL, errs
 
 
 def test_most_split_cases_walk_fully_kept_tiles():

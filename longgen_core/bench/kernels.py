@@ -660,24 +660,32 @@ def tune(n: int, heads: int, head_dim: int, log=print) -> dict:
         best = min(fwd, key=lambda c: timed(f"fwd {c}", lambda c=c: ops.launch_forward(q, k, v, p, None,
                                                                                       fwd_config(c))))
         cfg = fwd_config(best)
-        dkdv = [c for c in [(64, 32, 4, 3), (64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 32, 4, 2),
-                            (128, 64, 4, 2)] if c[0] <= tile and c[1] <= c[0]]
+        # (keys, queries, warps, stages, desc): desc loads each step's Q and dO tiles through tensor
+        # descriptors (dkdv_desc); a few settings only, the tuned ones and one more stage for TMA to fill
+        dkdv = [c for c in [(64, 32, 4, 3, False), (64, 64, 4, 2, False), (64, 64, 4, 3, False),
+                            (128, 64, 8, 2, False), (64, 32, 4, 2, False), (128, 64, 4, 2, False),
+                            (64, 64, 4, 2, True), (64, 64, 4, 3, True), (128, 64, 8, 2, True)]
+                if c[0] <= tile and c[1] <= c[0]]
         # the dK/dV walk reads the layout at its key block (dkdv_tile = dkdv_n): no empty steps
         best = min(dkdv, key=lambda c: timed(f"bwd dkdv {c}", lambda c=c: ops.launch_backward(
             do, None, q, k, v, o, lse, p, None,
             dataclasses.replace(cfg, dkdv_n=c[0], dkdv_m=c[1], dkdv_warps=c[2], dkdv_stages=c[3],
-                                dkdv_tile=c[0]))))
+                                dkdv_tile=c[0], dkdv_desc=c[4]))))
         cfg = dataclasses.replace(cfg, dkdv_n=best[0], dkdv_m=best[1], dkdv_warps=best[2],
-                                  dkdv_stages=best[3], dkdv_tile=best[0])
-        dq = [c for c in [(128, 64, 8, 3, False), (64, 64, 4, 2, False), (128, 64, 8, 2, False),
-                          (128, 128, 8, 2, False), (128, 64, 4, 2, False), (128, 64, 8, 3, True),
-                          (128, 128, 8, 2, True), (128, 64, 8, 2, True)]
+                                  dkdv_stages=best[3], dkdv_tile=best[0], dkdv_desc=best[4])
+        # (m, n, warps, stages, split, desc): as the forward's, for the dQ walk (dq_split, dq_desc)
+        dq = [c for c in [(128, 64, 8, 3, False, False), (64, 64, 4, 2, False, False),
+                          (128, 64, 8, 2, False, False), (128, 128, 8, 2, False, False),
+                          (128, 64, 4, 2, False, False), (128, 64, 8, 3, True, False),
+                          (128, 128, 8, 2, True, False), (128, 64, 8, 2, True, False),
+                          (128, 128, 8, 2, False, True), (128, 128, 8, 2, True, True), (128, 64, 8, 3, True, True)]
               if c[0] <= tile and c[1] <= tile]
         best = min(dq, key=lambda c: timed(f"bwd dq {c}", lambda c=c: ops.launch_backward(
             do, None, q, k, v, o, lse, p, None,
-            dataclasses.replace(cfg, dq_m=c[0], dq_n=c[1], dq_warps=c[2], dq_stages=c[3], dq_split=c[4]))))
+            dataclasses.replace(cfg, dq_m=c[0], dq_n=c[1], dq_warps=c[2], dq_stages=c[3], dq_split=c[4],
+                                dq_desc=c[5]))))
         return dataclasses.replace(cfg, dq_m=best[0], dq_n=best[1], dq_warps=best[2], dq_stages=best[3],
-                                   dq_split=best[4])
+                                   dq_split=best[4], dq_desc=best[5])
 
     def tune_decode(p, tile, cfg, timed):
         """decode at batch 8 on the evicted sink+window cache (the hybrid's decode): ``cfg`` with its best."""

@@ -61,10 +61,12 @@ class KernelConfig:
     CSR row in two loops, its fully kept tiles and then its partial ones (:func:`_split_rows`), so
     that the main loop has no branch. fwd_desc: the forward reads K and V through on-device tensor
     descriptors (TMA loads on Hopper and later); fwd_warp_spec: Triton warp-specialises the split
-    walk's mask-free loop (producer warps load, consumers compute). dkdv_tile/dq_tile: the tile of the layout that
-    the dK/dV (CSC) and dQ (CSR) walks use, 0 for ``tile``; a finer layout skips the empty
-    corners of the coarse tiles (dkdv_tile = dkdv_n: a 64-key program never visits a 64-query
-    step that sees none of its keys). ``dkdv_n, dkdv_m`` divide dkdv_tile, ``dq_m, dq_n`` dq_tile.
+    walk's mask-free loop (producer warps load, consumers compute). dq_desc / dkdv_desc: as
+    fwd_desc, for the loads of each backward step: K and V in the dQ walk, Q and dO in the dK/dV
+    walk. dkdv_tile/dq_tile: the tile of the layout that the dK/dV (CSC) and dQ (CSR) walks use,
+    0 for ``tile``; a finer layout skips the empty corners of the coarse tiles (dkdv_tile =
+    dkdv_n: a 64-key program never visits a 64-query step that sees none of its keys).
+    ``dkdv_n, dkdv_m`` divide dkdv_tile, ``dq_m, dq_n`` dq_tile.
     """
 
     tile: int
@@ -90,6 +92,8 @@ class KernelConfig:
     dq_split: bool = False  # the same for the dQ walk
     fwd_desc: bool = False  # forward loads K/V through tensor descriptors (TMA on Hopper)
     fwd_warp_spec: bool = False  # fwd_split's first loop warp-specialised (needs fwd_split and fwd_desc)
+    dq_desc: bool = False  # the dQ walk loads K/V through tensor descriptors
+    dkdv_desc: bool = False  # the dK/dV walk loads Q/dO through tensor descriptors
 
     def walk_tiles(self) -> tuple[int, int]:
         """The layout tiles of the dK/dV and dQ walks."""
@@ -349,6 +353,16 @@ def _descriptor_scratch(device: torch.device) -> None:
         _descriptor_scratch.device = device
 
 
+def _for_descriptors(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``(B, H, N, D)`` if tensor descriptors can read it (TMA: a 16-byte aligned start and
+    strides, rows not repeated), else a contiguous copy: a view may start anywhere in its storage,
+    and a dO passed to :func:`launch_backward` may be a broadcast (``stride(2) == 0``)."""
+    size = t.element_size()
+    if t.data_ptr() % 16 == 0 and t.stride(2) > 0 and all(s * size % 16 == 0 for s in t.stride()[:-1]):
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def launch_backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig, poison: bool = False):
     """Launch dQ (CSR walk, also writes delta) then dK/dV (CSC walk). Returns dq, dk, dv.
 
@@ -360,6 +374,10 @@ def launch_backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig
     kv_heads = k.shape[1]
     if do.stride(-1) != 1:
         do = do.contiguous()
+    if cfg.dq_desc:
+        k, v = _for_descriptors(k), _for_descriptors(v)
+    if cfg.dkdv_desc:
+        q, do = _for_descriptors(q), _for_descriptors(do)
     delta = torch.empty((batch, heads, n_q), dtype=torch.float32, device=q.device)  # dQ writes it
     has_dlse = dlse is not None
     dlse = dlse.float().contiguous() if has_dlse else delta  # delta: an unread placeholder
@@ -372,20 +390,23 @@ def launch_backward(do, dlse, q, k, v, o, lse, pattern, scale, cfg: KernelConfig
                    stride_dob=do.stride(0), stride_doh=do.stride(1), stride_don=do.stride(2))
     scales = dict(sm_scale=scale, sm_scale_log2=scale * math.log2(math.e))
     col_idx, row_full = _csr_walk(lay_r, cfg.dq_split, pattern, k.shape[2], dq_tile, heads, str(q.device))
+    if cfg.dq_desc or cfg.dkdv_desc:
+        _descriptor_scratch(q.device)
     dq_kernel[(batch * heads * lay_r.nb * (dq_tile // cfg.dq_m),)](
         q, k, v, o, do, lse, dlse, delta, dq, lay_r.row_ptr, col_idx, lay_r.row_mask,
         lay_r.row_order, row_full, **_layout_strides(lay_r, "row"), **scales, **strides,
         stride_ob=o.stride(0), stride_oh=o.stride(1), stride_on=o.stride(2),
         stride_dqb=dq.stride(0), stride_dqh=dq.stride(1), stride_dqn=dq.stride(2),
         BH=batch * heads, NUM_TILES=lay_r.nb, HEAVY=lay_r.row_heavy, BLOCK_M=cfg.dq_m, BLOCK_N=cfg.dq_n,
-        HAS_DLSE=has_dlse, SPLIT=cfg.dq_split, num_warps=cfg.dq_warps, num_stages=cfg.dq_stages, **a_r)
+        HAS_DLSE=has_dlse, SPLIT=cfg.dq_split, DESC=cfg.dq_desc, num_warps=cfg.dq_warps,
+        num_stages=cfg.dq_stages, **a_r)
     dkdv_kernel[(batch * kv_heads * lay_c.nb * (dkdv_tile // cfg.dkdv_n),)](
         q, k, v, do, lse, delta, dk, dv, lay_c.col_ptr, lay_c.row_idx, lay_c.col_mask, lay_c.col_order,
         **_layout_strides(lay_c, "col"), **scales, **strides,
         stride_dkb=dk.stride(0), stride_dkh=dk.stride(1), stride_dkn=dk.stride(2),
         BH_KV=batch * kv_heads, H_KV=kv_heads, NUM_TILES=lay_c.nb, HEAVY=lay_c.col_heavy,
-        BLOCK_N=cfg.dkdv_n, BLOCK_M=cfg.dkdv_m, num_warps=cfg.dkdv_warps, num_stages=cfg.dkdv_stages,
-        **a_c)
+        BLOCK_N=cfg.dkdv_n, BLOCK_M=cfg.dkdv_m, DESC=cfg.dkdv_desc, num_warps=cfg.dkdv_warps,
+        num_stages=cfg.dkdv_stages, **a_c)
     return dq, dk, dv
 
 

@@ -36,6 +36,7 @@ def dq_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVEN: tl.constexpr, DOT_F32: tl.constexpr,
     HAS_DLSE: tl.constexpr,  # the caller also differentiates the returned LSE
     SPLIT: tl.constexpr = False,  # walk the row as the forward's SPLIT does: full tiles, then partial
+    DESC: tl.constexpr = False,  # K and V through tensor descriptors (TMA on Hopper), as the forward's DESC
 ):
     """dQ for ``BLOCK_M`` queries: walk the CSR row like the forward, recompute P from the
     saved LSE, ``dS = P * (dO V^T - delta)``, ``dQ += dS K``.
@@ -67,6 +68,11 @@ def dq_kernel(
     lse2 = lse * LOG2E
     k_base = head_ptr(K, b, hk, stride_kb, stride_kh)
     v_base = head_ptr(V, b, hk, stride_vb, stride_vh)
+    if DESC:  # the per-step loads; q, dO and O above are read once per program
+        k_base = tl.make_tensor_descriptor(k_base, shape=[N_K, HEAD_DIM], strides=[stride_kn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
+        v_base = tl.make_tensor_descriptor(v_base, shape=[N_K, HEAD_DIM], strides=[stride_vn, 1],
+                                           block_shape=[BLOCK_N, HEAD_DIM])
 
     lo, hi = csr_row(ROW_PTR, h, lay_stride_ptr, row, TILE, BLOCK_N)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -76,12 +82,12 @@ def dq_kernel(
         for it in range(lo, mid):
             s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
                                  lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND,
-                                 HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32, MASKING=1)
+                                 HEAD_DIM, TILE, BLOCK_N, EVEN, DOT_F32, MASKING=1, DESC=DESC)
             dq = _dq_step(s, k, v, do, lse2, delta, dq, sm_scale_log2, DOT_F32)
     for it in range(mid, hi):
         s, k, v = csr_scores(q, q_pos, it, h, k_base, v_base, stride_kn, stride_vn, COL_IDX, ROW_MASK,
                              lay_stride_idx, N_K, SINK, WINDOW, PBLOCK, LOCAL, VSTRIDE, HSTEP, KIND, HEAD_DIM,
-                             TILE, BLOCK_N, EVEN, DOT_F32, MASKING=2 * SPLIT)
+                             TILE, BLOCK_N, EVEN, DOT_F32, MASKING=2 * SPLIT, DESC=DESC)
         dq = _dq_step(s, k, v, do, lse2, delta, dq, sm_scale_log2, DOT_F32)
 
     dq *= sm_scale
@@ -118,10 +124,17 @@ def dkdv_kernel(
     BLOCK_N: tl.constexpr,  # keys per program (divides TILE)
     BLOCK_M: tl.constexpr,  # queries per inner step (divides TILE)
     EVEN: tl.constexpr, DOT_F32: tl.constexpr,
+    DESC: tl.constexpr = False,  # Q and dO through tensor descriptors (TMA on Hopper) instead of pointers
 ):
     """dK, dV for ``BLOCK_N`` keys of one kv head: walk the CSC column, for every query head of
     the GQA group. Transposed products keep the keys on the rows:
-    ``sT = K Q^T``, ``dV += P^T dO``, ``dpT = V dO^T``, ``dK += dS^T Q``."""
+    ``sT = K Q^T``, ``dV += P^T dO``, ``dpT = V dO^T``, ``dK += dS^T Q``.
+
+    ``DESC``: each step's ``(BLOCK_M, HEAD_DIM)`` Q and dO tiles come through descriptors of the
+    head's ``(N_Q, HEAD_DIM)`` rows, which read 0 outside them (a step starting before ``Q_OFF``
+    has a negative row offset). LSE and delta stay pointer loads: a descriptor needs a 16-byte
+    aligned start, which a head's row of ``N_Q`` floats has only when 4 divides ``N_Q``, and they
+    are 1/32 of the step's bytes at head_dim 64 in bf16."""
     bhk, idx, part = schedule(tl.program_id(0), BH_KV, NUM_TILES, TILE // BLOCK_N, HEAVY)
     b = bhk // H_KV
     hk = bhk % H_KV
@@ -142,24 +155,36 @@ def dkdv_kernel(
         h = hk * GROUP + g
         q_base = head_ptr(Q, b, h, stride_qb, stride_qh)
         do_base = head_ptr(DO, b, h, stride_dob, stride_doh)
+        if DESC:
+            q_base = tl.make_tensor_descriptor(q_base, shape=[N_Q, HEAD_DIM], strides=[stride_qn, 1],
+                                               block_shape=[BLOCK_M, HEAD_DIM])
+            do_base = tl.make_tensor_descriptor(do_base, shape=[N_Q, HEAD_DIM], strides=[stride_don, 1],
+                                                block_shape=[BLOCK_M, HEAD_DIM])
         row_base = (b * H + h).to(tl.int64) * N_Q  # into lse and delta
         start = tl.load(COL_PTR + h * lay_stride_ptr + col)
         end = tl.load(COL_PTR + h * lay_stride_ptr + col + 1)
         for it in range(start * (TILE // BLOCK_M), end * (TILE // BLOCK_M)):
             t = it // (TILE // BLOCK_M)
             row = tl.load(ROW_IDX + h * lay_stride_idx + t)
-            q_pos = row * TILE + (it % (TILE // BLOCK_M)) * BLOCK_M + offs_m
-            q_ptrs = q_base + (q_pos - Q_OFF)[:, None] * stride_qn + offs_d[None, :]
-            do_ptrs = do_base + (q_pos - Q_OFF)[:, None] * stride_don + offs_d[None, :]
+            q_start = row * TILE + (it % (TILE // BLOCK_M)) * BLOCK_M
+            q_pos = q_start + offs_m
+            if DESC:
+                q = q_base.load([q_start - Q_OFF, 0])  # (BLOCK_M, HEAD_DIM)
+                do = do_base.load([q_start - Q_OFF, 0])
+            else:  # the pointer path as it was before DESC, so that its compiled kernel stays the same
+                q_ptrs = q_base + (q_pos - Q_OFF)[:, None] * stride_qn + offs_d[None, :]
+                do_ptrs = do_base + (q_pos - Q_OFF)[:, None] * stride_don + offs_d[None, :]
             if EVEN:
-                q = tl.load(q_ptrs)  # (BLOCK_M, HEAD_DIM)
-                do = tl.load(do_ptrs)
+                if not DESC:
+                    q = tl.load(q_ptrs)  # (BLOCK_M, HEAD_DIM)
+                    do = tl.load(do_ptrs)
                 lse = tl.load(LSE + row_base + q_pos)
                 delta = tl.load(DELTA + row_base + q_pos)
             else:  # rows outside [Q_OFF, N_K): lse = +inf makes p = 0, dO = 0
                 q_ok = (q_pos >= Q_OFF) & (q_pos < N_K)
-                q = tl.load(q_ptrs, mask=q_ok[:, None], other=0.0)
-                do = tl.load(do_ptrs, mask=q_ok[:, None], other=0.0)
+                if not DESC:
+                    q = tl.load(q_ptrs, mask=q_ok[:, None], other=0.0)
+                    do = tl.load(do_ptrs, mask=q_ok[:, None], other=0.0)
                 lse = tl.load(LSE + row_base + q_pos - Q_OFF, mask=q_ok, other=float("inf"))
                 delta = tl.load(DELTA + row_base + q_pos - Q_OFF, mask=q_ok, other=0.0)
             sT = mm(k, tl.trans(q), DOT_F32)  # (BLOCK_N, BLOCK_M) raw scores
