@@ -50,7 +50,8 @@ def _kernel_table(bench: dict) -> list[str]:
                 else "")
              + f", {bench['date']}; B={bench.get('batch', 1)}, {bench.get('heads', '?')} heads, head_dim "
              f"{bench.get('head_dim', '?')}, {bench.get('dtype', '')}; decode at batch "
-             f"{bench.get('decode_batch', '?')} with the evicted cache; "
+             f"{bench.get('decode_batch', '?')} with the evicted cache"
+             + (", timed as CUDA graph replays" if bench.get("decode_timing") == "cuda_graph" else "") + "; "
              f"`{bench.get('command', 'python -m longgen_core.bench kernels')}`; median ms; "
              "† FA4 on the window without the sink, the nearest pattern it can run)", "",
              "| pattern | N | pass | LongGen | Flex (Triton) | Flex (FLASH) | FA4 | full SDPA | full FA4 "

@@ -111,3 +111,25 @@ def test_versus_loads_another_copy_whose_patterns_match_ours(tmp_path):
     for name in ours:
         assert type(theirs[name]) is not type(ours[name])  # built by the copy's own factories
         assert torch.equal(ours[name].dense_mask(4500, num_heads=4), theirs[name].dense_mask(4500, num_heads=4)), name
+
+
+def test_cuda_graphs_time_the_decode_rows_and_only_them(monkeypatch):
+    # the timer is the GPU's; here only which one each pass gets is checked
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    asked = []
+    monkeypatch.setattr(bench, "median_ms", lambda fn, graph=False: asked.append(graph) or 1.0)
+    for graphs in (True, False):
+        sweep = bench._Sweep([], ["fwd", "decode"], ["longgen"], 4, 4, 16, 1, float("inf"), log=lambda s: None,
+                             decode_graphs=graphs)
+        sweep.time("longgen", "p", 64, "decode", lambda: None)
+        sweep.time("longgen", "p", 64, "fwd", lambda: None)
+        assert [r["ms"] for r in sweep.rows] == [1.0, 1.0]
+    assert asked == [True, False, False, False]
+
+
+def test_the_report_says_when_decode_was_timed_under_cuda_graphs():
+    from longgen_core import report
+
+    decode = {**FAKE, "decode_batch": 1, "decode_timing": "cuda_graph"}
+    assert "timed as CUDA graph replays" in report._kernel_table(decode)[0]
+    assert "CUDA graph" not in report._kernel_table({**FAKE, "decode_timing": "eager"})[0]

@@ -208,3 +208,11 @@ def test_report_check_on_a_readme_without_the_block_is_one_line(tmp_path, capsys
 
 def test_the_committed_readme_passes_report_check():
     assert report.main(["--check"]) == 0
+
+
+def test_model_table_names_the_hybrids_backend_when_it_is_not_ours():
+    flex = json.loads((report.ROOT / "figures" / "bench_model_flex.json").read_text())
+    title = report._model_table(flex)[0]
+    assert title.startswith('**Whole model, the hybrid on `backend="flex"`**') and "--backend flex`" in title
+    ours = report._model_table({**flex, "backend": "auto"})[0]
+    assert ours.startswith("**Whole model** (") and "--backend" not in ours

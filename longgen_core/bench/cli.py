@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m longgen_core.benc
     k.add_argument("--head-dim", type=int, default=128)
     k.add_argument("--decode-batch", type=int, default=8)
     k.add_argument("--skip-check", action="store_true", help="skip the correctness check (not advised)")
+    k.add_argument("--cuda-graphs", action="store_true", help="time the decode rows as CUDA graph replays: "
+                   "the GPU time of a call without the host's work to issue it (every implementation alike)")
     k.add_argument("--tune", action="store_true", help="sweep launch settings first (adds minutes)")
     k.add_argument("--tune-n", type=int, default=32768)
     k.add_argument("--tune-head-dims", type=int_list, default=(), help="comma-separated: tune these head_dims "

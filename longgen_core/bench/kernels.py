@@ -166,10 +166,14 @@ def kernel_patterns(num_heads: int = 32, factories=None) -> dict:
             "strided": factories.strided(64, 16, 8, homo_head=False, num_heads=num_heads)}
 
 
-def median_ms(fn, rep: int = 100) -> float:
-    """Median milliseconds of ``fn`` on the GPU (``triton.testing.do_bench``, 25 warm-up runs)."""
-    from triton.testing import do_bench
+def median_ms(fn, rep: int = 100, graph: bool = False) -> float:
+    """Median milliseconds of ``fn`` on the GPU (``triton.testing.do_bench``, 25 warm-up runs).
+    ``graph``: of ``fn`` captured in a CUDA graph and replayed (``do_bench_cudagraph``): the GPU
+    time of the call without the host's work to issue it, which is what a graphed decode step pays."""
+    from triton.testing import do_bench, do_bench_cudagraph
 
+    if graph:
+        return float(do_bench_cudagraph(fn, rep=rep, return_mode="median"))
     return float(do_bench(fn, warmup=25, rep=rep, return_mode="median"))
 
 
@@ -385,6 +389,7 @@ class _Sweep:
     deadline: float
     log: object = print
     tuned: dict | None = None  # the configs of :func:`tune`, used where they apply
+    decode_graphs: bool = False  # decode rows timed as CUDA graph replays (median_ms's graph)
     rows: list = field(default_factory=list)
 
     def config(self, pattern):
@@ -406,7 +411,7 @@ class _Sweep:
         try:
             fn()  # compile / warm up
             torch.cuda.synchronize()
-            row["ms"] = median_ms(fn)
+            row["ms"] = median_ms(fn, graph=self.decode_graphs and pass_ == "decode")
         except Exception as e:  # noqa: BLE001 -- record and go on: one failure must not lose the run
             row["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             self.log(f"FAILED {impl} {pattern_name} {n} {pass_}: {row['error']}")
@@ -597,9 +602,10 @@ def _time_fa4_decode(sweep: _Sweep, pattern, n: int, tensors, instead_of: str = 
 
 
 def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch, deadline, log=print,
-              tuned: dict | None = None):
+              tuned: dict | None = None, decode_graphs: bool = False):
     """Time every (N, pattern, pass, impl); returns the rows (skipped rows have ms=None).
-    ``tuned``: the configs of :func:`tune`, used where they apply.
+    ``tuned``: the configs of :func:`tune`, used where they apply. ``decode_graphs``: the decode
+    rows are CUDA graph replays (every implementation alike), not eager calls.
 
     Per N: :func:`_time_attention` (fwd, fwdbwd), then :func:`_time_decode` when ``"decode"`` is in
     ``passes``; both draw their tensors from one generator seeded with N. Their tensors are their
@@ -609,7 +615,7 @@ def time_rows(ns, names, passes, impls, heads, kv_heads, head_dim, decode_batch,
 
     patterns = kernel_patterns(heads)
     sweep = _Sweep([(name, patterns[name]) for name in names], passes, impls, heads, kv_heads, head_dim,
-                   decode_batch, deadline, log, tuned)
+                   decode_batch, deadline, log, tuned, decode_graphs)
     for n in ns:
         gen = torch.Generator(device="cuda").manual_seed(n)
         _time_attention(sweep, n, gen)
@@ -793,7 +799,7 @@ def run_kernels(args) -> int:
                "triton": triton.__version__, "versions": software_versions(),
                "date": datetime.date.today().isoformat(), "heads": args.heads, "kv_heads": args.kv_heads,
                "head_dim": args.head_dim, "dtype": "bfloat16", "batch": 1, "decode_batch": args.decode_batch,
-               "command": command_line()}
+               "decode_timing": "cuda_graph" if args.cuda_graphs else "eager", "command": command_line()}
     results.update(_device_ceilings())
     log(f"device {results['device']}: copy {results['copy_gbps']:.0f} GB/s, "
         f"bf16 matmul {results['matmul_tflops']:.0f} TFLOP/s")
@@ -811,7 +817,8 @@ def run_kernels(args) -> int:
         results["profile"] = profile_kernels(list(args.profile), args.heads,
                                              args.head_dim, args.decode_batch, log, tuned)
     results["rows"] = time_rows(args.n, args.patterns, args.passes, args.impls, args.heads,
-                                args.kv_heads, args.head_dim, args.decode_batch, deadline, log, tuned)
+                                args.kv_heads, args.head_dim, args.decode_batch, deadline, log, tuned,
+                                args.cuda_graphs)
     write_results(args.out, results)
     png = args.png or str(Path(args.out).with_suffix(".png"))
     save_plot(results, png)
