@@ -198,11 +198,11 @@ def test_launch_configs_equal_the_reference(case, monkeypatch):
     assert all(e < FP32_TOL for e in errs.values()), errs
 
 
-def test_backward_descriptors_take_any_view():
+def test_descriptors_take_any_view():
     """q, k, v that start 4 bytes into their storage: a descriptor cannot read them (TMA wants
-    16-byte aligned starts and strides; the interpreter checks it too), so the backward copies them
-    first."""
-    cfg = ops.KernelConfig(32, 16, 16, **_BWD_DESC)
+    16-byte aligned starts and strides; the interpreter checks it too), so the forward and the
+    backward copy them first."""
+    cfg = ops.KernelConfig(32, 16, 16, fwd_desc=True, **_BWD_DESC)
     q, k, v = random_qkv(1, 2, 1, 70, 64, seed=23)
     do = torch.randn(q.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     views = [torch.cat([torch.zeros(1), t.float().flatten()])[1:].view(t.shape).to(DEVICE).requires_grad_()

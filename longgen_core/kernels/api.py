@@ -324,6 +324,8 @@ def launch_forward(q, k, v, pattern, scale, cfg: KernelConfig, poison: bool = Fa
     memory (a transposed view: the layout transformers wants back, so its ``transpose(1, 2)
     .contiguous()`` copies nothing), and ``lse`` ``(B, H, N_Q)`` fp32."""
     scale, lay, a = _common_args(q, k, pattern, scale, cfg.tile)
+    if cfg.fwd_desc:
+        k, v = _for_descriptors(k), _for_descriptors(v)
     batch, heads, n_q, dim = q.shape
     o = _empty((batch, n_q, heads, dim), q.dtype, q.device, poison).transpose(1, 2)
     lse = _empty((batch, heads, n_q), torch.float32, q.device, poison)
@@ -356,7 +358,8 @@ def _descriptor_scratch(device: torch.device) -> None:
 def _for_descriptors(t: torch.Tensor) -> torch.Tensor:
     """``t`` ``(B, H, N, D)`` if tensor descriptors can read it (TMA: a 16-byte aligned start and
     strides, rows not repeated), else a contiguous copy: a view may start anywhere in its storage,
-    and a dO passed to :func:`launch_backward` may be a broadcast (``stride(2) == 0``)."""
+    and a dO passed to :func:`launch_backward` may be a broadcast (``stride(2) == 0``). Used by
+    every launch with a ``*_desc`` option on."""
     size = t.element_size()
     if t.data_ptr() % 16 == 0 and t.stride(2) > 0 and all(s * size % 16 == 0 for s in t.stride()[:-1]):
         return t
