@@ -27,14 +27,20 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["project_dir", "data_dir", "figures_dir", "runs_dir", "notebooks_dir", "in_checkout"]
+__all__ = ["project_dir", "data_dir", "figures_dir", "runs_dir", "notebooks_dir", "in_checkout", "checkout_dir"]
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def in_checkout() -> bool:
     """Is the package running from its source checkout (not from an installed wheel)?"""
-    return (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "notebooks").is_dir()
+    return checkout_dir() is not None
+
+
+def checkout_dir() -> Path | None:
+    """The source checkout the package runs from, whatever ``$LONGGEN_HOME`` says; ``None`` when
+    it was installed from a wheel."""
+    return _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "notebooks").is_dir() else None
 
 
 def project_dir() -> Path:

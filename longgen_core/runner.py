@@ -111,11 +111,12 @@ def kernel_environment(environ) -> dict:
         >>> env["PYTHONPATH"].endswith(str(Path("lib").resolve())), env["TQDM_MININTERVAL"]
         (True, '5')
     """
-    from .paths import in_checkout
+    from .paths import checkout_dir
 
     entries = [str(Path(e).resolve()) for e in environ.get("PYTHONPATH", "").split(os.pathsep) if e]
-    if in_checkout():
-        entries.insert(0, str(Path(__file__).resolve().parent.parent))
+    checkout = checkout_dir()
+    if checkout is not None:
+        entries.insert(0, str(checkout))
     env = {"PYTHONPATH": os.pathsep.join(dict.fromkeys(entries))} if entries else {}
     env["TQDM_MININTERVAL"] = environ.get("TQDM_MININTERVAL", PROGRESS_INTERVAL_S)
     return env
