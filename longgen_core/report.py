@@ -273,6 +273,7 @@ def _layer_counts(layer_map: str) -> str:
 # The JSON each table is rendered from, in the block's order.
 TABLES = (("bench_kernels.json", _kernel_table), ("bench_kernels_fa4.json", _kernel_table),
           ("bench_kernels_fa4_32k_64k.json", _kernel_table), ("bench_kernels_decode_b1.json", _kernel_table),
+          ("bench_kernels_decode_b1_graphed.json", _kernel_table),
           ("bench_model.json", _model_table), ("bench_model_flex.json", _model_table),
           ("bench_model_flex_flash.json", _model_table),
           ("bench_generate.json", _generate_table), ("train_gpu_small.json", _train_table),

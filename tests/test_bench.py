@@ -133,3 +133,13 @@ def test_the_report_says_when_decode_was_timed_under_cuda_graphs():
     decode = {**FAKE, "decode_batch": 1, "decode_timing": "cuda_graph"}
     assert "timed as CUDA graph replays" in report._kernel_table(decode)[0]
     assert "CUDA graph" not in report._kernel_table({**FAKE, "decode_timing": "eager"})[0]
+
+
+def test_the_recorded_command_names_the_output_folder_as_OUT(monkeypatch):
+    from longgen_core.bench.results import command_line
+
+    monkeypatch.setenv("OUT", "/root/out")
+    monkeypatch.setattr("sys.argv", ["bench", "kernels", "--out", "/root/out/k.json", "--n", "131072"])
+    assert command_line() == "python -m longgen_core.bench kernels --out $OUT/k.json --n 131072"
+    monkeypatch.delenv("OUT")
+    assert command_line().endswith("--out /root/out/k.json --n 131072")

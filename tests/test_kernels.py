@@ -215,6 +215,23 @@ def test_descriptors_take_any_view():
     assert max(errs) < FP32_TOL, errs
 
 
+def test_descriptor_allocator_is_set_on_the_launching_thread():
+    """Triton keeps its allocator in a ContextVar, so one set on the main thread is unset on the
+    thread autograd runs a CUDA backward on (on the H200 that failed: 'no allocator was set').
+    Every descriptor launch sets it on its own thread."""
+    import threading
+    from triton.runtime import _allocation
+
+    ops._descriptor_scratch(torch.device("cpu"))  # main thread first, as the forward does
+    seen = []
+    worker = threading.Thread(target=lambda: (ops._descriptor_scratch(torch.device("cpu")),
+                                              seen.append(_allocation._allocator.get())))
+    worker.start()
+    worker.join()
+    assert seen and seen[0] is not _allocation._NULL_ALLOCATOR
+    assert seen[0](64, 16, None).numel() == 64
+
+
 def test_most_split_cases_walk_fully_kept_tiles():
     # A split case without a fully kept tile never runs the mask-free loop it exists for.
     walking = [case for case in SPLIT_CASES if int(ops._split_rows(case[0], case[4], case[7].tile, case[2],

@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m longgen_core.benc
                    "too (at N <= 32K)")
     k.add_argument("--profile", type=int_list, default=(), help="comma-separated N: per-kernel times "
                    "(torch.profiler)")
-    k.add_argument("--time-budget", type=float, default=None, help="seconds; later rows are skipped")
+    k.add_argument("--time-budget", type=float, default=None, help="seconds for the timed rows (counted "
+                   "after any --tune and check); later rows are skipped")
     k.set_defaults(func=_run_kernels)
     m = sub.add_parser("model", help="Llama-2-7B-shaped model: full attention vs LongGen hybrid (GPU)")
     _outputs(m, "figures/bench_model.json")

@@ -793,7 +793,6 @@ def run_kernels(args) -> int:
         print("bench kernels needs a CUDA GPU (the CPU interpreter is far too slow to time)", file=sys.stderr)
         return 2
     start = time.time()
-    deadline = start + args.time_budget if args.time_budget else float("inf")
     log = lambda s: print(f"[{time.time() - start:6.1f}s] {s}", flush=True)  # noqa: E731
     results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                "triton": triton.__version__, "versions": software_versions(),
@@ -816,6 +815,8 @@ def run_kernels(args) -> int:
     if args.profile:
         results["profile"] = profile_kernels(list(args.profile), args.heads,
                                              args.head_dim, args.decode_batch, log, tuned)
+    # the budget is the timed rows': a tune or check before them must not use it up
+    deadline = time.time() + args.time_budget if args.time_budget else float("inf")
     results["rows"] = time_rows(args.n, args.patterns, args.passes, args.impls, args.heads,
                                 args.kv_heads, args.head_dim, args.decode_batch, deadline, log, tuned,
                                 args.cuda_graphs)

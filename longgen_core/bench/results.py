@@ -38,9 +38,12 @@ def software_versions() -> dict:
 def command_line() -> str:
     """The ``bench`` command line this process was started with, for the result JSON, so that a
     committed result says how to re-run it."""
+    import os
     import sys
 
-    return "python -m longgen_core.bench " + " ".join(sys.argv[1:])
+    line = "python -m longgen_core.bench " + " ".join(sys.argv[1:])
+    out = os.environ.get("OUT")  # the device's output folder: written as `$OUT`, not this machine's path
+    return line.replace(out.rstrip("/") + "/", "$OUT/") if out else line
 
 
 def copy_gbps(device="cuda", gib: float = 1.0, reps: int = 5) -> float:

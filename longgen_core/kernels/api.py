@@ -100,17 +100,20 @@ class KernelConfig:
         return self.dkdv_tile or self.tile, self.dq_tile or self.tile
 
 
-# Measured on an H100 with `python -m longgen_core.bench kernels --tune` (kernels/NOTES.md),
-# which prints the configs it finds; key: (tile, head_dim, element size in bytes). Other shapes use the heuristic
-# below. Read only: pass another KernelConfig as `config=` instead of editing it at run time.
+# Measured with `python -m longgen_core.bench kernels --tune` (kernels/NOTES.md), which prints the
+# configs it finds; key: (tile, head_dim, element size in bytes). The head_dim-128 entries: tuned on
+# an H200 at 128K and timed against the settings before them (figures/kernels_versus_61e5d48.json;
+# the strided decode kept its old setting, which that file shows faster); the head_dim-64 ones: an
+# H100 at 32K. Other shapes use the heuristic below.
+# Read only: pass another KernelConfig as `config=` instead of editing it at run time.
 TUNED: dict[tuple[int, int, int], KernelConfig] = {
     (128, 128, 2): KernelConfig(128, fwd_m=128, fwd_n=128, fwd_warps=8, fwd_stages=3,
                                 dkdv_n=64, dkdv_m=64, dkdv_warps=4, dkdv_stages=2,
-                                dq_m=128, dq_n=128, dq_warps=8, dq_stages=2,
-                                decode_n=64, decode_warps=4, decode_stages=4, decode_per_sm=2,
-                                dkdv_tile=64),
+                                dq_m=128, dq_n=64, dq_warps=8, dq_stages=3,
+                                decode_n=32, decode_warps=4, decode_stages=3, decode_per_sm=8,
+                                dkdv_tile=64, fwd_desc=True, dkdv_desc=True),
     (64, 128, 2): KernelConfig(64, fwd_m=64, fwd_n=64, fwd_warps=4, fwd_stages=3,
-                               dkdv_n=64, dkdv_m=64, dkdv_warps=4, dkdv_stages=2,
+                               dkdv_n=64, dkdv_m=32, dkdv_warps=4, dkdv_stages=3,
                                dq_m=64, dq_n=64, dq_warps=4, dq_stages=2,
                                decode_n=64, decode_warps=4, decode_stages=4, decode_per_sm=4),
     (128, 64, 2): KernelConfig(128, fwd_m=128, fwd_n=64, fwd_warps=4, fwd_stages=3,
@@ -348,11 +351,16 @@ def launch_forward(q, k, v, pattern, scale, cfg: KernelConfig, poison: bool = Fa
 
 
 def _descriptor_scratch(device: torch.device) -> None:
-    """On-device tensor descriptors need a scratch allocator for the descriptors themselves; set
-    it (process-wide, once) on the device the kernels run on."""
-    if getattr(_descriptor_scratch, "device", None) != device:
-        triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device))
-        _descriptor_scratch.device = device
+    """On-device tensor descriptors need a scratch allocator for the descriptors themselves. Set
+    it before every such launch: Triton keeps it in a ``ContextVar``, so a value set on one thread
+    is unset on another, and autograd runs a CUDA backward on its own thread."""
+    triton.set_allocator(_scratch_allocator(str(device)))
+
+
+@functools.lru_cache(maxsize=None)
+def _scratch_allocator(device: str):
+    """One allocator per device (``_descriptor_scratch`` sets it): int8 scratch from torch's pool."""
+    return lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device=device)
 
 
 def _for_descriptors(t: torch.Tensor) -> torch.Tensor:
