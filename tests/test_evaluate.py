@@ -51,6 +51,26 @@ def test_perplexity_matches_plain_loss():
     assert evaluate.perplexity(model, seqs, chunk=7) == pytest.approx(math.exp(sum(losses) / 2), rel=1e-5)
 
 
+def test_generating_past_the_configured_length_logs_no_notice():
+    # Evaluating the unextended model at the extended lengths is deliberate: no stderr notice per
+    # cell (on the H200 it landed in notebook 05's stored output), and the tokens still come.
+    import logging
+
+    seen = []
+    handler = logging.Handler()
+    handler.emit = seen.append
+    notices = logging.getLogger("transformers.generation.stopping_criteria")
+    notices.addHandler(handler)
+    try:
+        model = tiny_llama(num_layers=1, max_positions=16, seed=0).eval()
+        prompts = torch.randint(0, model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
+        out = evaluate.generate_batch(model, prompts, max_new_tokens=3)
+    finally:
+        notices.removeHandler(handler)
+    assert out.shape == (2, 3)
+    assert [r.getMessage() for r in seen if "maximum length" in r.getMessage()] == []
+
+
 def test_bad_task_and_samples(smollm2):
     model, tok = smollm2
     with pytest.raises(ValueError, match="task must be one of"):

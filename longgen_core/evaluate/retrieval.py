@@ -20,6 +20,7 @@ near full attention's, while StreamingLLM applied post hoc fails on needles outs
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -28,6 +29,18 @@ from ..progress import tqdm
 from ..data import suite, tasks
 from ..formatting import format_tokens
 from ..train.loss import chunked_lm_loss
+
+
+class _PastConfiguredLength(logging.Filter):
+    """Drops transformers' notice that a generation ran past ``config.max_position_embeddings``.
+    Evaluating there is deliberate (the unextended model at the extended lengths; a prompt that
+    fills the target length, plus the answer's tokens), and each result records its lengths."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "exceeded the model's predefined maximum length" not in record.getMessage()
+
+
+logging.getLogger("transformers.generation.stopping_criteria").addFilter(_PastConfiguredLength())
 
 
 @torch.no_grad()
